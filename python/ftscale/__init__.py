@@ -1,0 +1,27 @@
+"""ftscale: a Rust-accelerated data engine and Ray/DeepSpeed trainer for fine-tuning LLMs."""
+
+from __future__ import annotations
+
+from ftscale.dedup import (
+    DedupResult,
+    candidate_probability,
+    exact_duplicates,
+    lsh_params,
+    minhash,
+    near_duplicates,
+)
+from ftscale.errors import ConfigError, DataError, FtscaleError, InputError, OutputError
+
+__all__ = [
+    "ConfigError",
+    "DataError",
+    "DedupResult",
+    "FtscaleError",
+    "InputError",
+    "OutputError",
+    "candidate_probability",
+    "exact_duplicates",
+    "lsh_params",
+    "minhash",
+    "near_duplicates",
+]

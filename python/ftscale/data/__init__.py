@@ -1,0 +1,1 @@
+"""Input reading and validation for ftscale prep."""

@@ -1,0 +1,155 @@
+//! Shingling: a text becomes a set of 64-bit shingle hashes.
+//!
+//! Word shingles: `ngram` consecutive words of the normalised, lowercased text (Python:
+//! `norm(text).lower().split()`); a text with fewer words than `ngram` is one shingle of all
+//! its words; an empty text has no shingles. Char shingles: every window of `ngram` chars of
+//! the normalised text (whitespace collapsed); a shorter text is one shingle.
+
+use crate::hash::hash64;
+use crate::normalize::{for_each_word, normalize_into, Normalization};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ShingleKind {
+    Words,
+    Chars,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct Shingling {
+    pub kind: ShingleKind,
+    pub ngram: usize,
+    pub normalization: Normalization,
+    pub seed: u64,
+}
+
+impl Shingling {
+    /// The default MinHash shingling: 5-word shingles, NFKC + lowercase, punctuation kept.
+    pub fn words(ngram: usize, seed: u64) -> Self {
+        Self { kind: ShingleKind::Words, ngram, normalization: Normalization::default(), seed }
+    }
+}
+
+const MIX: u64 = 0x9FB2_1C65_1E98_DF25;
+
+/// Order-dependent combination of the word hashes of one window.
+#[inline]
+fn combine(words: &[u64], seed: u64) -> u64 {
+    let mut h = seed ^ (words.len() as u64).wrapping_mul(MIX);
+    for &w in words {
+        h = (h.rotate_left(23) ^ w).wrapping_mul(MIX);
+    }
+    crate::hash::splitmix64(h)
+}
+
+/// Reusable buffers so that shingling allocates nothing per document.
+#[derive(Default)]
+pub struct ShingleScratch {
+    text: Vec<u8>,
+    words: Vec<u64>,
+}
+
+/// Call `f` with every shingle hash of `text` (duplicates included; callers that need a set
+/// sort and dedup). Returns the number of shingles produced.
+pub fn for_each_shingle(text: &str, cfg: &Shingling, scratch: &mut ShingleScratch, mut f: impl FnMut(u64)) -> usize {
+    let n = cfg.ngram.max(1);
+    match cfg.kind {
+        ShingleKind::Words => {
+            let ShingleScratch { text: buf, words } = scratch;
+            words.clear();
+            let word_seed = cfg.seed ^ 0x5757_5757;
+            for_each_word(text, &cfg.normalization, buf, |w| words.push(hash64(w, word_seed)));
+            if words.is_empty() {
+                return 0;
+            }
+            if words.len() <= n {
+                f(combine(words, cfg.seed));
+                return 1;
+            }
+            for window in words.windows(n) {
+                f(combine(window, cfg.seed));
+            }
+            words.len() - n + 1
+        }
+        ShingleKind::Chars => {
+            let norm = Normalization { collapse_whitespace: true, ..cfg.normalization };
+            normalize_into(text, &norm, &mut scratch.text);
+            let s = std::str::from_utf8(&scratch.text).expect("normalisation keeps UTF-8");
+            if s.is_empty() {
+                return 0;
+            }
+            let starts: Vec<usize> = s.char_indices().map(|(i, _)| i).chain([s.len()]).collect();
+            let nchars = starts.len() - 1;
+            if nchars <= n {
+                f(hash64(s.as_bytes(), cfg.seed));
+                return 1;
+            }
+            for i in 0..=(nchars - n) {
+                f(hash64(&s.as_bytes()[starts[i]..starts[i + n]], cfg.seed));
+            }
+            nchars - n + 1
+        }
+    }
+}
+
+/// The sorted, deduplicated shingle set of `text` (for exact Jaccard).
+pub fn shingle_set(text: &str, cfg: &Shingling, scratch: &mut ShingleScratch) -> Vec<u64> {
+    let mut out = Vec::new();
+    for_each_shingle(text, cfg, scratch, |h| out.push(h));
+    out.sort_unstable();
+    out.dedup();
+    out
+}
+
+/// Jaccard similarity of two sorted, deduplicated sets (two empty sets: 0).
+pub fn jaccard_sorted(a: &[u64], b: &[u64]) -> f64 {
+    let (mut i, mut j, mut inter) = (0, 0, 0usize);
+    while i < a.len() && j < b.len() {
+        match a[i].cmp(&b[j]) {
+            std::cmp::Ordering::Less => i += 1,
+            std::cmp::Ordering::Greater => j += 1,
+            std::cmp::Ordering::Equal => {
+                inter += 1;
+                i += 1;
+                j += 1;
+            }
+        }
+    }
+    let union = a.len() + b.len() - inter;
+    if union == 0 { 0.0 } else { inter as f64 / union as f64 }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set(t: &str, cfg: &Shingling) -> Vec<u64> {
+        shingle_set(t, cfg, &mut ShingleScratch::default())
+    }
+
+    #[test]
+    fn short_text_is_one_shingle_and_empty_is_none() {
+        let cfg = Shingling::words(5, 0);
+        assert_eq!(set("a b c", &cfg).len(), 1);
+        assert_eq!(set("  ", &cfg).len(), 0);
+        assert_eq!(set("a b c d e f g", &cfg).len(), 3);
+    }
+
+    #[test]
+    fn case_and_spacing_do_not_matter_but_order_does() {
+        let cfg = Shingling::words(2, 7);
+        assert_eq!(set("A  b C", &cfg), set("a b c", &cfg));
+        assert_ne!(set("a b c", &cfg), set("c b a", &cfg));
+    }
+
+    #[test]
+    fn char_shingles_count_chars_not_bytes() {
+        let cfg = Shingling { kind: ShingleKind::Chars, ..Shingling::words(3, 0) };
+        assert_eq!(set("h\u{00e9}llo", &cfg).len(), 3);
+    }
+
+    #[test]
+    fn jaccard_of_sets() {
+        assert_eq!(jaccard_sorted(&[1, 2, 3], &[2, 3, 4]), 0.5);
+        assert_eq!(jaccard_sorted(&[], &[]), 0.0);
+    }
+}
