@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from importlib.metadata import PackageNotFoundError, version
+
 from ftscale.dedup import (
     DedupResult,
     candidate_probability,
@@ -25,3 +27,8 @@ __all__ = [
     "minhash",
     "near_duplicates",
 ]
+
+try:
+    __version__ = version("ftscale")
+except PackageNotFoundError:  # running from a source tree without an install
+    __version__ = "0.0.0"

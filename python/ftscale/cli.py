@@ -1,0 +1,108 @@
+"""The `ftscale` command line. Heavy modules are imported inside each command so that
+`ftscale --help` and the data commands start fast."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any, Sequence
+
+from ftscale.errors import FtscaleError
+
+
+def _add_dedup(sub: Any) -> None:
+    p = sub.add_parser(
+        "dedup",
+        help="exact + near-duplicate removal and decontamination of text or chat records",
+        description="Remove exact and near duplicates (MinHash LSH) and eval-set leaks. INPUT is a "
+        "file or directory (JSONL[.gz|.zst], Parquet, Arrow IPC, HF save_to_disk); NAME=INPUT names "
+        "the source.",
+    )
+    p.add_argument("inputs", nargs="+", metavar="INPUT")
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--text-field", default="text", help="text column (default: text)")
+    p.add_argument("--messages-field", default=None,
+                   help="chat column of {role, content} lists; records are chat records (Alpaca accepted)")
+    p.add_argument("--threshold", type=float, default=0.8, help="Jaccard threshold (default: 0.8)")
+    p.add_argument("--num-perm", type=int, default=128, help="MinHash permutations (default: 128)")
+    p.add_argument("--ngram", type=int, default=5, help="shingle size in words (default: 5)")
+    p.add_argument("--char-ngrams", action="store_true", help="shingle by characters instead of words")
+    p.add_argument("--bands", type=int, default=None, help="LSH bands (default: derived from threshold)")
+    p.add_argument("--rows", type=int, default=None, help="LSH rows per band (with --bands)")
+    p.add_argument("--verify", choices=["estimate", "exact", "none"], default="estimate",
+                   help="candidate verification (default: estimate from signatures)")
+    p.add_argument("--seed", type=int, default=0, help="MinHash seed (default: 0)")
+    p.add_argument("--keep", default="lowest-uid", help="keep rule: lowest-uid (default) or max:COLUMN")
+    p.add_argument("--case-sensitive", action="store_true", help="exact dedup without lowercasing")
+    p.add_argument("--strip-punctuation", action="store_true", help="punctuation counts as whitespace")
+    p.add_argument("--no-exact", action="store_true", help="skip exact dedup")
+    p.add_argument("--no-near", action="store_true", help="skip near-duplicate removal")
+    p.add_argument("--decontaminate", nargs="+", default=[], metavar="EVAL_FILE",
+                   help="eval sets whose items must not leak into the training data")
+    p.add_argument("--eval-text-field", default=None, help="text column of eval sets (default: --text-field)")
+    p.add_argument("--eval-messages-field", default=None, help="chat column of eval sets")
+    p.add_argument("--decontam-ngram", type=int, default=13, help="n-gram size in words (default: 13)")
+    p.add_argument("--decontam-min-fraction", type=float, default=0.0,
+                   help="flag when this share of a record's n-grams hit (default 0: any hit)")
+    p.add_argument("--decontam-roles", default=None,
+                   help="chat roles checked, comma-separated (default: all)")
+    p.add_argument("--audit", type=int, default=0, metavar="N",
+                   help="sample N flagged and N near-threshold pairs; report precision/recall")
+    p.add_argument("--max-record-bytes", type=int, default=None, help="quarantine larger records")
+    p.add_argument("--threads", type=int, default=None, help="threads (default: FTSCALE_NUM_THREADS or all cores)")
+    p.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
+    p.set_defaults(func=_cmd_dedup)
+
+
+def _cmd_dedup(args: argparse.Namespace) -> int:
+    from ftscale.dedup_job import DedupOptions, run_dedup
+    from ftscale.progress import Stages
+    from ftscale.summary import print_dedup_summary
+
+    opts = DedupOptions(
+        inputs=args.inputs, out=args.out, text_field=args.text_field, messages_field=args.messages_field,
+        exact=not args.no_exact, near=not args.no_near, threshold=args.threshold, num_perm=args.num_perm,
+        ngram=args.ngram, char_ngrams=args.char_ngrams, verify=args.verify, bands=args.bands,
+        rows=args.rows, seed=args.seed, keep=args.keep, lowercase=not args.case_sensitive,
+        strip_punctuation=args.strip_punctuation, decontaminate=args.decontaminate,
+        eval_text_field=args.eval_text_field, eval_messages_field=args.eval_messages_field,
+        decontam_ngram=args.decontam_ngram, decontam_min_fraction=args.decontam_min_fraction,
+        decontam_roles=args.decontam_roles.split(",") if args.decontam_roles else None,
+        audit=args.audit, max_record_bytes=args.max_record_bytes, num_threads=args.threads,
+    )
+    stages = Stages(enabled=True)
+    report = run_dedup(opts, stages)
+    if args.json:
+        print(json.dumps({**report, "timings_s": stages.seconds}, indent=2))
+    else:
+        print_dedup_summary(report, stages.seconds)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ftscale", description="Fine-tuning data engine and trainer.")
+    from ftscale import __version__
+
+    parser.add_argument("--version", action="version", version=f"ftscale {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    _add_dedup(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except FtscaleError as e:
+        print(f"ftscale {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,46 @@
+"""Progress display for long CLI jobs: one line per stage (rich spinner on a terminal,
+plain lines otherwise) and the time each stage took."""
+
+from __future__ import annotations
+
+import sys
+import time
+from contextlib import contextmanager
+from typing import Iterator
+
+
+class Stages:
+    """Shows each stage while it runs and records its wall time in ``seconds``."""
+
+    def __init__(self, enabled: bool = True) -> None:
+        self.enabled = enabled
+        self.seconds: dict[str, float] = {}
+        self._console = None
+        if enabled:
+            from rich.console import Console
+
+            self._console = Console(stderr=True)
+
+    @contextmanager
+    def stage(self, name: str, detail: str = "") -> Iterator[None]:
+        start = time.perf_counter()
+        label = f"{name} {detail}".strip()
+        if self._console is not None and self._console.is_terminal:
+            with self._console.status(f"[bold]{label}[/bold] ..."):
+                yield
+        else:
+            if self._console is not None:
+                self._console.print(f"{label} ...", highlight=False)
+            yield
+        elapsed = time.perf_counter() - start
+        self.seconds[name] = self.seconds.get(name, 0.0) + elapsed
+        if self._console is not None:
+            self._console.print(f"[green]✓[/green] {label} ({elapsed:.2f} s)", highlight=False)
+
+    def print(self, *objects: object) -> None:
+        if self._console is not None:
+            self._console.print(*objects)
+
+
+def stderr_is_terminal() -> bool:
+    return sys.stderr.isatty()

@@ -1,0 +1,36 @@
+"""End-of-job summary tables (rich) for the CLI."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def print_dedup_summary(report: dict[str, Any], seconds: dict[str, float]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    table = Table(title="ftscale dedup")
+    headers = {"read": "read", "quarantined": "quarantined", "exact_duplicate": "exact dup",
+               "near_duplicate": "near dup", "contaminated": "leaked", "kept": "kept"}
+    cols = tuple(headers)
+    table.add_column("source")
+    for c in cols:
+        table.add_column(headers[c], justify="right")
+    for name, counts in report["sources"].items():
+        table.add_row(name, *(f"{counts[c]:,}" for c in cols))
+    table.add_row("[bold]total[/bold]", *(f"[bold]{report['totals'][c]:,}[/bold]" for c in cols))
+    console.print(table)
+    near = report.get("near_dedup")
+    if near:
+        console.print(f"near dedup: threshold {near['threshold']}, {near['bands']} bands × {near['rows']} rows, "
+                      f"{near['candidate_pairs_checked']:,} candidate pairs checked, "
+                      f"{near['verified_pairs']:,} merges")
+    for name, d in report.get("decontamination", {}).items():
+        console.print(f"decontamination vs {name}: {d['eval_items_leaked']} of {d['eval_items']} eval items leaked "
+                      f"into {d['contaminated_records']} training records")
+    audit = report.get("audit")
+    if audit:
+        console.print(f"audit: precision ≈ {audit['precision']:.3f}, recall ≈ {audit['recall']:.3f} "
+                      f"({len(audit['sampled_pairs'])} pairs with exact Jaccard)")
+    console.print("time: " + ", ".join(f"{k} {v:.2f} s" for k, v in seconds.items()))
