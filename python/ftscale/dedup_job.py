@@ -4,7 +4,10 @@ Outputs under ``--out``::
 
     data/<source>.parquet        kept records, all original columns + uid, source, file, row
     removed/decisions.parquet    one row per removed record: uid, source, file, row, reason,
-                                 kept_uid, similarity, eval_set, eval_items
+                                 matched_uid (the record it duplicates, at its stage),
+                                 kept_uid (the end of the matched chain: a kept record, or
+                                 one removed as contaminated), similarity (to matched_uid),
+                                 eval_set, eval_items (leaked eval uids)
     quarantine/<source>.parquet  rejected input records with a reason
     report.json                  options, per-source and total counts per stage, LSH
                                  parameters, leaked eval items, audit
@@ -158,7 +161,7 @@ def _decision_rows(records: _Records, removed: np.ndarray, reason: str, kept: np
         "file": files,
         "row": rows,
         "reason": [reason] * n,
-        "kept_uid": records.uids[kept].tolist() if kept is not None else [None] * n,
+        "matched_uid": records.uids[kept].tolist() if kept is not None else [None] * n,
         "similarity": similarity.astype(float).tolist() if similarity is not None else [None] * n,
         "eval_set": eval_set if eval_set is not None else [None] * n,
         "eval_items": eval_items if eval_items is not None else [None] * n,
@@ -170,14 +173,29 @@ def _decisions_table(parts: list[dict[str, list]]) -> Any:
 
     schema = pa.schema([
         ("uid", pa.uint64()), ("source", pa.string()), ("file", pa.string()), ("row", pa.int64()),
-        ("reason", pa.string()), ("kept_uid", pa.uint64()), ("similarity", pa.float32()),
+        ("reason", pa.string()), ("matched_uid", pa.uint64()), ("kept_uid", pa.uint64()),
+        ("similarity", pa.float32()),
         ("eval_set", pa.string()), ("eval_items", pa.list_(pa.uint64())),
     ])
-    merged: dict[str, list] = {name: [] for name in schema.names}
+    merged: dict[str, list] = {name: [] for name in schema.names if name != "kept_uid"}
     for p in parts:
         for k in merged:
             merged[k].extend(p[k])
+    merged["kept_uid"] = _final_survivors(merged["uid"], merged["matched_uid"])
     return pa.Table.from_pydict(merged, schema=schema)
+
+
+def _final_survivors(uids: list[int], matched: list[int | None]) -> list[int | None]:
+    """Follow matched_uid chains: a record matched at one stage may itself be removed later
+    (an exact duplicate's representative can be a near duplicate of a third record). The
+    end of the chain is a kept record, or a record removed as contaminated."""
+    next_of = {u: m for u, m in zip(uids, matched) if m is not None}
+    out = []
+    for m in matched:
+        while m is not None and m in next_of:
+            m = next_of[m]
+        out.append(m)
+    return out
 
 
 def run_dedup(opts: DedupOptions, stages: Any) -> dict[str, Any]:

@@ -13,8 +13,10 @@ pub mod hash;
 pub mod keep;
 pub mod lsh;
 pub mod minhash;
+pub mod mixture;
 pub mod neardup;
 pub mod normalize;
+pub mod pack;
 pub mod pool;
 pub mod shingle;
 

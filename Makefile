@@ -1,0 +1,36 @@
+# ftscale developer commands. `make demo` and `make test` are the README's two commands.
+# Uses the active virtualenv ($VIRTUAL_ENV) if there is one, else creates ./.venv.
+PYTHON ?= python3
+VENV ?= $(if $(VIRTUAL_ENV),$(VIRTUAL_ENV),.venv)
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.ftscale-installed
+RUST_SOURCES := $(shell find rust -name '*.rs' -o -name Cargo.toml) Cargo.toml
+
+.PHONY: install demo test test-fast bench clean
+
+$(STAMP): pyproject.toml $(RUST_SOURCES)
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q -U pip
+	$(BIN)/python -m pip install -q -e '.[test]'
+	touch $@
+
+install: $(STAMP)
+
+demo: install
+	$(BIN)/ftscale dedup examples/sample/train.jsonl.gz --out demo-out/dedup \
+		--decontaminate examples/sample/eval.jsonl --audit 50
+
+test: install
+	cargo test -p ftscale-core --release
+	$(BIN)/python -m mypy.stubtest ftscale._core
+	$(BIN)/python -m pytest
+
+test-fast: install
+	$(BIN)/python -m pytest tests/unit -x -q
+
+bench: install
+	$(BIN)/python -m pip install -q -e '.[bench]'
+	$(BIN)/python benchmarks/bench_dedup.py
+
+clean:
+	rm -rf target demo-out .pytest_cache

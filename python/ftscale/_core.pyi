@@ -1,0 +1,70 @@
+"""Typed surface of the Rust extension (``rust/ftscale-py``). Private: use ``ftscale``."""
+
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+__all__ = [
+    "decontaminate",
+    "default_num_threads",
+    "exact_duplicates",
+    "lsh_candidate_probability",
+    "lsh_params",
+    "minhash",
+    "near_duplicates",
+]
+
+def minhash(
+    texts: list[Any],
+    num_perm: int,
+    ngram: int,
+    seed: int,
+    char_ngrams: bool,
+    nfkc: bool,
+    strip_punctuation: bool,
+    num_threads: int | None = None,
+) -> npt.NDArray[np.uint32]: ...
+def near_duplicates(
+    texts: list[Any],
+    threshold: float,
+    num_perm: int,
+    ngram: int,
+    seed: int,
+    bands: int | None,
+    rows: int | None,
+    verify: str,
+    uids: npt.NDArray[np.uint64] | None,
+    scores: npt.NDArray[np.float64] | None,
+    char_ngrams: bool,
+    nfkc: bool,
+    strip_punctuation: bool,
+    fp_weight: float,
+    fn_weight: float,
+    audit_pairs: int = 0,
+    num_threads: int | None = None,
+) -> dict[str, Any]: ...
+def exact_duplicates(
+    texts: list[Any],
+    nfkc: bool,
+    lowercase: bool,
+    collapse_whitespace: bool,
+    strip_punctuation: bool,
+    uids: npt.NDArray[np.uint64] | None,
+    scores: npt.NDArray[np.float64] | None,
+    num_threads: int | None = None,
+) -> npt.NDArray[np.int64]: ...
+def lsh_params(threshold: float, num_perm: int, fp_weight: float, fn_weight: float) -> tuple[int, int]: ...
+def lsh_candidate_probability(s: float, bands: int, rows: int) -> float: ...
+def decontaminate(
+    eval_texts: list[Any],
+    eval_owners: npt.NDArray[np.uint32],
+    train_texts: list[Any],
+    train_owners: npt.NDArray[np.uint32],
+    num_records: int,
+    ngram: int,
+    min_fraction: float,
+    strip_punctuation: bool,
+    num_threads: int | None = None,
+) -> dict[str, Any]: ...
+def default_num_threads() -> int: ...
