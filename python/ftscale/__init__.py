@@ -13,6 +13,7 @@ from ftscale.dedup import (
     near_duplicates,
 )
 from ftscale.errors import ConfigError, DataError, FtscaleError, InputError, OutputError
+from ftscale.pack import PackPlan, pack, plan_mixture
 
 __all__ = [
     "ConfigError",
@@ -21,11 +22,14 @@ __all__ = [
     "FtscaleError",
     "InputError",
     "OutputError",
+    "PackPlan",
     "candidate_probability",
     "exact_duplicates",
     "lsh_params",
     "minhash",
     "near_duplicates",
+    "pack",
+    "plan_mixture",
 ]
 
 try:

@@ -13,6 +13,9 @@ __all__ = [
     "lsh_params",
     "minhash",
     "near_duplicates",
+    "pack",
+    "apply_overlong",
+    "plan_mixture",
 ]
 
 def minhash(
@@ -68,3 +71,18 @@ def decontaminate(
     num_threads: int | None = None,
 ) -> dict[str, Any]: ...
 def default_num_threads() -> int: ...
+def pack(lengths: npt.NDArray[np.uint32], seq_len: int, strategy: str) -> dict[str, Any]: ...
+def apply_overlong(lengths: npt.NDArray[np.uint32], seq_len: int, policy: str) -> dict[str, Any]: ...
+def plan_mixture(
+    names: list[str],
+    lengths: list[npt.NDArray[np.uint32]],
+    weights: list[float],
+    families: list[npt.NDArray[np.uint32] | None],
+    max_repeats: list[float | None],
+    target_tokens: int,
+    temperature: float,
+    max_repeat: float,
+    family_cap: float | None,
+    seed: int,
+    epoch: int,
+) -> dict[str, Any]: ...

@@ -61,8 +61,6 @@ class DedupOptions:
     num_threads: int | None = None
 
     def validate(self) -> None:
-        if not self.inputs:
-            raise ConfigError("give at least one INPUT path")
         if not 0.0 < self.threshold <= 1.0:
             raise ConfigError(f"--threshold must be in (0, 1], got {self.threshold}")
         if self.num_perm < 2 or self.num_perm > 4096:
@@ -102,32 +100,37 @@ def _source_names(inputs: list[str]) -> list[tuple[str, str]]:
     return out
 
 
-class _Records:
-    """All kept-so-far records of every source, addressed by one global index."""
+class Records:
+    """All kept-so-far records of every source, addressed by one global index.
 
-    def __init__(self, tables: list[Any], names: list[str], opts: DedupOptions) -> None:
+    ``fields[s]`` is source s's (text_field, messages_field); messages_field set means chat.
+    """
+
+    def __init__(self, tables: list[Any], names: list[str], fields: list[tuple[str, str | None]],
+                 keep: str = "lowest-uid") -> None:
         import pyarrow as pa
 
         from ftscale.data.texts import column_or_none, record_texts
 
         self.tables = tables
         self.names = names
+        self.fields = fields
         self.sizes = [t.num_rows for t in tables]
         self.source_of = np.repeat(np.arange(len(tables)), self.sizes)
         self.uids = np.concatenate([t.column("uid").to_numpy() for t in tables]) if tables else np.zeros(0, np.uint64)
         chunks = []
-        for t in tables:
-            col = record_texts(t, opts.text_field, opts.messages_field)
+        for t, (text_field, messages_field) in zip(tables, fields):
+            col = record_texts(t, text_field, messages_field)
             chunks.extend(col.chunks if isinstance(col, pa.ChunkedArray) else [col])
         self.texts = pa.chunked_array(chunks, type=pa.string()) if chunks else pa.chunked_array([], pa.string())
         self.scores = None
-        if opts.keep.startswith("max:"):
-            column = opts.keep[4:]
+        if keep.startswith("max:"):
+            column = keep[4:]
             parts = []
             for name, t in zip(names, tables):
                 scores = column_or_none(t, column)
                 if scores is None:
-                    raise ConfigError(f"--keep {opts.keep}: source {name!r} has no column {column!r}")
+                    raise ConfigError(f"keep rule {keep}: source {name!r} has no column {column!r}")
                 parts.append(scores)
             self.scores = np.concatenate(parts)
 
@@ -141,7 +144,7 @@ class _Records:
         return src, global_idx - starts[src]
 
 
-def _decision_rows(records: _Records, removed: np.ndarray, reason: str, kept: np.ndarray | None,
+def _decision_rows(records: Records, removed: np.ndarray, reason: str, kept: np.ndarray | None,
                    similarity: np.ndarray | None, eval_set: list[str | None] | None = None,
                    eval_items: list[list[int]] | None = None) -> dict[str, list]:
     import pyarrow as pa
@@ -198,16 +201,23 @@ def _final_survivors(uids: list[int], matched: list[int | None]) -> list[int | N
     return out
 
 
+@dataclass
+class StageOutcome:
+    """What the dedup and decontamination stages decided, per global record index."""
+
+    alive: np.ndarray
+    removed_by: dict[str, np.ndarray]
+    decisions: Any  # pyarrow Table (see _decisions_table)
+    report: dict[str, Any]
+
+
 def run_dedup(opts: DedupOptions, stages: Any) -> dict[str, Any]:
     """Run the job; returns the report (also written to ``out/report.json``)."""
-    import pyarrow as pa
-
-    from ftscale import dedup
-    from ftscale.data.atomic import ensure_dir, write_json, write_parquet
+    from ftscale.data.atomic import ensure_dir, write_json
     from ftscale.data.readers import read_source
-    from ftscale.data.texts import record_segments
-    from ftscale.decontam import find_contamination
 
+    if not opts.inputs:
+        raise ConfigError("give at least one INPUT path")
     opts.validate()
     out = ensure_dir(Path(opts.out))
     sources = _source_names(opts.inputs)
@@ -218,14 +228,37 @@ def run_dedup(opts: DedupOptions, stages: Any) -> dict[str, Any]:
                                      messages_field=opts.messages_field,
                                      max_record_bytes=opts.max_record_bytes))
     names = [n for n, _ in sources]
-    records = _Records([r.records for r in reads], names, opts)
-    alive = np.ones(len(records), dtype=bool)
-    removed_by = {stage: np.zeros(len(records), dtype=bool) for stage in STAGES}
-    decisions: list[dict[str, list]] = []
+    records = Records([r.records for r in reads], names, [(opts.text_field, opts.messages_field)] * len(reads),
+                      opts.keep)
+    outcome = dedup_and_decontaminate(records, opts, stages)
     # The report holds what determines the output, so it too is identical across thread
     # counts and output locations.
     settings = {k: v for k, v in asdict(opts).items() if k not in ("out", "num_threads")}
-    report: dict[str, Any] = {"format_version": REPORT_FORMAT_VERSION, "options": settings}
+    report: dict[str, Any] = {"format_version": REPORT_FORMAT_VERSION, "options": settings, **outcome.report}
+    with stages.stage("write", str(out)):
+        written = _write_outputs(out, records, reads, outcome)
+    report["sources"] = stage_counts(records, [r.counts for r in reads], outcome)
+    report["totals"] = {k: sum(s[k] for s in report["sources"].values()) for k in
+                        ("read", "quarantined", *STAGES, "kept")}
+    report["outputs"] = written
+    write_json(report, out / "report.json")
+    return report
+
+
+def dedup_and_decontaminate(records: Records, opts: DedupOptions, stages: Any) -> StageOutcome:
+    """Exact dedup → near dedup → decontamination over all records (global across sources)."""
+    import pyarrow as pa
+
+    from ftscale import dedup
+    from ftscale.data.readers import read_source
+    from ftscale.data.texts import record_segments
+    from ftscale.decontam import find_contamination
+
+    opts.validate()
+    alive = np.ones(len(records), dtype=bool)
+    removed_by = {stage: np.zeros(len(records), dtype=bool) for stage in STAGES}
+    decisions: list[dict[str, list]] = []
+    report: dict[str, Any] = {}
 
     if opts.exact and len(records):
         with stages.stage("exact dedup", f"{len(records):,} records"):
@@ -260,16 +293,18 @@ def run_dedup(opts: DedupOptions, stages: Any) -> dict[str, Any]:
 
     if opts.decontaminate:
         report["decontamination"] = {}
+        eval_text_field = opts.eval_text_field or opts.text_field
         for eval_name, eval_path in _source_names(opts.decontaminate):
             idx = np.flatnonzero(alive)
             with stages.stage("decontaminate", f"against {eval_name}"):
-                ev = read_source(eval_name, [eval_path], text_field=opts.eval_text_field or opts.text_field,
+                ev = read_source(eval_name, [eval_path], text_field=eval_text_field,
                                  messages_field=opts.eval_messages_field)
                 if ev.records.num_rows == 0:
-                    raise InputError(f"eval set {eval_path} has no usable records ({ev.counts}); check --eval-text-field")
-                eval_segments = record_segments(ev.records, opts.eval_text_field or opts.text_field,
-                                                opts.eval_messages_field, opts.decontam_roles)
-                train_segments = _alive_segments(records, idx, opts)
+                    raise InputError(f"eval set {eval_path} has no usable records ({ev.counts}); "
+                                     "check the eval text field")
+                eval_segments = record_segments(ev.records, eval_text_field, opts.eval_messages_field,
+                                                opts.decontam_roles)
+                train_segments = _alive_segments(records, idx, opts.decontam_roles)
                 found = find_contamination(train_segments, eval_segments, ngram=opts.decontam_ngram,
                                            min_fraction=opts.decontam_min_fraction,
                                            num_threads=opts.num_threads)
@@ -284,18 +319,10 @@ def run_dedup(opts: DedupOptions, stages: Any) -> dict[str, Any]:
                 decisions.append(_decision_rows(records, hit, "contaminated", None, None,
                                                 [eval_name] * len(hit), [items_of[r] for r in hit_local.tolist()]))
                 report["decontamination"][eval_name] = _leak_summary(ev, found, eval_uids)
-
-    with stages.stage("write", str(out)):
-        written = _write_outputs(out, records, reads, alive, decisions, write_parquet)
-    report["sources"] = _counts(records, reads, alive, removed_by)
-    report["totals"] = {k: sum(s[k] for s in report["sources"].values()) for k in
-                        ("read", "quarantined", *STAGES, "kept")}
-    report["outputs"] = written
-    write_json(report, out / "report.json")
-    return report
+    return StageOutcome(alive=alive, removed_by=removed_by, decisions=_decisions_table(decisions), report=report)
 
 
-def _alive_segments(records: _Records, idx: np.ndarray, opts: DedupOptions) -> list:
+def _alive_segments(records: Records, idx: np.ndarray, roles: list[str] | None) -> list:
     from ftscale.data.texts import record_segments
 
     segments: list = []
@@ -304,7 +331,8 @@ def _alive_segments(records: _Records, idx: np.ndarray, opts: DedupOptions) -> l
         rows = row[src == s]
         if len(rows):
             table = records.tables[s].take(rows)
-            segments.extend(record_segments(table, opts.text_field, opts.messages_field, opts.decontam_roles))
+            text_field, messages_field = records.fields[s]
+            segments.extend(record_segments(table, text_field, messages_field, roles))
     return segments
 
 
@@ -325,7 +353,7 @@ def _leak_summary(ev: Any, found: Any, eval_uids: np.ndarray) -> dict[str, Any]:
     }
 
 
-def _audit_summary(audit: dict[str, Any], records: _Records, idx: np.ndarray) -> dict[str, Any]:
+def _audit_summary(audit: dict[str, Any], records: Records, idx: np.ndarray) -> dict[str, Any]:
     pairs = audit.pop("pairs")
     audit["sampled_pairs"] = [
         {"uid_a": int(records.uids[idx[a]]), "uid_b": int(records.uids[idx[b]]), "estimated": round(est, 4),
@@ -335,29 +363,31 @@ def _audit_summary(audit: dict[str, Any], records: _Records, idx: np.ndarray) ->
     return audit
 
 
-def _counts(records: _Records, reads: list, alive: np.ndarray, removed_by: dict[str, np.ndarray]) -> dict[str, dict]:
+def stage_counts(records: Records, read_counts: list[dict], outcome: StageOutcome) -> dict[str, dict]:
+    """Per-source counts; checks read == kept + quarantined + removed by each stage."""
     out: dict[str, dict] = {}
-    for s, (name, r) in enumerate(zip(records.names, reads)):
+    for s, (name, rc) in enumerate(zip(records.names, read_counts)):
         mine = records.source_of == s
-        c = {"read": r.counts["read"], "quarantined": r.counts["quarantined"],
-             "quarantined_by_reason": r.counts["quarantined_by_reason"]}
+        c = {"read": rc["read"], "quarantined": rc["quarantined"],
+             "quarantined_by_reason": dict(rc["quarantined_by_reason"])}
         for stage in STAGES:
-            c[stage] = int((removed_by[stage] & mine).sum())
-        c["kept"] = int((alive & mine).sum())
+            c[stage] = int((outcome.removed_by[stage] & mine).sum())
+        c["kept"] = int((outcome.alive & mine).sum())
         if c["read"] != c["kept"] + c["quarantined"] + sum(c[st] for st in STAGES):
             raise AssertionError(f"count conservation broken for source {name}: {c}")  # a bug, not user error
         out[name] = c
     return out
 
 
-def _write_outputs(out: Path, records: _Records, reads: list, alive: np.ndarray, decisions: list,
-                   write_parquet: Any) -> dict[str, Any]:
+def _write_outputs(out: Path, records: Records, reads: list, outcome: StageOutcome) -> dict[str, Any]:
     import pyarrow as pa
+
+    from ftscale.data.atomic import write_parquet
 
     written: dict[str, Any] = {"data": [], "quarantine": []}
     start = 0
     for name, table, r in zip(records.names, records.tables, reads):
-        mask = alive[start:start + table.num_rows]
+        mask = outcome.alive[start:start + table.num_rows]
         start += table.num_rows
         path = out / "data" / f"{name}.parquet"
         write_parquet(table.filter(pa.array(mask)), path)
@@ -366,6 +396,6 @@ def _write_outputs(out: Path, records: _Records, reads: list, alive: np.ndarray,
         write_parquet(r.quarantine, qpath)
         written["quarantine"].append(str(qpath.relative_to(out)))
     dpath = out / "removed" / "decisions.parquet"
-    write_parquet(_decisions_table(decisions), dpath)
+    write_parquet(outcome.decisions, dpath)
     written["decisions"] = str(dpath.relative_to(out))
     return written

@@ -4,6 +4,7 @@
 //! pool and converts the result to NumPy arrays. No logic lives here.
 
 mod errors;
+mod planning;
 mod texts;
 
 use ftscale_core::audit::audit;
@@ -245,5 +246,8 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(lsh_candidate_probability, m)?)?;
     m.add_function(wrap_pyfunction!(decontaminate, m)?)?;
     m.add_function(wrap_pyfunction!(default_num_threads, m)?)?;
+    m.add_function(wrap_pyfunction!(planning::pack, m)?)?;
+    m.add_function(wrap_pyfunction!(planning::apply_overlong, m)?)?;
+    m.add_function(wrap_pyfunction!(planning::plan_mixture, m)?)?;
     Ok(())
 }
