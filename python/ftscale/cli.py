@@ -8,7 +8,7 @@ import json
 import sys
 from typing import Any, Sequence
 
-from ftscale.errors import FtscaleError
+from ftscale.errors import ConfigError, FtscaleError
 
 
 def _add_dedup(sub: Any) -> None:
@@ -80,6 +80,84 @@ def _cmd_dedup(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_prep(sub: Any) -> None:
+    p = sub.add_parser("prep", help="tokenize, chat-format, dedup and shard sources into a prepared dataset",
+                       description="Prepare a dataset from a YAML config (see configs/). KEY=VALUE overrides "
+                       "any config key, e.g. seq_len=4096 sources.0.kind=sft dedup.threshold=0.85.")
+    p.add_argument("config")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
+    p.add_argument("--json", action="store_true", help="print the manifest as JSON on stdout")
+    p.set_defaults(func=_cmd_prep)
+
+
+def _cmd_prep(args: argparse.Namespace) -> int:
+    from ftscale.config import PrepConfig, load_config
+    from ftscale.data.prep import run_prep, summarize
+    from ftscale.progress import Stages
+    from ftscale.summary import print_rows
+
+    cfg = load_config(PrepConfig, args.config, args.overrides)
+    stages = Stages(enabled=True)
+    manifest = run_prep(cfg, stages)
+    if args.json:
+        print(json.dumps({**manifest, "timings_s": stages.seconds}, indent=2))
+        return 0
+    print_rows(f"ftscale prep → {cfg.output}", summarize(manifest), stages.seconds)
+    for name, entry in manifest["sources"].items():
+        for w in entry.get("warnings", []):
+            stages.print(f"[yellow]warning[/yellow] {name}: {w}")
+    return 0
+
+
+def _add_mix(sub: Any) -> None:
+    p = sub.add_parser("mix", help="plan a token-weighted mixture of a prepared dataset's sources",
+                       description="Show what a mixture draws from each source: tokens, documents, repetition.")
+    p.add_argument("dataset", help="prepared dataset directory (ftscale prep output)")
+    p.add_argument("--weights", required=True, help="NAME=WEIGHT,... e.g. domain=1,general=5")
+    p.add_argument("--tokens", required=True, help="tokens to draw, e.g. 10M")
+    p.add_argument("--temperature", type=float, default=1.0, help="weights become w^(1/T) (default 1)")
+    p.add_argument("--max-repeat", type=float, default=4.0, help="max passes over any source (default 4)")
+    p.add_argument("--family-cap", type=float, default=None, help="max share of a source per task family")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--epoch", type=int, default=0)
+    p.add_argument("--dry-run", action="store_true", help="only print the plan (the default; nothing is written)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_cmd_mix)
+
+
+def _cmd_mix(args: argparse.Namespace) -> int:
+    from ftscale.config import parse_count
+    from ftscale.data.mixing import describe_mixture, parse_weights
+    from ftscale.summary import print_rows
+
+    tokens = parse_count(args.tokens)
+    if tokens is None or tokens <= 0:
+        raise ConfigError(f"--tokens: expected a positive count like 10M, got {args.tokens!r}")
+    rows = describe_mixture(args.dataset, parse_weights(args.weights), tokens, seed=args.seed, epoch=args.epoch,
+                            temperature=args.temperature, max_repeat=args.max_repeat, family_cap=args.family_cap)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        print_rows(f"mixture of {args.dataset} ({tokens:,} tokens)", rows, {})
+    return 0
+
+
+def _add_inspect(sub: Any) -> None:
+    p = sub.add_parser("inspect", help="print prepared samples with the loss-bearing tokens highlighted")
+    p.add_argument("dataset")
+    p.add_argument("--source", required=True)
+    p.add_argument("--n", type=int, default=3, help="samples to show (default 3)")
+    p.add_argument("--split", choices=["train", "val"], default="train")
+    p.set_defaults(func=_cmd_inspect)
+
+
+def _cmd_inspect(args: argparse.Namespace) -> int:
+    from ftscale.data.inspect import print_samples
+
+    print_samples(args.dataset, args.source, args.n, args.split)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ftscale", description="Fine-tuning data engine and trainer.")
     from ftscale import __version__
@@ -88,6 +166,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     _add_dedup(sub)
+    _add_prep(sub)
+    _add_mix(sub)
+    _add_inspect(sub)
     return parser
 
 

@@ -34,3 +34,20 @@ def print_dedup_summary(report: dict[str, Any], seconds: dict[str, float]) -> No
         console.print(f"audit: precision ≈ {audit['precision']:.3f}, recall ≈ {audit['recall']:.3f} "
                       f"({len(audit['sampled_pairs'])} pairs with exact Jaccard)")
     console.print("time: " + ", ".join(f"{k} {v:.2f} s" for k, v in seconds.items()))
+
+
+def print_rows(title: str, rows: list[dict[str, Any]], seconds: dict[str, float]) -> None:
+    """A table from a list of same-keyed dicts (numbers right-aligned, thousands separated)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    table = Table(title=title)
+    if rows:
+        for key in rows[0]:
+            table.add_column(key, justify="right" if isinstance(rows[0][key], (int, float)) else "left")
+        for r in rows:
+            table.add_row(*(f"{v:,}" if isinstance(v, int) and not isinstance(v, bool) else str(v) for v in r.values()))
+    console.print(table)
+    if seconds:
+        console.print("time: " + ", ".join(f"{k} {v:.2f} s" for k, v in seconds.items()))

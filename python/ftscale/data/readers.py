@@ -248,9 +248,14 @@ def record_uids(source: str, file_id: str, rows: np.ndarray) -> np.ndarray:
     rows = np.asarray(rows)
     if rows.size and np.issubdtype(rows.dtype, np.signedinteger) and rows.min() < 0:
         raise ValueError("row indices must be non-negative")
-    x = rows.astype(np.uint64)
     with np.errstate(over="ignore"):  # wrapping mod 2**64 is the point
-        x = x + np.uint64(file_uid_base(source, file_id)) + _SPLITMIX_GAMMA
+        return splitmix64_array(rows.astype(np.uint64) + np.uint64(file_uid_base(source, file_id)))
+
+
+def splitmix64_array(x: np.ndarray) -> np.ndarray:
+    """SplitMix64 of every uint64 in ``x`` (vectorised; arithmetic mod 2**64)."""
+    with np.errstate(over="ignore"):
+        x = x.astype(np.uint64) + _SPLITMIX_GAMMA
         x = (x ^ (x >> np.uint64(30))) * _SPLITMIX_MUL1
         x = (x ^ (x >> np.uint64(27))) * _SPLITMIX_MUL2
         return x ^ (x >> np.uint64(31))

@@ -1,0 +1,64 @@
+"""`ftscale mix`: what a token-weighted mixture draws from each source of a prepared dataset."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ftscale.errors import ConfigError, InputError
+
+
+def parse_weights(text: str) -> dict[str, float]:
+    """'domain=1,general=5' → {'domain': 1.0, 'general': 5.0}."""
+    weights: dict[str, float] = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        name, sep, value = part.partition("=")
+        try:
+            w = float(value)
+        except ValueError:
+            w = -1.0
+        if not sep or not name or w <= 0:
+            raise ConfigError(f"--weights: {part!r} must be NAME=POSITIVE_NUMBER, e.g. domain=1,general=5")
+        weights[name] = w
+    if not weights:
+        raise ConfigError("--weights: give at least one NAME=WEIGHT")
+    return weights
+
+
+def read_manifest(dataset_dir: str | Path) -> dict[str, Any]:
+    from ftscale.data.format import MANIFEST
+
+    path = Path(dataset_dir) / MANIFEST
+    if not path.is_file():
+        raise InputError(f"{dataset_dir} is not a prepared dataset (no {MANIFEST}); run `ftscale prep` first")
+    return json.loads(path.read_text())
+
+
+def source_lengths(dataset_dir: str | Path, manifest: dict[str, Any], name: str, split: str = "train") -> np.ndarray:
+    """Token length of every document of one source split, in shard order."""
+    import pyarrow.parquet as pq
+
+    if name not in manifest["sources"]:
+        raise ConfigError(f"source {name!r} is not in {dataset_dir}; it has: {', '.join(manifest['sources'])}")
+    parts = [pq.read_table(Path(dataset_dir) / s["path"], columns=["length"]).column("length").to_numpy()
+             for s in manifest["sources"][name][split]]
+    return np.concatenate(parts).astype(np.uint32) if parts else np.zeros(0, np.uint32)
+
+
+def describe_mixture(dataset_dir: str, weights: dict[str, float], tokens: int, *, seed: int = 0, epoch: int = 0,
+                     temperature: float = 1.0, max_repeat: float = 4.0,
+                     family_cap: float | None = None) -> list[dict[str, Any]]:
+    from ftscale.pack import MixtureSource, plan_mixture
+
+    manifest = read_manifest(dataset_dir)
+    sources = [MixtureSource(n, source_lengths(dataset_dir, manifest, n), w) for n, w in weights.items()]
+    plan = plan_mixture(sources, tokens, seed=seed, epoch=epoch, temperature=temperature, max_repeat=max_repeat,
+                        family_cap=family_cap)
+    total = max(plan.total_tokens, 1)
+    return [{"source": s["name"], "weight": s["weight"], "share": round(s["selected_tokens"] / total, 4),
+             "tokens": int(s["selected_tokens"]), "documents": int(s["docs_selected"]),
+             "unique tokens": int(s["unique_tokens"]), "repetition": round(s["repetition"], 3)}
+            for s in plan.sources]

