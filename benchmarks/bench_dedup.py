@@ -36,6 +36,7 @@ import argparse  # noqa: E402
 import gc  # noqa: E402
 import hashlib  # noqa: E402
 import json  # noqa: E402
+import math  # noqa: E402
 import platform  # noqa: E402
 import subprocess  # noqa: E402
 import time  # noqa: E402
@@ -64,7 +65,10 @@ perf = time.perf_counter
 # helpers
 
 
-def measure(fn, *, repeat=3, budget_s=10.0, warmup=None):
+REPEAT = 3
+
+
+def measure(fn, *, repeat=None, budget_s=10.0, warmup=None):
     """Warm up once (``warmup`` or ``fn``), then best of ``repeat`` runs of ``fn``.
 
     Stops repeating once the runs so far took more than ``budget_s``. Returns
@@ -72,7 +76,7 @@ def measure(fn, *, repeat=3, budget_s=10.0, warmup=None):
     """
     (warmup or fn)()
     times, out = [], None
-    for _ in range(repeat):
+    for _ in range(repeat or REPEAT):
         gc.collect()
         t0 = perf()
         out = fn()
@@ -185,10 +189,12 @@ def rensa_all_threads_worker(n_docs: int, seed: int) -> None:
 
 
 def run_rensa_worker(n_docs: int, seed: int, threads: int) -> dict | None:
+    """rensa end-to-end and sketch-only timings with ``threads`` rayon threads (subprocess)."""
     env = dict(os.environ, RAYON_NUM_THREADS=str(threads))
     try:
         proc = subprocess.run(
-            [sys.executable, __file__, _WORKER_FLAG, "--docs", str(n_docs), "--seed", str(seed)],
+            [sys.executable, __file__, _WORKER_FLAG, "--docs", str(n_docs), "--seed", str(seed),
+             "--repeat", str(REPEAT)],
             env=env, capture_output=True, text=True, timeout=600,
         )
         return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -210,8 +216,11 @@ def main() -> None:
                     help="subset for datasketch signature throughput (default 2000)")
     ap.add_argument("--exact-mb", type=float, default=200.0,
                     help="text volume for the exact-dedup figures, MB (default 200)")
+    ap.add_argument("--repeat", type=int, default=3, help="timed runs per figure, best kept (default 3)")
     ap.add_argument(_WORKER_FLAG, action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    global REPEAT
+    REPEAT = max(1, args.repeat)
     if args._rensa_all_threads_worker:
         rensa_all_threads_worker(args.docs, args.seed)
         return
@@ -293,7 +302,7 @@ def main() -> None:
     mh["ftscale_all_threads"] = {"docs_per_s": n / s, "runs_s": runs, "threads": n_threads}
 
     shingled = [py_shingles(t) for t in texts]
-    s, runs, _ = measure(lambda: [py_shingles(t) for t in texts], repeat=3, budget_s=6.0,
+    s, runs, _ = measure(lambda: [py_shingles(t) for t in texts], budget_s=6.0,
                          warmup=lambda: [py_shingles(t) for t in texts[:500]])
     mh["python_shingling_only"] = {"docs_per_s": n / s, "runs_s": runs}
     s, runs, _ = measure(
@@ -328,7 +337,8 @@ def main() -> None:
     diag = {}
     for name, part in (("ascii_docs", asc), ("non_ascii_docs", nonasc)):
         if part:
-            s, runs, _ = measure(lambda: ftscale.minhash(part, NUM_PERM, NGRAM, FTSCALE_SEED, num_threads=1))
+            s, runs, _ = measure(lambda: ftscale.minhash(part, NUM_PERM, NGRAM, FTSCALE_SEED, num_threads=1),
+                                 repeat=REPEAT + 2)
             diag[name] = {"docs": len(part), "docs_per_s": len(part) / s,
                           "mb_per_s": sum(len(t.encode()) for t in part) / s / 1e6}
     mh["ftscale_1_thread_by_charset"] = diag
@@ -527,7 +537,7 @@ def main() -> None:
     # ---------------------------------------------------------------- exact dedup
     print("\n== Exact dedup (GB/s of UTF-8 text) ==")
     ex: dict = {}
-    reps = max(1, round(args.exact_mb * 1e6 / n_bytes))
+    reps = max(1, math.ceil(args.exact_mb * 1e6 / n_bytes))
     big = texts * reps
     arr = pa.array(big, type=pa.large_string())
     nbytes = int(pc.sum(pc.binary_length(arr)).as_py())
@@ -537,9 +547,23 @@ def main() -> None:
 
     s, runs, out = measure(lambda: ftscale.exact_duplicates(arr, num_threads=1), budget_s=8.0)
     ex["ftscale_1_thread"] = {"gb_per_s": nbytes / s / 1e9, "runs_s": runs, "removed": out.num_removed}
+    # diagnostic: where ftscale's time goes, ASCII-only vs non-ASCII documents
+    is_ascii = np.array([t.isascii() for t in big])
+    for name, mask in (("ascii_docs", is_ascii), ("non_ascii_docs", ~is_ascii)):
+        part = arr.filter(pa.array(mask))
+        pb = int(pc.sum(pc.binary_length(part)).as_py()) if len(part) else 0
+        if pb:
+            s, runs, _ = measure(lambda: ftscale.exact_duplicates(part, num_threads=1), repeat=REPEAT + 2, budget_s=6.0)
+            ex.setdefault("ftscale_1_thread_by_charset", {})[name] = {
+                "docs": len(part), "bytes": pb, "gb_per_s": pb / s / 1e9, "seconds": s}
     s, runs, out = measure(lambda: ftscale.exact_duplicates(arr, num_threads=None), budget_s=8.0)
     ex["ftscale_all_threads"] = {"gb_per_s": nbytes / s / 1e9, "runs_s": runs, "threads": n_threads,
                                  "gb_per_s_per_core": nbytes / s / 1e9 / n_threads, "removed": out.num_removed}
+
+    raw = dict(nfkc=False, lowercase=False, collapse_whitespace=False)
+    s, runs, out = measure(lambda: ftscale.exact_duplicates(arr, num_threads=1, **raw), budget_s=8.0)
+    ex["ftscale_1_thread_no_normalisation"] = {"gb_per_s": nbytes / s / 1e9, "runs_s": runs,
+                                              "removed": out.num_removed, "options": raw}
 
     def md5_dedup(items):
         seen: dict = {}
@@ -558,30 +582,26 @@ def main() -> None:
                                "dtype": str(series.dtype), "note": "raw text, no normalisation"}
     del series, dup
 
-    # diagnostic: where ftscale's time goes, ASCII-only vs non-ASCII documents
-    is_ascii = np.array([t.isascii() for t in big])
-    for name, mask in (("ascii_docs", is_ascii), ("non_ascii_docs", ~is_ascii)):
-        part = arr.filter(pa.array(mask))
-        pb = int(pc.sum(pc.binary_length(part)).as_py()) if len(part) else 0
-        if pb:
-            s, runs, _ = measure(lambda: ftscale.exact_duplicates(part, num_threads=1), budget_s=6.0)
-            ex.setdefault("ftscale_1_thread_by_charset", {})[name] = {
-                "docs": len(part), "bytes": pb, "gb_per_s": pb / s / 1e9, "seconds": s}
     res["exact_dedup"] = ex
 
     g1 = ex["ftscale_1_thread"]["gb_per_s"]
     gpy = ex["python_md5_dict"]["gb_per_s"]
     gpd = ex["pandas_duplicated"]["gb_per_s"]
-    ex["ratios"] = {"ftscale_1t_vs_python_md5": g1 / gpy, "ftscale_1t_vs_pandas": g1 / gpd}
+    graw = ex["ftscale_1_thread_no_normalisation"]["gb_per_s"]
+    ex["ratios"] = {"ftscale_1t_vs_python_md5": g1 / gpy, "ftscale_1t_vs_pandas": g1 / gpd,
+                    "ftscale_1t_no_normalisation_vs_pandas": graw / gpd}
     print(f"exact dedup GB/s per core | ftscale 1 thread: {g1:.3f} | Python md5+dict (lower/split/join, no NFKC, "
           f"1 core): {gpy:.3f} | ratio {g1 / gpy:.2f}x ({verdict(g1, TARGET_EXACT_GBPS_PER_CORE, ' GB/s per core')})")
     print(f"exact dedup GB/s | ftscale 1 thread: {g1:.3f} | pandas Series.duplicated on raw text "
           f"(dtype {ex['pandas_duplicated']['dtype']}, no normalisation): {gpd:.3f} | ratio {g1 / gpd:.2f}x")
+    print(f"exact dedup GB/s | ftscale 1 thread, normalisation off (nfkc, lowercase, collapse_whitespace = False): "
+          f"{graw:.3f} | pandas Series.duplicated on raw text: {gpd:.3f} | ratio {graw / gpd:.2f}x")
     ga = ex["ftscale_all_threads"]["gb_per_s"]
     print(f"exact dedup GB/s | ftscale {n_threads} threads: {ga:.3f} ({ga / n_threads:.3f} per core) | "
           f"Python md5+dict 1 core: {gpy:.3f} | ratio {ga / gpy:.2f}x")
-    print(f"  removed: ftscale {ex['ftscale_1_thread']['removed']:,}, Python md5 {ex['python_md5_dict']['removed']:,}, "
-          f"pandas (raw) {ex['pandas_duplicated']['removed']:,}")
+    print(f"  removed: ftscale {ex['ftscale_1_thread']['removed']:,}, Python md5 {ex['python_md5_dict']['removed']:,}; "
+          f"raw text: ftscale {ex['ftscale_1_thread_no_normalisation']['removed']:,}, "
+          f"pandas {ex['pandas_duplicated']['removed']:,}")
     cs = ex.get("ftscale_1_thread_by_charset", {})
     if len(cs) == 2:
         a, b = cs["ascii_docs"], cs["non_ascii_docs"]

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from ftscale.config import PrepConfig, SourceConfig, to_dict
-from ftscale.errors import ConfigError, InputError
+from ftscale.errors import ConfigError, DataError, InputError
 
 PROGRESS = ".prep-progress.json"
 VAL_SALT = np.uint64(0x56414C)  # "VAL": decorrelates the split from other uses of the uid
@@ -239,6 +239,11 @@ def _tokenize_chat(src: SourceConfig, kept: Any, tok: Any, cfg: PrepConfig, uids
         keep_idx.append(i)
         ids.append(np.asarray(x, dtype=np.int32))
         masks.append(np.asarray(m, dtype=np.uint8))
+    if kept.num_rows and not masks:
+        reasons = sorted({r for r, _ in bad.values()})
+        raise DataError(f"source {src.name!r}: none of its {kept.num_rows} conversations yields supervised "
+                        f"tokens with the chat template of {tok.path} (reasons: {', '.join(reasons)}); check "
+                        "the template (tokenizer.chat_template) and the messages field")
     shares = np.array([m.mean() for m in masks]) if masks else np.zeros(0)
     template_name = "override" if cfg.tokenizer.chat_template else f"the chat template of {tok.path}"
     warnings = lint_masks(src.name, template_name, shares) if kept.num_rows else []
