@@ -547,7 +547,8 @@ def main() -> None:
 
     s, runs, out = measure(lambda: ftscale.exact_duplicates(arr, num_threads=1), budget_s=8.0)
     ex["ftscale_1_thread"] = {"gb_per_s": nbytes / s / 1e9, "runs_s": runs, "removed": out.num_removed}
-    # diagnostic: where ftscale's time goes, ASCII-only vs non-ASCII documents
+
+    # diagnostic (measured right after, in the same conditions): ASCII-only vs non-ASCII documents: where ftscale's time goes, ASCII-only vs non-ASCII documents
     is_ascii = np.array([t.isascii() for t in big])
     for name, mask in (("ascii_docs", is_ascii), ("non_ascii_docs", ~is_ascii)):
         part = arr.filter(pa.array(mask))
@@ -556,6 +557,8 @@ def main() -> None:
             s, runs, _ = measure(lambda: ftscale.exact_duplicates(part, num_threads=1), repeat=REPEAT + 2, budget_s=6.0)
             ex.setdefault("ftscale_1_thread_by_charset", {})[name] = {
                 "docs": len(part), "bytes": pb, "gb_per_s": pb / s / 1e9, "seconds": s}
+    del part
+
     s, runs, out = measure(lambda: ftscale.exact_duplicates(arr, num_threads=None), budget_s=8.0)
     ex["ftscale_all_threads"] = {"gb_per_s": nbytes / s / 1e9, "runs_s": runs, "threads": n_threads,
                                  "gb_per_s_per_core": nbytes / s / 1e9 / n_threads, "removed": out.num_removed}

@@ -158,6 +158,49 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_train(sub: Any) -> None:
+    p = sub.add_parser("train", help="train on a prepared dataset with Ray Train + DeepSpeed",
+                       description="Start a local Ray cluster (or join RAY_ADDRESS) and train. KEY=VALUE "
+                       "overrides any config key, e.g. max_steps=200 zero_stage=3 method=lora.")
+    p.add_argument("config")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
+    p.add_argument("--json", action="store_true", help="print the run summary as JSON")
+    p.set_defaults(func=_cmd_train)
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from ftscale.config import TrainConfig, load_config
+    from ftscale.train.launch import launch
+
+    cfg = load_config(TrainConfig, args.config, args.overrides)
+    summary = launch(cfg)
+    if args.json:
+        print(json.dumps(summary, indent=2, default=str))
+    else:
+        m = summary["metrics"]
+        print(f"run: {summary['run_dir']}\ncheckpoint: {summary['checkpoint']}\n"
+              f"final loss: {m.get('loss', float('nan')):.4f}" +
+              (f"  val loss: {m['val_loss']:.4f}" if "val_loss" in m else "") +
+              (f"\nexported: {summary['export']}" if summary.get("export") else ""))
+    return 0
+
+
+def _add_export(sub: Any) -> None:
+    p = sub.add_parser("export", help="checkpoint → Hugging Face model directory (or peft adapter)")
+    p.add_argument("source", metavar="RUN_OR_CHECKPOINT")
+    p.add_argument("--out", required=True)
+    p.add_argument("--merge-lora", action="store_true", help="merge LoRA weights into the base model")
+    p.add_argument("--average-last", type=int, default=1, metavar="K", help="average the last K checkpoints")
+    p.set_defaults(func=_cmd_export)
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from ftscale.train.export import export
+
+    print(export(args.source, args.out, merge_lora=args.merge_lora, average_last=args.average_last))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ftscale", description="Fine-tuning data engine and trainer.")
     from ftscale import __version__
@@ -169,6 +212,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_prep(sub)
     _add_mix(sub)
     _add_inspect(sub)
+    _add_train(sub)
+    _add_export(sub)
     return parser
 
 

@@ -289,3 +289,135 @@ def load_config(cls: type, path: str | Path, overrides: list[str] | None = None)
     file stay relative to the current directory (the launch directory), as in the README."""
     data = apply_overrides(load_yaml(path), list(overrides or []))
     return build(cls, data)
+
+
+# ---------------------------------------------------------------------------------------
+# The train config
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Exactly one of ``path`` (HF directory, .gguf file, or pkg:MODULE/file) and ``config``
+    (an inline transformers config dict, randomly initialised: for tests and demos)."""
+
+    path: str | None = None
+    config: dict[str, Any] | None = None
+    attn_implementation: Literal["auto", "sdpa", "eager", "flash_attention_2"] = "auto"
+    gradient_checkpointing: bool = False
+
+    def check(self, key: str) -> None:
+        if (self.path is None) == (self.config is None):
+            raise ConfigError(f"{key}: give exactly one of model.path and model.config")
+
+
+@dataclass(frozen=True)
+class LoraConfig:
+    r: int = 16
+    alpha: float = 32.0
+    dropout: float = 0.05
+    target_modules: list[str] | Literal["all-linear"] = "all-linear"
+
+    def check(self, key: str) -> None:
+        if self.r < 1:
+            raise ConfigError(f"{key}.r: must be >= 1, got {self.r}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"{key}.dropout: must be in [0, 1), got {self.dropout}")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """The prepared dataset and how to mix it. ``mixture``: source → token weight (default:
+    every source, in proportion to its tokens)."""
+
+    path: str
+    mixture: dict[str, float] | None = None
+    tokens_per_epoch: int | None = None
+    temperature: float = 1.0
+    max_repeat: float = 4.0
+    strategy: Literal["bfd", "ffd", "greedy"] = "bfd"
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    lr: float = 2e-4
+    min_lr: float = 2e-5  # cosine decays to this (a tenth of the peak, the common choice)
+    warmup_steps: int = 10
+    weight_decay: float = 0.0
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
+    eps: float = 1e-8
+    grad_clip: float = 1.0  # max global grad norm; 0 disables clipping
+
+    def check(self, key: str) -> None:
+        if self.lr <= 0 or self.min_lr < 0 or self.min_lr > self.lr:
+            raise ConfigError(f"{key}: need 0 <= min_lr <= lr and lr > 0 (got lr={self.lr}, min_lr={self.min_lr})")
+        if len(self.betas) != 2:
+            raise ConfigError(f"{key}.betas: give two numbers, e.g. [0.9, 0.95]")
+
+
+@dataclass(frozen=True)
+class SpikeConfig:
+    """Loss-spike guard: a step whose loss or grad norm is ``z_threshold`` standard deviations
+    above the mean of the last ``window`` steps is skipped; ``max_spikes`` skips within one
+    window roll back to the last checkpoint and skip the data seen since."""
+
+    enabled: bool = True
+    window: int = 50
+    z_threshold: float = 6.0
+    min_history: int = 10
+    max_spikes: int = 3
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """A training run. ``tokens_per_step`` sets gradient accumulation:
+    accum = ceil(tokens_per_step / (micro_batch_size · seq_len · workers))."""
+
+    data: DataConfig
+    model: ModelConfig
+    run_name: str = "ftscale-run"
+    storage_path: str = "runs"
+    method: Literal["full", "lora"] = "full"
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    seq_len: int = 2048
+    micro_batch_size: int = 1
+    tokens_per_step: int | None = None
+    max_steps: int = 100
+    seed: int = 0
+    precision: Literal["auto", "bf16", "fp32"] = "auto"
+    zero_stage: Literal[0, 1, 2, 3] = 2
+    offload_optimizer: bool = False
+    offload_params: bool = False
+    num_workers: int = 2
+    use_gpu: bool | None = None  # None: use GPUs when the cluster has them
+    cpus_per_worker: int = 1
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    spike: SpikeConfig = field(default_factory=SpikeConfig)
+    checkpoint_every: int = 50
+    keep_checkpoints: int = 3
+    eval_every: int = 50
+    eval_batches: int = 8
+    early_stop_patience: int = 0  # evaluations without improvement before stopping; 0: never
+    log_every: int = 1
+    peak_tflops: float | None = None  # per device, for MFU; None: known GPUs, else MFU is not reported
+    max_failures: int = 2  # worker/node failures Ray Train recovers from automatically
+    export_on_finish: bool = True
+
+    def check(self, key: str) -> None:
+        if self.seq_len < 8 or self.micro_batch_size < 1 or self.max_steps < 1 or self.num_workers < 1:
+            raise ConfigError("seq_len >= 8, micro_batch_size >= 1, max_steps >= 1 and num_workers >= 1 are required")
+        if self.offload_params and self.zero_stage != 3:
+            raise ConfigError("offload_params: parameter offload needs zero_stage: 3")
+        if self.offload_optimizer and self.zero_stage == 0:
+            raise ConfigError("offload_optimizer: optimizer offload needs zero_stage 1, 2 or 3")
+        if self.checkpoint_every < 1 or self.eval_every < 0 or self.keep_checkpoints < 1:
+            raise ConfigError("checkpoint_every >= 1, keep_checkpoints >= 1 and eval_every >= 0 are required")
+        if self.tokens_per_step is not None and self.tokens_per_step < 1:
+            raise ConfigError(f"tokens_per_step: must be positive, got {self.tokens_per_step}")
+        if not self.run_name or "/" in self.run_name:
+            raise ConfigError(f"run_name: {self.run_name!r} must be a plain non-empty name")
+
+    def grad_accum_steps(self) -> int:
+        per_step = self.micro_batch_size * self.seq_len * self.num_workers
+        if self.tokens_per_step is None:
+            return 1
+        return max(1, -(-self.tokens_per_step // per_step))

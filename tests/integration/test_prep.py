@@ -163,3 +163,52 @@ def test_every_shipped_prep_config_validates():
         first = path.read_text().splitlines()[0]
         assert first.startswith("# ftscale "), f"{path.name}: first line must be the launch command"
         load_config(PrepConfig, path)
+
+
+def write_chats(path: Path, n: int) -> None:
+    rng = random.Random(5)
+    with open(path, "w") as f:
+        for i in range(n):
+            turns = []
+            for t in range(rng.randrange(1, 3)):
+                turns += [{"role": "user", "content": f"question {i}.{t} about item {rng.randrange(1000)}?"},
+                          {"role": "assistant", "content": f"answer {i}.{t}: " + " ".join(
+                              f"w{rng.randrange(500)}" for _ in range(rng.randrange(5, 60)))}]
+            f.write(json.dumps({"messages": turns}) + "\n")
+        f.write(json.dumps({"messages": [{"role": "user", "content": "no answer here"}]}) + "\n")
+        f.write(json.dumps({"instruction": "Name a colour.", "output": "Blue."}) + "\n")
+
+
+def test_sft_prep_masks_only_assistant_tokens(tmp_path, smol_tokenizer_dir):
+    write_chats(tmp_path / "chat.jsonl", 80)
+    out = tmp_path / "out"
+    cfg = write_config(tmp_path, out, [{"name": "chat", "kind": "sft", "overlong": "truncate",
+                                        "paths": [str(tmp_path / "chat.jsonl")]}],
+                       tokenizer={"path": str(smol_tokenizer_dir)}, seq_len=96)
+    assert main(["prep", str(cfg)]) == 0
+    entry = json.loads((out / "manifest.json").read_text())["sources"]["chat"]
+    c = entry["counts"]
+    assert c["read"] == 82 and c["quarantined_by_reason"] == {"no_assistant_turn": 1}
+    assert c["truncated"] > 0 and 0.05 < entry["supervised_share"] < 0.9
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(smol_tokenizer_dir))
+    rows = pq.read_table(out / entry["train"][0]["path"]).to_pylist()
+    for r in rows:
+        ids, mask = np.array(r["input_ids"]), np.array(r["loss_mask"], dtype=bool)
+        assert len(ids) <= 96
+        supervised = tok.decode(ids[mask])
+        assert "question" not in supervised and "<|im_start|>" not in supervised and "user" not in supervised
+        assert "answer" in supervised or len(ids) == 96
+
+
+def test_zero_coverage_source_is_refused(tmp_path, smol_tokenizer_dir, capsys):
+    write_chats(tmp_path / "chat.jsonl", 10)
+    # A template that never renders assistant turns: nothing could ever be learned.
+    users_only = "{% for m in messages %}{% if m['role'] == 'user' %}{{ m['content'] }}\n{% endif %}{% endfor %}"
+    cfg = write_config(tmp_path, tmp_path / "out", [{"name": "chat", "kind": "sft", "overlong": "truncate",
+                                                     "paths": [str(tmp_path / "chat.jsonl")]}],
+                       tokenizer={"path": str(smol_tokenizer_dir), "chat_template": users_only})
+    assert main(["prep", str(cfg)]) == 2
+    err = capsys.readouterr().err
+    assert "source 'chat'" in err and "supervised" in err and "chat template" in err

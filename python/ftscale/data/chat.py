@@ -38,7 +38,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
@@ -169,12 +169,13 @@ class ChatEncoder:
         return [{"role": "system", "content": self._system_prompt}, *messages]
 
     def _render(self, messages: list[Message], generation_prompt: bool) -> str:
-        return self._tokenizer.apply_chat_template(
+        rendered = self._tokenizer.apply_chat_template(
             messages,
             chat_template=self._chat_template,
             tokenize=False,
             add_generation_prompt=generation_prompt,
         )
+        return cast(str, rendered)  # tokenize=False renders one conversation to one str
 
     def _try_render(self, messages: list[Message], generation_prompt: bool) -> str | None:
         # A template may reject a partial conversation in any way it likes (raise_exception,
@@ -290,7 +291,7 @@ def _build(
     # token around it, which holds no assistant text.
     bounds = np.asarray([s for s in spans if s[1] > s[0]], dtype=np.int64).reshape(-1, 2)
     overlaps = (token_ranges[:, None, 0] < bounds[None, :, 1]) & (token_ranges[:, None, 1] > bounds[None, :, 0])
-    mask = overlaps.any(axis=1).astype(np.uint8)
+    mask = np.asarray(overlaps.any(axis=1), dtype=np.uint8)
     return EncodedChat(input_ids=ids, loss_mask=mask, text=text)
 
 

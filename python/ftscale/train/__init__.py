@@ -1,0 +1,1 @@
+"""Model-side pieces of the trainer: model loading, packed-batch attention, loss normalisation."""

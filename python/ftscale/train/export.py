@@ -1,0 +1,93 @@
+"""`ftscale export`: a checkpoint (or a run's last K, averaged) → a plain Hugging Face model
+directory (``save_pretrained``, safetensors, tokenizer) or a peft adapter.
+
+Weights come from DeepSpeed's own consolidation (``zero_to_fp32``), which gathers ZeRO-2/3
+shards from the optimizer's fp32 partitions — never from ``save_pretrained`` on a sharded
+live model, which writes empty tensors under ZeRO-3.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from ftscale.errors import ConfigError, InputError
+
+DS_TAG = "ds"
+
+
+def _checkpoints(source: str, average_last: int) -> list[Path]:
+    from ftscale.train.runs import RUN_FILE, checkpoints
+
+    p = Path(source).expanduser().resolve()
+    if (p / RUN_FILE).is_file():
+        found = [p]
+        if average_last > 1:
+            found = checkpoints(p.parent)
+            found = found[: found.index(p) + 1] if p in found else [p]
+    else:
+        found = checkpoints(p)
+        if not found:
+            raise InputError(f"{source} is neither a checkpoint nor a run directory with checkpoints")
+    if average_last < 1:
+        raise ConfigError(f"--average-last must be >= 1, got {average_last}")
+    if len(found) < average_last:
+        raise ConfigError(f"--average-last {average_last}: only {len(found)} checkpoints available")
+    return found[-average_last:]
+
+
+def fp32_state_dict(checkpoint: Path) -> dict[str, Any]:
+    """Full fp32 weights of a DeepSpeed checkpoint (any ZeRO stage), keyed as the module."""
+    import torch
+
+    os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    tag_dir = checkpoint / DS_TAG
+    if any(tag_dir.glob("*optim_states.pt")) and any(tag_dir.glob("zero_pp_rank_*")):
+        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+        return dict(get_fp32_state_dict_from_zero_checkpoint(str(checkpoint), tag=DS_TAG))
+    states = torch.load(tag_dir / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=False)
+    return {k: v.float() for k, v in states["module"].items()}
+
+
+def export(source: str, out: str, merge_lora: bool = False, average_last: int = 1) -> Path:
+    import torch
+
+    from ftscale.config import TrainConfig, build
+    from ftscale.data.tokenize import load_tokenizer
+    from ftscale.train.model import apply_lora, load_model
+    from ftscale.train.runs import RUN_FILE
+
+    chosen = _checkpoints(source, average_last)
+    run = json.loads((chosen[-1] / RUN_FILE).read_text())
+    cfg = build(TrainConfig, run["config"])
+    states = [fp32_state_dict(c) for c in chosen]
+    state = {k: sum(s[k] for s in states) / len(states) for k in states[0]} if len(states) > 1 else states[0]
+    model = load_model(cfg.model.path, cfg.model.config, dtype="float32", attn_implementation="sdpa", seed=cfg.seed)
+    if cfg.method == "lora":
+        model = apply_lora(model, cfg.lora.r, cfg.lora.alpha, cfg.lora.dropout, cfg.lora.target_modules)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    # Tied weights (lm_head = embeddings) are stored once; anything else missing is a bug.
+    tied = {k for k in missing if "lm_head" in k and getattr(model.config, "tie_word_embeddings", False)}
+    if set(missing) - tied or unexpected:
+        raise RuntimeError(f"checkpoint does not match the model: missing {sorted(set(missing) - tied)[:5]}, "
+                           f"unexpected {sorted(unexpected)[:5]}")
+    out_dir = Path(out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if cfg.method == "lora" and merge_lora:
+        model = model.merge_and_unload()
+    if hasattr(model, "hf_quantizer"):
+        model.hf_quantizer = None
+    if getattr(model.config, "quantization_config", None) is not None:
+        del model.config.quantization_config
+    with torch.no_grad():
+        model.save_pretrained(str(out_dir), safe_serialization=True)
+    tokenizer = load_tokenizer(run["tokenizer"]["path"], run["tokenizer"].get("chat_template"))
+    if tokenizer.hf is not None:
+        tokenizer.hf.save_pretrained(str(out_dir))
+    (out_dir / "ftscale_export.json").write_text(json.dumps(
+        {"checkpoints": [str(c) for c in chosen], "step": run["step"], "method": cfg.method,
+         "merged_lora": bool(cfg.method == "lora" and merge_lora)}, indent=2))
+    return out_dir

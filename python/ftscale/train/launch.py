@@ -1,0 +1,93 @@
+"""`ftscale train`: start (or join) a Ray cluster and run the recipe on N Ray Train workers.
+
+Local by default (``ray.init(address="local")``); with ``RAY_ADDRESS`` set — as inside
+``ray job submit`` — it joins that cluster, so the same command works in both places.
+Relaunching a run with the same ``run_name`` and ``storage_path`` resumes from its latest
+complete checkpoint; Ray Train also restarts failed workers from it (``max_failures``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+from typing import Any
+
+from ftscale.config import TrainConfig, to_dict
+from ftscale.errors import ConfigError, FtscaleError
+
+WORKER_ENV = {
+    "TOKENIZERS_PARALLELISM": "false",
+    "PYTHONUNBUFFERED": "1",
+}
+
+
+def _absolute(cfg: TrainConfig) -> TrainConfig:
+    """Paths resolved against the launch directory, so workers on any cwd find them."""
+    data = dataclasses.replace(cfg.data, path=str(Path(cfg.data.path).expanduser().resolve()))
+    model = cfg.model
+    if model.path and not model.path.startswith("pkg:"):
+        model = dataclasses.replace(model, path=str(Path(model.path).expanduser().resolve()))
+    return dataclasses.replace(cfg, data=data, model=model,
+                               storage_path=str(Path(cfg.storage_path).expanduser().resolve()))
+
+
+def _init_ray(num_cpus_needed: int) -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = os.environ.get("RAY_ADDRESS")
+    ray.init(address=address or "local", ignore_reinit_error=True, log_to_driver=True,
+             runtime_env={"env_vars": WORKER_ENV})
+
+
+def launch(cfg: TrainConfig) -> dict[str, Any]:
+    """Run training; returns a summary (run dir, last checkpoint, final metrics, export dir)."""
+    from ftscale.data.mixing import read_manifest
+
+    cfg = _absolute(cfg)
+    manifest = read_manifest(cfg.data.path)
+    if cfg.seq_len > manifest["seq_len"] and any(s["kind"] == "sft" for s in manifest["sources"].values()):
+        raise ConfigError(f"seq_len: {cfg.seq_len} exceeds the prepared seq_len {manifest['seq_len']} "
+                          "(SFT records were truncated to it); re-run prep or lower seq_len")
+    _init_ray(cfg.num_workers * cfg.cpus_per_worker)
+    import ray
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from ftscale.train.recipe import train_loop
+    from ftscale.train.runs import latest_checkpoint, run_dir
+
+    use_gpu = cfg.use_gpu if cfg.use_gpu is not None else ray.cluster_resources().get("GPU", 0) >= 1
+    env = dict(WORKER_ENV)
+    if not use_gpu:
+        env["DS_ACCELERATOR"] = "cpu"
+        env["OMP_NUM_THREADS"] = str(cfg.cpus_per_worker)
+    os.environ.update({k: v for k, v in env.items() if k == "DS_ACCELERATOR"})
+    directory = run_dir(cfg.storage_path, cfg.run_name)
+    resume = latest_checkpoint(directory)
+    trainer = TorchTrainer(
+        train_loop,
+        train_loop_config={"config": to_dict(cfg), "run_dir": str(directory),
+                           "resume_from": str(resume) if resume else None},
+        scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=use_gpu,
+                                     resources_per_worker={"CPU": cfg.cpus_per_worker}),
+        run_config=RunConfig(
+            name=cfg.run_name, storage_path=cfg.storage_path,
+            failure_config=FailureConfig(max_failures=cfg.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=cfg.keep_checkpoints),
+            worker_runtime_env={"env_vars": env},
+        ),
+    )
+    result = trainer.fit()
+    if result.error is not None:
+        raise FtscaleError(f"training failed: {result.error}") from result.error
+    last = latest_checkpoint(directory)
+    summary: dict[str, Any] = {"run_dir": str(directory), "checkpoint": str(last) if last else None,
+                               "metrics": dict(result.metrics or {}), "resumed_from": str(resume) if resume else None}
+    if cfg.export_on_finish and last is not None:
+        from ftscale.train.export import export
+
+        summary["export"] = str(export(str(last), str(directory / "export")))
+    return summary

@@ -1,0 +1,61 @@
+"""The optimizer and learning-rate schedule.
+
+``GuardedAdamW`` is torch's AdamW with the global gradient norm, clipping and the spike
+guard's skip done in one place, inside ``step()``. DeepSpeed calls that ``step()`` on the
+parameters this rank owns (all of them at ZeRO-0, a disjoint fp32 partition at ZeRO-1/2/3),
+so the squared norms are summed over ranks when partitioned. DeepSpeed's own clipping is
+turned off (``gradient_clipping: 0``) so the norm the guard sees is the raw one. A skipped
+step leaves weights and Adam moments untouched (DeepSpeed still zeroes the gradients).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable
+
+
+def make_optimizer(params: Any, lr: float, betas: tuple[float, float], eps: float, weight_decay: float,
+                   clip_norm: float, partitioned: bool, judge: Callable[[float], bool]) -> Any:
+    """``judge(pre_clip_grad_norm) -> skip`` is called on every rank with the same norm."""
+    import torch
+    import torch.distributed as dist
+
+    class GuardedAdamW(torch.optim.AdamW):
+        last_grad_norm: float = 0.0
+        last_skipped: bool = False
+
+        @torch.no_grad()
+        def step(self, closure: Any = None) -> Any:
+            grads = [p.grad for g in self.param_groups for p in g["params"] if p.grad is not None]
+            sq = torch.zeros((), dtype=torch.float64, device=grads[0].device if grads else "cpu")
+            for grad in grads:
+                sq += grad.double().pow(2).sum()
+            if partitioned and dist.is_available() and dist.is_initialized():
+                dist.all_reduce(sq, op=dist.ReduceOp.SUM)
+            norm = float(sq.sqrt())
+            self.last_grad_norm = norm
+            self.last_skipped = judge(norm)
+            if self.last_skipped:
+                return None
+            if clip_norm > 0 and norm > clip_norm:
+                scale = clip_norm / (norm + 1e-6)
+                for grad in grads:
+                    grad.mul_(scale)
+            return super().step(closure)
+
+    return GuardedAdamW(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
+
+
+def lr_lambda(warmup_steps: int, total_steps: int, lr: float, min_lr: float) -> Callable[[int], float]:
+    """Linear warmup to ``lr`` over ``warmup_steps``, then cosine decay to ``min_lr`` at
+    ``total_steps``; returned as a multiplier of ``lr`` (for torch's LambdaLR)."""
+    floor = min_lr / lr
+
+    def factor(step: int) -> float:
+        if warmup_steps > 0 and step < warmup_steps:
+            return (step + 1) / warmup_steps
+        span = max(1, total_steps - warmup_steps)
+        progress = min(1.0, (step - warmup_steps) / span)
+        return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return factor

@@ -1,0 +1,396 @@
+"""The per-worker training recipe: setup → train → save → cleanup, a straight line.
+
+Runs inside every Ray Train worker (``train_loop``). One step = ``grad_accum`` micro-batches
+per rank; the loss is normalised by the number of loss tokens in the whole global batch
+(all micro-batches of all ranks), so gradients do not depend on how tokens fall into
+micro-batches. Checkpoints hold the DeepSpeed engine (weights, optimizer, scheduler), the
+loader position, every RNG state and the guard/eval state, so a resumed run continues
+bit-exactly.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ftscale.config import TrainConfig, build
+from ftscale.train.runs import RUN_FILE
+
+STATE_FILE = "ftscale_state_rank{rank}.pt"
+DS_TAG = "ds"
+
+
+def _all_reduce_sum(values: list[float], device: Any) -> list[float]:
+    import torch
+    import torch.distributed as dist
+
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    if dist.is_initialized():
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t.tolist()
+
+
+class Recipe:
+    def __init__(self, cfg: TrainConfig, rank: int, world_size: int, run_dir: Path) -> None:
+        self.cfg = cfg
+        self.rank = rank
+        self.world_size = world_size
+        self.run_dir = run_dir
+        self.step = 0
+        self.best_val: float | None = None
+        self.evals_without_gain = 0
+        self.skipped_windows: list[dict[str, int]] = []
+        self.metrics_file = None
+        self.tb = None
+        self.last_checkpoint_step = -1
+
+    # ------------------------------------------------------------------ setup
+
+    def setup(self, checkpoint_dir: str | None) -> None:
+        import torch
+
+        cfg = self.cfg
+        self.on_gpu = torch.cuda.is_available() and cfg.use_gpu is not False
+        self.device = torch.device("cuda", torch.cuda.current_device()) if self.on_gpu else torch.device("cpu")
+        os.environ.setdefault("DS_ACCELERATOR", "cuda" if self.on_gpu else "cpu")
+        import deepspeed
+
+        from ftscale.data.loader import PackedLoader
+        from ftscale.data.mixing import read_manifest
+        from ftscale.train.ds_config import build_ds_config, resolve_precision
+        from ftscale.train.model import apply_lora, flops_per_token, load_model, trainable_parameters
+        from ftscale.train.optim import lr_lambda, make_optimizer
+        from ftscale.train.spike import SpikeGuard
+
+        self._seed_everything(cfg.seed + self.rank)
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        self.manifest = read_manifest(cfg.data.path)
+        self.precision = resolve_precision(cfg.precision, self.on_gpu)
+        model = load_model(cfg.model.path, cfg.model.config, dtype="float32",
+                           attn_implementation=cfg.model.attn_implementation, seed=cfg.seed)
+        self.attn_implementation = model.config._attn_implementation
+        self.model_config = model.config
+        if cfg.model.gradient_checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if cfg.method == "lora":
+            model = apply_lora(model, cfg.lora.r, cfg.lora.alpha, cfg.lora.dropout, cfg.lora.target_modules)
+        self.trainable, self.total_params = trainable_parameters(model)
+        self.flops_per_token = flops_per_token(self.model_config, cfg.seq_len, self.trainable / self.total_params)
+        self.grad_accum = cfg.grad_accum_steps()
+        self.guard = SpikeGuard(cfg.spike.window, cfg.spike.z_threshold, cfg.spike.min_history,
+                                cfg.spike.max_spikes, cfg.spike.enabled)
+        self.current_loss = 0.0
+        self.verdict = None
+
+        def judge(grad_norm: float) -> bool:
+            self.verdict = self.guard.check(self.step, self.current_loss, grad_norm)
+            return self.verdict.spike
+
+        optimizer = make_optimizer(
+            [p for p in model.parameters() if p.requires_grad], lr=cfg.optim.lr, betas=tuple(cfg.optim.betas),
+            eps=cfg.optim.eps, weight_decay=cfg.optim.weight_decay, clip_norm=cfg.optim.grad_clip,
+            partitioned=cfg.zero_stage >= 1, judge=judge)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lr_lambda(cfg.optim.warmup_steps, cfg.max_steps, cfg.optim.lr, cfg.optim.min_lr))
+        ds_config = build_ds_config(
+            zero_stage=cfg.zero_stage, micro_batch_size=cfg.micro_batch_size, grad_accum_steps=self.grad_accum,
+            world_size=self.world_size, precision=self.precision, offload_optimizer=cfg.offload_optimizer,
+            offload_params=cfg.offload_params)
+        self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
+            model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config)
+        self.client_optimizer = optimizer
+        self.loader = PackedLoader(
+            cfg.data.path, cfg.data.mixture, cfg.seq_len, cfg.micro_batch_size, self.rank, self.world_size,
+            cfg.seed, tokens_per_epoch=cfg.data.tokens_per_epoch, strategy=cfg.data.strategy,
+            temperature=cfg.data.temperature, max_repeat=cfg.data.max_repeat)
+        if checkpoint_dir is not None:
+            self.load(checkpoint_dir)
+        if self.rank == 0:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            self.metrics_file = open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8")
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.tb = SummaryWriter(str(self.run_dir / "tensorboard"))
+            except ImportError:  # tensorboard is optional; the JSONL file has everything
+                self.tb = None
+        self.batches = iter(self.loader)
+
+    @staticmethod
+    def _seed_everything(seed: int) -> None:
+        import torch
+
+        random.seed(seed)
+        np.random.seed(seed % 2**32)
+        torch.manual_seed(seed)
+
+    # ------------------------------------------------------------------ train
+
+    def train(self) -> None:
+        cfg = self.cfg
+        while self.step < cfg.max_steps:
+            t0 = time.perf_counter()
+            stats = self._train_step()
+            elapsed = time.perf_counter() - t0
+            self.step += 1
+            verdict = self.verdict
+            metrics = self._step_metrics(stats, elapsed)
+            if verdict is not None and verdict.spike:
+                metrics["skipped"] = verdict.reason
+            report_ckpt = self.step % cfg.checkpoint_every == 0 or self.step == cfg.max_steps
+            stop = False
+            if cfg.eval_every and (self.step % cfg.eval_every == 0 or self.step == cfg.max_steps):
+                metrics.update(self.evaluate())
+                stop = self._early_stop(metrics)
+            if verdict is not None and verdict.rollback and self.last_checkpoint_step >= 0:
+                self._log(metrics)
+                self._rollback()
+                continue
+            self._log(metrics)
+            if report_ckpt or stop:
+                self.save(metrics)
+            if stop:
+                break
+
+    def _train_step(self) -> dict[str, float]:
+        from ftscale.train.attention import forward_kwargs
+        from ftscale.train.loss import loss_sum_and_count, scaled_loss
+
+        micro = [next(self.batches) for _ in range(self.grad_accum)]
+        local = [sum(float(m["num_loss_tokens"]) for m in micro), sum(float(m["num_tokens"]) for m in micro)]
+        global_loss_tokens, global_tokens = _all_reduce_sum(local, self.device)
+        if global_loss_tokens == 0:
+            global_loss_tokens = 1.0  # a batch with no targets contributes no gradient
+        loss_total = 0.0
+        self.engine.train()
+        for i, mb in enumerate(micro):
+            kwargs = forward_kwargs({k: v.to(self.device) if hasattr(v, "to") else v for k, v in mb.items()},
+                                    self.attn_implementation)
+            labels = kwargs.pop("labels")
+            logits = self.engine(**kwargs).logits
+            loss_sum, _ = loss_sum_and_count(logits, labels)
+            self.engine.backward(scaled_loss(loss_sum, global_loss_tokens, self.world_size, self.grad_accum))
+            loss_total += float(loss_sum.detach())
+            if i == len(micro) - 1:
+                self.current_loss = _all_reduce_sum([loss_total], self.device)[0] / global_loss_tokens
+            self.verdict = None
+            self.engine.step()
+        return {"loss": self.current_loss, "global_tokens": global_tokens, "global_loss_tokens": global_loss_tokens,
+                "slots": float(self.world_size * self.grad_accum * self.cfg.micro_batch_size * self.cfg.seq_len)}
+
+    def _step_metrics(self, stats: dict[str, float], elapsed: float) -> dict[str, Any]:
+        from ftscale.train.metrics import mfu
+
+        tokens_per_s = stats["global_tokens"] / elapsed
+        out: dict[str, Any] = {
+            "step": self.step,
+            "loss": stats["loss"],
+            "lr": self.scheduler.get_last_lr()[0],
+            "grad_norm": getattr(self.client_optimizer, "last_grad_norm", float("nan")),
+            "tokens_per_s": tokens_per_s,
+            "loss_tokens": stats["global_loss_tokens"],
+            "padding_fraction": 1.0 - stats["global_tokens"] / stats["slots"],
+            "step_time_s": elapsed,
+            "epoch": self.loader.state_dict()["epoch"],
+        }
+        value = mfu(self.flops_per_token, tokens_per_s, self.world_size, self.cfg.peak_tflops, self.device)
+        if value is not None:
+            out["mfu"] = value
+        return out
+
+    # ------------------------------------------------------------------ eval
+
+    def evaluate(self) -> dict[str, float]:
+        import torch
+
+        from ftscale.data.loader import PackedLoader
+        from ftscale.train.attention import forward_kwargs
+        from ftscale.train.loss import loss_sum_and_count
+
+        out: dict[str, float] = {}
+        self.engine.eval()
+        sums = []
+        for name, entry in sorted(self.manifest["sources"].items()):
+            if not entry["val"]:
+                continue
+            loader = PackedLoader(self.cfg.data.path, {name: 1.0}, self.cfg.seq_len, self.cfg.micro_batch_size,
+                                  self.rank, self.world_size, self.cfg.seed, split="val", max_epochs=1)
+            loss_sum, count = 0.0, 0.0
+            with torch.no_grad():
+                for i, batch in enumerate(loader):
+                    if i >= self.cfg.eval_batches:
+                        break
+                    kwargs = forward_kwargs({k: v.to(self.device) if hasattr(v, "to") else v for k, v in batch.items()},
+                                            self.attn_implementation)
+                    labels = kwargs.pop("labels")
+                    s, c = loss_sum_and_count(self.engine(**kwargs).logits, labels)
+                    loss_sum += float(s)
+                    count += float(c)
+            loss_sum, count = _all_reduce_sum([loss_sum, count], self.device)
+            if count:
+                out[f"val_loss/{name}"] = loss_sum / count
+                out[f"val_ppl/{name}"] = float(np.exp(min(loss_sum / count, 50.0)))
+                sums.append((loss_sum, count))
+        if sums:
+            out["val_loss"] = sum(s for s, _ in sums) / sum(c for _, c in sums)
+        self.engine.train()
+        return out
+
+    def _early_stop(self, metrics: dict[str, Any]) -> bool:
+        if "val_loss" not in metrics:
+            return False
+        if self.best_val is None or metrics["val_loss"] < self.best_val:
+            self.best_val = metrics["val_loss"]
+            self.evals_without_gain = 0
+            return False
+        self.evals_without_gain += 1
+        patience = self.cfg.early_stop_patience
+        if patience and self.evals_without_gain >= patience:
+            metrics["early_stop"] = True
+            return True
+        return False
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def _state(self) -> dict[str, Any]:
+        import torch
+
+        return {
+            "step": self.step,
+            "loader": self.loader.state_dict(),
+            "guard": self.guard.state_dict(),
+            "best_val": self.best_val,
+            "evals_without_gain": self.evals_without_gain,
+            "skipped_windows": self.skipped_windows,
+            "rng": {"python": random.getstate(), "numpy": np.random.get_state(),
+                    "torch": torch.get_rng_state(),
+                    "cuda": torch.cuda.get_rng_state_all() if self.on_gpu else None},
+        }
+
+    def save(self, metrics: dict[str, Any]) -> None:
+        import ray.train
+        import torch
+
+        with tempfile.TemporaryDirectory(prefix="ftscale-ckpt-") as tmp:
+            self.engine.save_checkpoint(tmp, tag=DS_TAG)
+            torch.save(self._state(), Path(tmp) / STATE_FILE.format(rank=self.rank))
+            if self.rank == 0:
+                run = {"config": _plain(self.cfg), "step": self.step, "world_size": self.world_size,
+                       "loader": self.loader.state_dict(), "metrics": metrics,
+                       "tokenizer": self.manifest["tokenizer"], "method": self.cfg.method}
+                (Path(tmp) / RUN_FILE).write_text(json.dumps(run, indent=2, default=str))
+                base_config = getattr(self.model_config, "to_dict", lambda: {})()
+                (Path(tmp) / "model_config.json").write_text(json.dumps(base_config, indent=2, default=str))
+            ray.train.report(_scalars(metrics), checkpoint=ray.train.Checkpoint.from_directory(tmp),
+                             checkpoint_dir_name=f"checkpoint_{self.step:07d}")
+        self.last_checkpoint_step = self.step
+
+    def load(self, checkpoint_dir: str) -> None:
+        import torch
+
+        path = Path(checkpoint_dir)
+        self.engine.load_checkpoint(str(path), tag=DS_TAG, load_optimizer_states=True, load_lr_scheduler_states=True)
+        state_path = path / STATE_FILE.format(rank=self.rank)
+        if not state_path.exists():
+            state_path = path / STATE_FILE.format(rank=0)  # world size changed: rank 0's view
+        state = torch.load(state_path, weights_only=False)
+        self.step = state["step"]
+        self.loader.load_state_dict(state["loader"])
+        self.guard.load_state_dict(state["guard"])
+        self.best_val = state["best_val"]
+        self.evals_without_gain = state["evals_without_gain"]
+        self.skipped_windows = state["skipped_windows"]
+        rng = state["rng"]
+        random.setstate(rng["python"])
+        np.random.set_state(rng["numpy"])
+        torch.set_rng_state(rng["torch"])
+        if self.on_gpu and rng["cuda"] is not None:
+            torch.cuda.set_rng_state_all(rng["cuda"])
+        self.last_checkpoint_step = self.step
+        self.batches = iter(self.loader)
+
+    def _rollback(self) -> None:
+        """Too many spikes: reload the last checkpoint and skip the data read since then."""
+        bad_until = self.loader.state_dict()
+        ckpt_dir = self._latest_checkpoint()
+        if ckpt_dir is None:
+            return
+        self.load(ckpt_dir)
+        resumed = self.loader.state_dict()
+        if bad_until["epoch"] == resumed["epoch"]:
+            skip = bad_until["rows_consumed"] - resumed["rows_consumed"]
+        else:
+            skip = self.loader.rows_per_epoch - resumed["rows_consumed"]
+        self.loader.skip_rows(skip)
+        self.batches = iter(self.loader)
+        window = {"at_step": self.step, "epoch": resumed["epoch"], "from_row": resumed["rows_consumed"],
+                  "rows_skipped": skip}
+        self.skipped_windows.append(window)
+        self._log({"step": self.step, "rollback": window})
+
+    def _latest_checkpoint(self) -> str | None:
+        from ftscale.train.runs import latest_checkpoint
+
+        found = latest_checkpoint(self.run_dir)
+        return str(found) if found else None
+
+    # ------------------------------------------------------------------ logging
+
+    def _log(self, metrics: dict[str, Any]) -> None:
+        if self.rank != 0:
+            return
+        if "loss" in metrics and metrics["step"] % self.cfg.log_every == 0:
+            print(f"step {metrics['step']}/{self.cfg.max_steps} loss {metrics['loss']:.4f} "
+                  f"lr {metrics['lr']:.2e} grad_norm {metrics['grad_norm']:.3f} "
+                  f"tokens/s {metrics['tokens_per_s']:,.0f}"
+                  + (f" val_loss {metrics['val_loss']:.4f}" if "val_loss" in metrics else "")
+                  + (f" SKIPPED ({metrics['skipped']})" if "skipped" in metrics else ""), flush=True)
+        if self.metrics_file is not None:
+            self.metrics_file.write(json.dumps({"time": time.time(), **metrics}, default=str) + "\n")
+            self.metrics_file.flush()
+        if self.tb is not None:
+            for k, v in _scalars(metrics).items():
+                if k != "step":
+                    self.tb.add_scalar(k, v, metrics.get("step", self.step))
+
+    def cleanup(self) -> None:
+        if self.metrics_file is not None:
+            self.metrics_file.close()
+        if self.tb is not None:
+            self.tb.close()
+
+
+def _scalars(metrics: dict[str, Any]) -> dict[str, float]:
+    return {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+def _plain(cfg: TrainConfig) -> dict[str, Any]:
+    from ftscale.config import to_dict
+
+    return to_dict(cfg)
+
+
+def train_loop(loop_config: dict[str, Any]) -> None:
+    """Entry point of every Ray Train worker."""
+    import ray.train
+
+    cfg = build(TrainConfig, loop_config["config"])
+    ctx = ray.train.get_context()
+    recipe = Recipe(cfg, ctx.get_world_rank(), ctx.get_world_size(), Path(loop_config["run_dir"]))
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as d:
+            recipe.setup(d)
+    else:
+        recipe.setup(loop_config.get("resume_from"))
+    try:
+        recipe.train()
+    finally:
+        recipe.cleanup()
