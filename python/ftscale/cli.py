@@ -30,8 +30,9 @@ def _add_dedup(sub: Any) -> None:
     p.add_argument("--char-ngrams", action="store_true", help="shingle by characters instead of words")
     p.add_argument("--bands", type=int, default=None, help="LSH bands (default: derived from threshold)")
     p.add_argument("--rows", type=int, default=None, help="LSH rows per band (with --bands)")
-    p.add_argument("--verify", choices=["estimate", "exact", "none"], default="estimate",
-                   help="candidate verification (default: estimate from signatures)")
+    p.add_argument("--verify", choices=["auto", "estimate", "exact", "none"], default="auto",
+                   help="candidate verification (default auto: signature estimate, exact Jaccard near "
+                   "the threshold)")
     p.add_argument("--seed", type=int, default=0, help="MinHash seed (default: 0)")
     p.add_argument("--keep", default="lowest-uid", help="keep rule: lowest-uid (default) or max:COLUMN")
     p.add_argument("--case-sensitive", action="store_true", help="exact dedup without lowercasing")

@@ -229,7 +229,7 @@ class DedupConfig:
     threshold: float = 0.8
     num_perm: int = 128
     ngram: int = 5
-    verify: Literal["estimate", "exact", "none"] = "estimate"
+    verify: Literal["auto", "estimate", "exact", "none"] = "auto"
 
     def check(self, key: str) -> None:
         if not 0.0 < self.threshold <= 1.0:

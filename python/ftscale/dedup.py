@@ -122,7 +122,7 @@ def near_duplicates(
     *,
     bands: int | None = None,
     rows: int | None = None,
-    verify: str = "estimate",
+    verify: str = "auto",
     uids: Sequence[int] | np.ndarray | None = None,
     scores: Sequence[float] | np.ndarray | None = None,
     char_ngrams: bool = False,
@@ -137,8 +137,10 @@ def near_duplicates(
 
     bands, rows: LSH banding; by default derived from ``threshold`` by minimising
         ``fp_weight``·(false-positive area) + ``fn_weight``·(false-negative area).
-    verify: "estimate" (signature agreement >= threshold, default), "exact" (exact Jaccard of
-        the shingle sets) or "none" (every LSH candidate is a duplicate).
+    verify: "auto" (default: the signature estimate, but exact Jaccard of the shingle sets for
+        pairs whose estimate is within 3 standard errors of the threshold), "estimate"
+        (signature agreement only), "exact" (always exact) or "none" (every LSH candidate is a
+        duplicate).
     uids, scores: keep rule — the highest score wins, then the lowest uid (default uid: the
         position). uids must be unique.
     audit_pairs: when > 0, also sample that many flagged and near-threshold unflagged pairs,

@@ -43,7 +43,7 @@ class DedupOptions:
     num_perm: int = 128
     ngram: int = 5
     char_ngrams: bool = False
-    verify: str = "estimate"
+    verify: str = "auto"
     bands: int | None = None
     rows: int | None = None
     seed: int = 0
@@ -67,8 +67,8 @@ class DedupOptions:
             raise ConfigError(f"--num-perm must be in 2..4096, got {self.num_perm}")
         if self.ngram < 1 or self.decontam_ngram < 1:
             raise ConfigError("--ngram and --decontam-ngram must be >= 1")
-        if self.verify not in ("estimate", "exact", "none"):
-            raise ConfigError(f"--verify must be estimate, exact or none, got {self.verify!r}")
+        if self.verify not in ("auto", "estimate", "exact", "none"):
+            raise ConfigError(f"--verify must be auto, estimate, exact or none, got {self.verify!r}")
         if (self.bands is None) != (self.rows is None):
             raise ConfigError("give both --bands and --rows, or neither")
         if self.keep != "lowest-uid" and not (self.keep.startswith("max:") and len(self.keep) > 4):

@@ -66,7 +66,7 @@ def _write_shards(root: Path, sub: str, name: str, docs, families, per_shard: in
         lens = np.array([len(d[0]) for d in chunk], dtype=np.int32)
         offsets = np.concatenate(([0], np.cumsum(lens))).astype(np.int32)
         table = pa.Table.from_arrays([
-            pa.array(np.arange(lo, lo + len(chunk), dtype=np.uint64) + (hash(name) & 0xFFFF) * 1_000_000),
+            pa.array(np.arange(lo, lo + len(chunk), dtype=np.uint64) + (1_000_000 if name == "chat" else 0)),
             pa.ListArray.from_arrays(pa.array(offsets), pa.array(np.concatenate([d[0] for d in chunk]))),
             pa.ListArray.from_arrays(pa.array(offsets), pa.array(np.concatenate([d[1] for d in chunk]))),
             pa.array(lens),

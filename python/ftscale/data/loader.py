@@ -232,10 +232,10 @@ class PackedLoader:
             weights = [float(mixture[n]) for n in names]
             empty = [n for n in names if not self.manifest["sources"][n].get(self.split)]
             if empty:
-                hint = "prep with val_fraction > 0 or" if self.split == "val" else ""
+                hint = "re-run prep with val_fraction > 0 or " if self.split == "val" else ""
                 raise ConfigError(
-                    f"source(s) {', '.join(map(repr, empty))} have no {self.split} documents; {hint} "
-                    f"remove them from the mixture".replace("  ", " ")
+                    f"source(s) {', '.join(map(repr, empty))} have no {self.split} documents; "
+                    f"{hint}remove them from the mixture"
                 )
         ds_seq_len = self.manifest.get("seq_len")
         sft = [n for n in names if self.manifest["sources"][n].get("kind") == "sft"]
@@ -322,6 +322,11 @@ class PackedLoader:
         self._src_base = _excl_cumsum(counts)
         self._src_count = counts
         self.source_tokens = [int(x) for x in np.bincount(doc_source, weights=doc_len, minlength=len(names))]
+        empty = [n for n, c in zip(names, counts) if c == 0]
+        if empty:
+            raise ConfigError(
+                f"source(s) {', '.join(map(repr, empty))} have no {self.split} documents; remove them from the mixture"
+            )
         self._is_sft = np.array([self.manifest["sources"][n].get("kind") == "sft" for n in names], dtype=bool)
         # Family ids (only used with family_cap): dense ids by first occurrence; null is its own family.
         self._families: list[np.ndarray | None] = []

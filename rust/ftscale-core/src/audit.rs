@@ -101,6 +101,10 @@ pub fn audit(input: &NearDupInput, params: NearDupParams, n: usize, seed: u64) -
                     Verify::None => true,
                     Verify::Estimate => est >= t,
                     Verify::Exact => exact_j(a, b, scratch) >= t,
+                    Verify::Auto => {
+                        let margin = crate::neardup::AUTO_SIGMAS * (t * (1.0 - t) / input.num_perm as f64).sqrt();
+                        if (est - t).abs() <= margin { exact_j(a, b, scratch) >= t } else { est >= t }
+                    }
                 };
             (est, flagged)
         })

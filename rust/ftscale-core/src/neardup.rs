@@ -33,7 +33,15 @@ pub enum Verify {
     Exact,
     /// No verification: every LSH candidate is a duplicate (the datatrove / text-dedup default).
     None,
+    /// The estimate where it is decisive; exact Jaccard only when the estimate lies within
+    /// `AUTO_SIGMAS` standard errors of the threshold. Exact's precision at near-estimate cost.
+    Auto,
 }
+
+/// Half-width of the ambiguous band of `Verify::Auto`, in standard errors of the estimate
+/// (sqrt(t(1-t)/num_perm)): beyond 3 of them an estimate lands on the wrong side of the
+/// threshold with probability < 0.15%.
+pub const AUTO_SIGMAS: f64 = 3.0;
 
 #[derive(Clone, Copy, Debug)]
 pub struct NearDupParams {
@@ -80,14 +88,24 @@ impl Checker<'_> {
         &self.input.sigs[i as usize * k..(i as usize + 1) * k]
     }
 
+    fn exact(&self, a: u32, b: u32, scratch: &mut ShingleScratch) -> f64 {
+        let sa = shingle_set(self.input.texts[a as usize], self.input.shingling, scratch);
+        let sb = shingle_set(self.input.texts[b as usize], self.input.shingling, scratch);
+        jaccard_sorted(&sa, &sb)
+    }
+
+    /// The similarity verification uses (for `Auto`: exact inside the ambiguous band).
     fn similarity(&self, a: u32, b: u32, scratch: &mut ShingleScratch) -> f64 {
+        let estimate = || estimate_jaccard(self.sig(a), self.sig(b));
         match self.params.verify {
-            Verify::Exact => {
-                let sa = shingle_set(self.input.texts[a as usize], self.input.shingling, scratch);
-                let sb = shingle_set(self.input.texts[b as usize], self.input.shingling, scratch);
-                jaccard_sorted(&sa, &sb)
+            Verify::Exact => self.exact(a, b, scratch),
+            Verify::Estimate | Verify::None => estimate(),
+            Verify::Auto => {
+                let est = estimate();
+                let t = self.params.threshold;
+                let margin = AUTO_SIGMAS * (t * (1.0 - t) / self.input.num_perm as f64).sqrt();
+                if (est - t).abs() <= margin { self.exact(a, b, scratch) } else { est }
             }
-            Verify::Estimate | Verify::None => estimate_jaccard(self.sig(a), self.sig(b)),
         }
     }
 
@@ -190,7 +208,7 @@ mod tests {
         edited[30] = "changed".into();
         let b = edited.join(" ");
         let c: String = (0..60).map(|i| format!("other{i} ")).collect();
-        for verify in [Verify::Estimate, Verify::Exact] {
+        for verify in [Verify::Estimate, Verify::Exact, Verify::Auto] {
             let r = run(&[&a, &b, &c, ""], &[5, 2, 9, 1], verify);
             assert_eq!(r.representative, vec![1, 1, 2, 3]);
             assert!(r.similarity[0] > 0.8 && r.similarity[0] < 1.0);

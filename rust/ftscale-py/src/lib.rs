@@ -50,7 +50,8 @@ fn parse_verify(verify: &str) -> PyResult<Verify> {
         "estimate" => Ok(Verify::Estimate),
         "exact" => Ok(Verify::Exact),
         "none" => Ok(Verify::None),
-        other => Err(config_error(format!("verify must be 'estimate', 'exact' or 'none', got {other:?}"))),
+        "auto" => Ok(Verify::Auto),
+        other => Err(config_error(format!("verify must be 'auto', 'estimate', 'exact' or 'none', got {other:?}"))),
     }
 }
 
