@@ -225,7 +225,6 @@ def main() -> None:
         rensa_all_threads_worker(args.docs, args.seed)
         return
 
-    import datasketch
     import pandas as pd
     import pyarrow as pa
     import pyarrow.compute as pc
@@ -245,7 +244,7 @@ def main() -> None:
             "shingling": "word 5-grams of text.lower().split() (ftscale: after NFKC, a no-op on this corpus)",
             "docs": args.docs, "seed": args.seed, "ftscale_all_threads": n_threads,
             "rensa_seed": RENSA_SEED, "ftscale_seed": FTSCALE_SEED,
-            "timing": "perf_counter; 1 warm-up; best of up to 3 runs",
+            "timing": f"perf_counter; 1 warm-up; best of up to {REPEAT} runs (fewer when a run is slow)",
         },
     }
     m = res["machine"]
@@ -361,6 +360,9 @@ def main() -> None:
           f"({verdict(ratios['ftscale_1t_vs_rensa_1t_e2e'], TARGET_VS_RENSA)})")
     print(f"minhash docs/s | ftscale 1 thread (incl. its shingling): {fmt(ft1)} | rensa 1 thread sketch-only "
           f"(shingles pre-built, not timed): {fmt(r_sk)} | ratio {ratios['ftscale_1t_vs_rensa_1t_sketch_only']:.2f}x")
+    shp = mh["python_shingling_only"]["docs_per_s"]
+    print(f"  (Python shingling alone, inside both peers' end-to-end figures: {fmt(shp)} docs/s; ftscale 1 thread "
+          f"full signatures / that = {ft1 / shp:.1f}x)")
     if worker:
         r_e2e_n = mh["rensa_all_threads_e2e"]["docs_per_s"]
         r_sk_n = mh["rensa_all_threads_sketch_only"]["docs_per_s"]
@@ -616,9 +618,17 @@ def main() -> None:
     # ---------------------------------------------------------------- output
     res["machine"]["loadavg_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
     res["wall_s"] = perf() - t_start
+    try:
+        res["cpu_s"] = time.process_time()
+    except OSError:  # pragma: no cover
+        pass
+    le = res["machine"]["loadavg_end"]
+    if le and le[0] > 1.5:  # this process itself accounts for about 1
+        print(f"\nnote: load average {le[0]:.2f} at the end (other processes on these "
+              f"{m['usable_cores']} cores): timings are noisy; compare ratios, not absolute figures")
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(res, indent=2, default=float) + "\n")
-    print(f"\nwall time {res['wall_s']:.0f}s; results written to {args.json}")
+    print(f"\nwall time {res['wall_s']:.0f}s (process CPU {res.get('cpu_s', 0):.0f}s); results written to {args.json}")
 
 
 if __name__ == "__main__":

@@ -109,7 +109,8 @@ def test_without_block_mask_documents_leak(tiny: torch.nn.Module) -> None:
     doc_sum, _ = _per_document(tiny, docs)
     ids, pos = batch["input_ids"], batch["position_ids"]
     # a plain causal mask with padding (the usual HF call), restarting positions or not
-    for kwargs in ({"attention_mask": batch["attention_mask"], "position_ids": pos}, {"attention_mask": batch["attention_mask"]}):
+    padding_mask = batch["attention_mask"]
+    for kwargs in ({"attention_mask": padding_mask, "position_ids": pos}, {"attention_mask": padding_mask}):
         assert _packed(tiny, input_ids=ids, **kwargs)[0] != pytest.approx(doc_sum, rel=1e-3)
     # position_ids alone: transformers' packed-sequence inference is off because LlamaModel
     # makes a DynamicCache (config.use_cache is True), see ftscale.train.attention
@@ -180,7 +181,7 @@ def _micro_batch(lengths_and_loss_from: list[tuple[int, int]], seed: int) -> dic
 
 def _grads(model: torch.nn.Module, loss: torch.Tensor) -> list[torch.Tensor]:
     params = [p for p in model.parameters() if p.requires_grad]
-    return [g.detach().clone() for g in torch.autograd.grad(loss, params)]
+    return list(torch.autograd.grad(loss, params, retain_graph=True))
 
 
 def test_scaled_loss_gives_the_global_token_mean_gradient() -> None:
@@ -188,43 +189,47 @@ def test_scaled_loss_gives_the_global_token_mean_gradient() -> None:
     W, G = 2, 2  # 2 simulated ranks × 2 micro-batches, with 3 to 20 loss tokens each
     shards = [[_micro_batch([(9, 6), (6, 1)], 10), _micro_batch([(12, 1)], 11)],
               [_micro_batch([(5, 2)], 12), _micro_batch([(8, 1), (10, 7), (4, 1)], 13)]]
-
-    def loss_of(b: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        return loss_sum_and_count(model(**forward_kwargs(b, "sdpa")).logits, b["labels"])
-
-    counts = [[int(loss_of(b)[1]) for b in rank] for rank in shards]
-    assert len({c for rank in counts for c in rank}) == 4  # every micro-batch weighs differently
-    T = sum(map(sum, counts))
+    losses = [[loss_sum_and_count(model(**forward_kwargs(b, "sdpa")).logits, b["labels"]) for b in rank]
+              for rank in shards]
+    counts = [int(n) for rank in losses for _, n in rank]
+    assert len(set(counts)) == 4  # every micro-batch weighs differently
+    T = sum(counts)
 
     # what DeepSpeed does: backward(x / G) accumulated over G micro-batches, then mean over ranks
     per_rank = []
-    for rank in shards:
-        acc = None
-        for b in rank:
-            g = _grads(model, scaled_loss(loss_of(b)[0], T, W, G) / G)
-            acc = g if acc is None else [a + x for a, x in zip(acc, g)]
-        per_rank.append(acc)
+    for rank in losses:
+        micro_grads = [_grads(model, scaled_loss(s, T, W, G) / G) for s, _ in rank]
+        per_rank.append([sum(gs) for gs in zip(*micro_grads)])
     step = [sum(rs) / W for rs in zip(*per_rank)]
 
     # reference: one token-mean loss over all the data of the step
-    all_sums = [loss_of(b)[0] for rank in shards for b in rank]
-    reference = _grads(model, torch.stack(all_sums).sum() / T)
+    reference = _grads(model, torch.stack([s for rank in losses for s, _ in rank]).sum() / T)
     for got, want in zip(step, reference):
         torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-5)
 
     # the usual per-micro-batch mean weighs tokens unequally: a different gradient
-    naive = [sum(gs) / (W * G) for gs in zip(*[_grads(model, s / n) for s, n in
-                                                  (loss_of(b) for rank in shards for b in rank)])]
+    naive = _grads(model, sum(s / n for rank in losses for s, n in rank) / (W * G))
     assert max(float((a - b).abs().max()) for a, b in zip(naive, reference)) > 1e-4
 
 
-def test_scaled_loss_formula_and_empty_step() -> None:
+def test_loss_shift_convention_and_scaled_loss_formula() -> None:
+    labels = torch.tensor([[3, IGNORE_INDEX, 5, 6]])
+    total, n = loss_sum_and_count(torch.zeros(1, 4, 8), labels)
+    assert int(n) == 2 and float(total) == pytest.approx(2 * np.log(8))  # uniform logits: ln V each
+    # logits[:, i] predicts labels[:, i + 1]: a confident right guess there costs ~0
+    logits = torch.zeros(1, 4, 8)
+    logits[0, 1, 5] = logits[0, 2, 6] = 50.0
+    assert float(loss_sum_and_count(logits, labels)[0]) < 1e-6
+    model = load_model(None, TINY, seed=2)  # and agrees with transformers' own causal-LM loss
+    ids = torch.randint(1, 256, (2, 9), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        hf = model(input_ids=ids, labels=ids)
+    s, n = loss_sum_and_count(hf.logits, ids)
+    assert int(n) == 16 and float(s) / 16 == pytest.approx(float(hf.loss), rel=1e-5)
+
     s = torch.tensor(12.0)
     assert float(scaled_loss(s, 48, 4, 2)) == pytest.approx(12.0 * 4 * 2 / 48)
     assert float(scaled_loss(s, torch.tensor(0), 2, 1)) == pytest.approx(24.0)  # T=0: no NaN
-    logits = torch.zeros(1, 4, 8)
-    total, n = loss_sum_and_count(logits, torch.tensor([[3, IGNORE_INDEX, 5, 6]]))
-    assert int(n) == 2 and float(total) == pytest.approx(2 * np.log(8))  # uniform logits: ln V each
 
 
 # --------------------------------------------------------------------------------------------
@@ -265,8 +270,11 @@ def test_config_errors(path, inline, kwargs, message) -> None:
         load_model(path, inline, **kwargs)
 
 
-def test_config_error_for_directory_without_model(tmp_path) -> None:
+def test_config_error_for_unusable_directories(tmp_path) -> None:
     with pytest.raises(ConfigError, match="model.path: .*neither"):
+        load_model(str(tmp_path), None)
+    (tmp_path / "config.json").write_text('{"model_type": "no-such-arch"}')
+    with pytest.raises(ConfigError, match="model.path: cannot load a causal LM"):
         load_model(str(tmp_path), None)
 
 

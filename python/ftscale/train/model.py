@@ -40,9 +40,10 @@ def load_model(path: str | None, inline_config: dict[str, Any] | None, *,
         raise ConfigError(f"model dtype: {dtype!r} is not one of {', '.join(DTYPES)}")
     attn = resolve_attn_implementation(attn_implementation, dtype)
     torch_dtype = getattr(torch, dtype)
-    if path is not None:
-        return _load_pretrained(path, torch_dtype, attn)
-    return _from_inline_config(inline_config, torch_dtype, attn, seed)
+    if inline_config is not None:
+        return _from_inline_config(inline_config, torch_dtype, attn, seed)
+    assert path is not None  # exactly one of the two, checked above
+    return _load_pretrained(path, torch_dtype, attn)
 
 
 def _load_pretrained(path: str, torch_dtype: torch.dtype, attn: str) -> torch.nn.Module:
@@ -115,8 +116,9 @@ def apply_lora(model: torch.nn.Module, r: int, alpha: float, dropout: float,
 
     if r < 1:
         raise ConfigError(f"lora.r: must be >= 1, got {r}")
-    config = LoraConfig(task_type="CAUSAL_LM", r=r, lora_alpha=alpha, lora_dropout=dropout,
-                        target_modules=target_modules)
+    # peft annotates lora_alpha as int but only divides it by r: a float alpha is fine
+    config = LoraConfig(task_type="CAUSAL_LM", r=r, lora_alpha=alpha,  # type: ignore[arg-type]
+                        lora_dropout=dropout, target_modules=target_modules)
     try:
         return get_peft_model(model, config)
     except ValueError as e:  # no module matches target_modules

@@ -19,5 +19,6 @@ pub mod normalize;
 pub mod pack;
 pub mod pool;
 pub mod shingle;
+pub mod words;
 
 pub use error::{CoreError, Result};

@@ -6,17 +6,18 @@
 //! 512 bytes per document at 128 permutations. A document without shingles has the
 //! all-`u32::MAX` signature and is never matched (see `shingle_count`).
 //!
-//! Performance notes (2-core AMD EPYC, AVX2, 20k KJV documents of ~220 words, 1 thread):
-//! - Shingling, not the permutations, dominates: 159k docs/s at num_perm=1 vs 136k at 128.
+//! Performance notes (2-core AMD EPYC, AVX2, 20k KJV documents of ~220 words, 1 thread,
+//! `cargo run --release --example minhash_profile`; the machine was shared, so ±15%):
+//! - Shingling, not the permutations, dominated: 67% of the time was word splitting and an
+//!   XXH3 call per word. The SWAR word path (`words`) and a rolling window hash took the
+//!   whole signature from ~96k to ~200k docs/s; the permutation kernel is now ~17%.
 //! - The kernel walks permutations in blocks of 32 lanes and, inside a block, every shingle,
-//!   so a block's `a`, `b` and running minima can stay in registers. Measured against the
-//!   naive order (for each shingle, all permutations): 78.7k vs 74.1k docs/s (before the
-//!   shingling speed-ups), i.e. only ~6%: L1-resident loads are cheap here.
+//!   so a block's `a`, `b` and running minima can stay in registers. Against the naive order
+//!   (for each shingle, all permutations) it measured only ~6% faster (78.7k vs 74.1k
+//!   docs/s, before the shingling work): L1-resident loads are cheap here.
 //! - 32-bit lanes rather than 64-bit: AVX2 has no 64-bit multiply (LLVM emulates it with
 //!   three), and 32 bits keep the collision odds of two distinct minima at 2^-32, far below
 //!   the estimator's own noise (1/num_perm).
-//! - Tried and rejected: an inline multiply-fold word hash instead of XXH3 (no measurable
-//!   change: 159k vs 154k docs/s at num_perm=1).
 //! - The AVX2 variant is the same source compiled with `target_feature`, chosen at run time,
 //!   so the wheel still runs on any x86-64.
 

@@ -220,40 +220,6 @@ fn normalize_chars(chars: impl Iterator<Item = char>, cfg: &Normalization, out: 
     }
 }
 
-/// Call `f` on every word of the normalised, lowercased text (Python: `norm(text).lower().split()`).
-/// ASCII text is split in place without copying unless a word needs lowercasing.
-pub fn for_each_word(text: &str, cfg: &Normalization, scratch: &mut Vec<u8>, mut f: impl FnMut(&[u8])) {
-    if text.is_ascii() && !cfg.strip_punctuation {
-        let bytes = text.as_bytes();
-        let mut i = 0;
-        while i < bytes.len() {
-            while i < bytes.len() && is_ascii_space(bytes[i]) {
-                i += 1;
-            }
-            let start = i;
-            while i < bytes.len() && !is_ascii_space(bytes[i]) {
-                i += 1;
-            }
-            if start < i {
-                let word = &bytes[start..i];
-                if word.iter().any(u8::is_ascii_uppercase) {
-                    scratch.clear();
-                    scratch.extend(word.iter().map(u8::to_ascii_lowercase));
-                    f(scratch);
-                } else {
-                    f(word);
-                }
-            }
-        }
-        return;
-    }
-    let cfg = Normalization { lowercase: true, collapse_whitespace: true, ..*cfg };
-    normalize_into(text, &cfg, scratch);
-    for word in scratch.split(|&b| b == b' ').filter(|w| !w.is_empty()) {
-        f(word);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -278,16 +244,6 @@ mod tests {
         assert_eq!(norm("\u{FF21}\u{FF22} \u{FB01}ne", cfg), "ab fine");
         let no_nfkc = Normalization { nfkc: false, ..cfg };
         assert_ne!(norm("\u{FB01}ne", no_nfkc), "fine");
-    }
-
-    #[test]
-    fn words_match_python_split() {
-        let mut scratch = Vec::new();
-        let mut words = Vec::new();
-        for_each_word("The  quick\x1cBrown\u{00A0}fox ", &Normalization::default(), &mut scratch, |w| {
-            words.push(String::from_utf8(w.to_vec()).unwrap())
-        });
-        assert_eq!(words, ["the", "quick", "brown", "fox"]);
     }
 
     #[test]

@@ -6,7 +6,8 @@
 //! the normalised text (whitespace collapsed); a shorter text is one shingle.
 
 use crate::hash::hash64;
-use crate::normalize::{for_each_word, normalize_into, Normalization};
+use crate::normalize::{normalize_into, Normalization};
+use crate::words::for_each_word_hash;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ShingleKind {
@@ -29,16 +30,17 @@ impl Shingling {
     }
 }
 
-const MIX: u64 = 0x9FB2_1C65_1E98_DF25;
+/// Odd multiplier of the polynomial rolling hash over word hashes.
+const POLY: u64 = 0x9FB2_1C65_1E98_DF25;
 
-/// Order-dependent combination of the word hashes of one window.
+/// `Σ w_j · POLY^(n-1-j)` over a window, finalised; equals the rolling update below.
 #[inline]
 fn combine(words: &[u64], seed: u64) -> u64 {
-    let mut h = seed ^ (words.len() as u64).wrapping_mul(MIX);
+    let mut h = 0u64;
     for &w in words {
-        h = (h.rotate_left(23) ^ w).wrapping_mul(MIX);
+        h = h.wrapping_mul(POLY).wrapping_add(w);
     }
-    crate::hash::splitmix64(h)
+    crate::hash::splitmix64(h ^ seed)
 }
 
 /// Reusable buffers so that shingling allocates nothing per document.
@@ -57,7 +59,7 @@ pub fn for_each_shingle(text: &str, cfg: &Shingling, scratch: &mut ShingleScratc
             let ShingleScratch { text: buf, words } = scratch;
             words.clear();
             let word_seed = cfg.seed ^ 0x5757_5757;
-            for_each_word(text, &cfg.normalization, buf, |w| words.push(hash64(w, word_seed)));
+            for_each_word_hash(text, &cfg.normalization, word_seed, buf, |h| words.push(h));
             if words.is_empty() {
                 return 0;
             }
@@ -65,8 +67,14 @@ pub fn for_each_shingle(text: &str, cfg: &Shingling, scratch: &mut ShingleScratc
                 f(combine(words, cfg.seed));
                 return 1;
             }
-            for window in words.windows(n) {
-                f(combine(window, cfg.seed));
+            // Rolling: slide the window by adding the new word and removing the oldest
+            // (two multiplies per shingle instead of n).
+            let drop_factor = (0..n).fold(1u64, |acc, _| acc.wrapping_mul(POLY));
+            let mut h = words[..n].iter().fold(0u64, |acc, &w| acc.wrapping_mul(POLY).wrapping_add(w));
+            f(crate::hash::splitmix64(h ^ cfg.seed));
+            for j in n..words.len() {
+                h = h.wrapping_mul(POLY).wrapping_add(words[j]).wrapping_sub(words[j - n].wrapping_mul(drop_factor));
+                f(crate::hash::splitmix64(h ^ cfg.seed));
             }
             words.len() - n + 1
         }
@@ -145,6 +153,19 @@ mod tests {
     fn char_shingles_count_chars_not_bytes() {
         let cfg = Shingling { kind: ShingleKind::Chars, ..Shingling::words(3, 0) };
         assert_eq!(set("h\u{00e9}llo", &cfg).len(), 3);
+    }
+
+    #[test]
+    fn rolling_window_equals_direct_combination() {
+        let cfg = Shingling::words(3, 5);
+        let mut rolled = Vec::new();
+        for_each_shingle("a b c d e f g", &cfg, &mut ShingleScratch::default(), |h| rolled.push(h));
+        let words: Vec<u64> = ["a", "b", "c", "d", "e", "f", "g"]
+            .iter()
+            .map(|w| crate::words::hash_word(w.as_bytes(), cfg.seed ^ 0x5757_5757))
+            .collect();
+        let direct: Vec<u64> = words.windows(3).map(|w| combine(w, cfg.seed)).collect();
+        assert_eq!(rolled, direct);
     }
 
     #[test]
