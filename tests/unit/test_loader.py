@@ -408,6 +408,37 @@ def test_natural_mix_and_single_source(dataset):
     assert int(only.plan(0).piece_len.sum()) == web_tokens
 
 
+@pytest.mark.parametrize("W", [1, 3])
+def test_keep_last_covers_every_token_once_with_empty_filler_rows(dataset, W):
+    root, docs = dataset
+    expect = Counter()
+    for ids, _ in docs["web"]["val"]:
+        expect.update(ids.tolist())
+    B = 4
+    loaders = [make(root, {"web": 1.0}, split="val", B=B, W=W, rank=r, max_epochs=1, drop_last=False)
+               for r in range(W)]
+    rows = loaders[0].rows_per_epoch
+    assert rows % (W * B) != 0, "the test needs a ragged tail"
+    seen: Counter = Counter()
+    steps = []
+    empty_rows = 0
+    for ld in loaders:
+        n = 0
+        for batch in ld:
+            n += 1
+            seen.update(real_tokens(batch))
+            att = batch["attention_mask"].numpy()
+            for b in range(B):
+                if att[b].sum() == 0:
+                    empty_rows += 1
+                    assert np.all(batch["labels"][b].numpy() == IGNORE_INDEX)
+            assert batch["cu_seqlens"][-1] == B * loaders[0].seq_len
+        steps.append(n)
+    assert steps == [loaders[0].steps_per_epoch] * W == [-(-rows // (W * B))] * W
+    assert empty_rows == steps[0] * W * B - rows
+    assert seen == expect
+
+
 def test_val_split(dataset):
     root, docs = dataset
     ld = make(root, {"web": 1.0}, split="val", B=1, max_epochs=1)

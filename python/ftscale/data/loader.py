@@ -22,7 +22,8 @@ tokens_per_epoch, temperature, max_repeat, family_cap), never of rank or world s
 Rank ``r`` of ``W`` reads global rows ``r, r + W, r + 2W, ...``; one step consumes the
 contiguous block of ``W * micro_batch_size`` global rows. An epoch has
 ``floor(rows / (W * B))`` steps; the ragged tail (fewer than ``W * B`` rows) is dropped and
-the next epoch starts with a fresh plan. The resume state is ``(seed, epoch,
+the next epoch starts with a fresh plan (``drop_last=False`` keeps it instead, padding the
+last step with empty rows). The resume state is ``(seed, epoch,
 rows_consumed)`` with ``rows_consumed`` counted in global rows, so a run may resume with a
 different world size and continue the same global sequence.
 
@@ -98,6 +99,10 @@ class PackedLoader:
     """Packed micro-batches of a prepared dataset for one rank; an infinite iterator unless
     ``max_epochs`` is given. See the module docstring for the plan and the row layout.
 
+    ``drop_last=False`` (for validation: every document once) keeps the ragged tail: the last
+    step of an epoch is filled up with empty rows (all padding, no loss tokens), so every rank
+    still runs the same number of steps, ``ceil(rows / (world_size x micro_batch_size))``.
+
     Each item is a dict: ``input_ids``, ``labels``, ``position_ids``, ``attention_mask``
     (int64 ``[B, L]``), ``cu_seqlens`` (int32, 1-D, piece and padding boundaries over the
     flattened batch), ``max_seqlen``, ``num_loss_tokens`` and ``num_tokens`` (non-padding)
@@ -122,6 +127,7 @@ class PackedLoader:
         family_cap: float | None = None,
         pad_token_id: int | None = None,
         max_epochs: int | None = None,
+        drop_last: bool = True,
     ) -> None:
         from ftscale.pack import STRATEGIES
 
@@ -155,6 +161,7 @@ class PackedLoader:
         self.max_repeat = float(max_repeat)
         self.family_cap = family_cap
         self.max_epochs = None if max_epochs is None else int(max_epochs)
+        self.drop_last = bool(drop_last)
 
         self.manifest = self._read_manifest()
         self.sources, weights = self._select_sources(mixture)
@@ -174,7 +181,7 @@ class PackedLoader:
         self.epoch = 0
         self.rows_consumed = 0
         self._plans: dict[int, EpochPlan] = {}
-        if self.plan(0).num_rows < self.rows_per_step:
+        if self.drop_last and self.plan(0).num_rows < self.rows_per_step:
             raise ConfigError(
                 f"epoch 0 packs into {self.plan(0).num_rows} rows of {self.seq_len} tokens, fewer than one step "
                 f"needs (world_size {self.world_size} x micro_batch_size {self.micro_batch_size}); lower "
@@ -419,8 +426,11 @@ class PackedLoader:
 
     @property
     def steps_per_epoch(self) -> int:
-        """Steps of the current epoch from its start: floor(rows_per_epoch / (world_size x micro_batch_size))."""
-        return self.rows_per_epoch // self.rows_per_step
+        """Steps of the current epoch from its start: floor(rows_per_epoch / (world_size x micro_batch_size)),
+        or the ceiling with ``drop_last=False``."""
+        if self.drop_last:
+            return self.rows_per_epoch // self.rows_per_step
+        return -(-self.rows_per_epoch // self.rows_per_step)
 
     def state_dict(self) -> dict:
         """Resume state; identical on every rank."""
@@ -469,9 +479,10 @@ class PackedLoader:
             if self.max_epochs is not None and self.epoch >= self.max_epochs:
                 raise StopIteration
             plan = self.plan(self.epoch)
-            if plan.num_rows - self.rows_consumed >= step:
+            left = plan.num_rows - self.rows_consumed
+            if left >= step or (left > 0 and not self.drop_last):
                 break
-            if plan.num_rows < step:
+            if plan.num_rows < step and self.drop_last:
                 raise DataError(
                     f"epoch {self.epoch} packs into {plan.num_rows} rows, fewer than one step "
                     f"({self.world_size} x {self.micro_batch_size}); raise tokens_per_epoch or lower micro_batch_size"
@@ -488,8 +499,9 @@ class PackedLoader:
         L = self.seq_len
         rows = np.asarray(rows, dtype=np.int64)
         B = len(rows)
-        first = plan.row_offsets[rows]
-        cnt = plan.row_offsets[rows + 1] - first
+        # Rows past the end of the plan (only with drop_last=False) come out empty: all padding.
+        first = plan.row_offsets[np.minimum(rows, plan.num_rows)]
+        cnt = plan.row_offsets[np.minimum(rows + 1, plan.num_rows)] - first
         pieces = plan.row_pieces[_ranges(first, cnt)]
         plen = plan.piece_len[pieces]
         pcum = _excl_cumsum(plen)  # start of each piece in the concatenated token stream
