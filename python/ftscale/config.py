@@ -381,7 +381,8 @@ class TrainConfig:
     seq_len: int = 2048
     micro_batch_size: int = 1
     tokens_per_step: int | None = None
-    max_steps: int = 100
+    max_steps: int = 100  # the schedule's length (warmup + cosine span it)
+    stop_at_step: int | None = None  # stop early (checkpointed) as if interrupted; relaunch resumes
     seed: int = 0
     precision: Literal["auto", "bf16", "fp32"] = "auto"
     zero_stage: Literal[0, 1, 2, 3] = 2

@@ -73,7 +73,11 @@ class Recipe:
         torch.use_deterministic_algorithms(True, warn_only=True)
         self.manifest = read_manifest(cfg.data.path)
         self.precision = resolve_precision(cfg.precision, self.on_gpu)
-        model = load_model(cfg.model.path, cfg.model.config, dtype="float32",
+        # bf16 weights when training in bf16 (DeepSpeed keeps fp32 master copies in the
+        # optimizer); this is also what lets "auto" attention pick flash-attention varlen.
+        self.compute_dtype = torch.bfloat16 if self.precision == "bf16" else torch.float32
+        model = load_model(cfg.model.path, cfg.model.config,
+                           dtype="bfloat16" if self.precision == "bf16" else "float32",
                            attn_implementation=cfg.model.attn_implementation, seed=cfg.seed)
         self.attn_implementation = model.config._attn_implementation
         self.model_config = model.config
@@ -135,7 +139,8 @@ class Recipe:
 
     def train(self) -> None:
         cfg = self.cfg
-        while self.step < cfg.max_steps:
+        last = min(cfg.max_steps, cfg.stop_at_step or cfg.max_steps)
+        while self.step < last:
             t0 = time.perf_counter()
             stats = self._train_step()
             elapsed = time.perf_counter() - t0
@@ -144,7 +149,7 @@ class Recipe:
             metrics = self._step_metrics(stats, elapsed)
             if verdict is not None and verdict.spike:
                 metrics["skipped"] = verdict.reason
-            report_ckpt = self.step % cfg.checkpoint_every == 0 or self.step == cfg.max_steps
+            report_ckpt = self.step % cfg.checkpoint_every == 0 or self.step == last
             stop = False
             if cfg.eval_every and (self.step % cfg.eval_every == 0 or self.step == cfg.max_steps):
                 metrics.update(self.evaluate())
@@ -171,9 +176,8 @@ class Recipe:
         loss_total = 0.0
         self.engine.train()
         for i, mb in enumerate(micro):
-            kwargs = forward_kwargs({k: v.to(self.device) if hasattr(v, "to") else v for k, v in mb.items()},
-                                    self.attn_implementation)
-            labels = kwargs.pop("labels")
+            kwargs = forward_kwargs(mb, self.attn_implementation, dtype=self.compute_dtype, device=self.device)
+            labels = mb["labels"].to(self.device)
             logits = self.engine(**kwargs).logits
             loss_sum, _ = loss_sum_and_count(logits, labels)
             self.engine.backward(scaled_loss(loss_sum, global_loss_tokens, self.world_size, self.grad_accum))
@@ -221,16 +225,16 @@ class Recipe:
             if not entry["val"]:
                 continue
             loader = PackedLoader(self.cfg.data.path, {name: 1.0}, self.cfg.seq_len, self.cfg.micro_batch_size,
-                                  self.rank, self.world_size, self.cfg.seed, split="val", max_epochs=1)
+                                  self.rank, self.world_size, self.cfg.seed, split="val", max_epochs=1,
+                                  drop_last=False)
             loss_sum, count = 0.0, 0.0
             with torch.no_grad():
                 for i, batch in enumerate(loader):
                     if i >= self.cfg.eval_batches:
                         break
-                    kwargs = forward_kwargs({k: v.to(self.device) if hasattr(v, "to") else v for k, v in batch.items()},
-                                            self.attn_implementation)
-                    labels = kwargs.pop("labels")
-                    s, c = loss_sum_and_count(self.engine(**kwargs).logits, labels)
+                    kwargs = forward_kwargs(batch, self.attn_implementation, dtype=self.compute_dtype,
+                                            device=self.device)
+                    s, c = loss_sum_and_count(self.engine(**kwargs).logits, batch["labels"].to(self.device))
                     loss_sum += float(s)
                     count += float(c)
             loss_sum, count = _all_reduce_sum([loss_sum, count], self.device)
