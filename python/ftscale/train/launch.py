@@ -42,6 +42,12 @@ def _init_ray(num_cpus_needed: int) -> None:
              runtime_env={"env_vars": WORKER_ENV})
 
 
+def _root_cause(error: BaseException) -> str:
+    """The last line of the worker traceback Ray wraps: usually the user-facing message."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[-1] if lines else repr(error)
+
+
 def launch(cfg: TrainConfig) -> dict[str, Any]:
     """Run training; returns a summary (run dir, last checkpoint, final metrics, export dir)."""
     from ftscale.data.mixing import read_manifest
@@ -80,9 +86,12 @@ def launch(cfg: TrainConfig) -> dict[str, Any]:
             worker_runtime_env={"env_vars": env},
         ),
     )
-    result = trainer.fit()
+    try:
+        result = trainer.fit()
+    except ray.train.TrainingFailedError as e:
+        raise FtscaleError(f"training failed: {_root_cause(e)}") from e
     if result.error is not None:
-        raise FtscaleError(f"training failed: {result.error}") from result.error
+        raise FtscaleError(f"training failed: {_root_cause(result.error)}") from result.error
     last = latest_checkpoint(directory)
     summary: dict[str, Any] = {"run_dir": str(directory), "checkpoint": str(last) if last else None,
                                "metrics": dict(result.metrics or {}), "resumed_from": str(resume) if resume else None}
