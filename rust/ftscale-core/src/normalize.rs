@@ -196,21 +196,38 @@ fn collapse_ascii(bytes: &[u8], cfg: &Normalization, last_space: &mut bool, out:
     let mut chunks = bytes.chunks_exact(CHUNK);
     for chunk in &mut chunks {
         let chunk: &[u8; CHUNK] = chunk.try_into().expect("exact chunk");
-        let joins_space = chunk[0] == b' ' && (*last_space || out.is_empty());
-        if !joins_space && chunk_is_plain(chunk, cfg.strip_punctuation) {
-            let mut lowered = *chunk;
-            if cfg.lowercase {
-                for b in &mut lowered {
-                    *b |= ((b.wrapping_sub(b'A') < 26) as u8) << 5;
-                }
-            }
-            out.extend_from_slice(&lowered);
-            *last_space = chunk[CHUNK - 1] == b' ';
-        } else {
-            collapse_bytes(chunk, cfg, last_space, out);
-        }
+        collapse_chunk(chunk, CHUNK, cfg, last_space, out);
     }
-    collapse_bytes(chunks.remainder(), cfg, last_space, out);
+    // The tail (and every short run between non-ASCII chars) is padded with a plain letter
+    // so it takes the block path too; only its real bytes are kept.
+    let tail = chunks.remainder();
+    if !tail.is_empty() {
+        let mut padded = [b'a'; CHUNK];
+        padded[..tail.len()].copy_from_slice(tail);
+        collapse_chunk(&padded, tail.len(), cfg, last_space, out);
+    }
+}
+
+/// One 32-byte block of which the first `len` bytes are real.
+#[inline(always)]
+fn collapse_chunk(chunk: &[u8; CHUNK], len: usize, cfg: &Normalization, last_space: &mut bool, out: &mut Vec<u8>) {
+    let joins_space = chunk[0] == b' ' && (*last_space || out.is_empty());
+    if !joins_space && chunk_is_plain(chunk, cfg.strip_punctuation) {
+        let mut lowered = *chunk;
+        if cfg.lowercase {
+            for b in &mut lowered {
+                *b |= ((b.wrapping_sub(b'A') < 26) as u8) << 5;
+            }
+        }
+        if len == CHUNK {
+            out.extend_from_slice(&lowered); // fixed size: inlined, no memcpy call
+        } else {
+            out.extend_from_slice(&lowered[..len]);
+        }
+        *last_space = chunk[len - 1] == b' ';
+    } else {
+        collapse_bytes(&chunk[..len], cfg, last_space, out);
+    }
 }
 
 const CHUNK: usize = 32;

@@ -130,7 +130,8 @@ fn append_arrow_strings<'a>(schema: &'a Bound<PyCapsule>, array: &'a Bound<PyCap
         unsafe { std::slice::from_raw_parts(buffers[2] as *const u8, hi) }
     };
     // Validate the UTF-8 once for the whole span, then check each cut is a char boundary.
-    let span = std::str::from_utf8(&values[lo..hi]).map_err(|e| config_error(format!("Arrow texts are not valid UTF-8: {e}")))?;
+    let span = simdutf8::compat::from_utf8(&values[lo..hi])
+        .map_err(|e| config_error(format!("Arrow texts are not valid UTF-8: {e}")))?;
     for i in 0..len {
         let (a, b) = (offsets[i] - lo, offsets[i + 1] - lo);
         if !valid(i) {
