@@ -52,10 +52,17 @@ fn below_0x21(x: u64) -> u64 {
 /// 64×64→128-bit multiply folded per 8-byte block (the wyhash construction). Not finalised
 /// here: shingling mixes word hashes again.
 pub fn hash_word(word: &[u8], seed: u64) -> u64 {
-    let mut h = seed ^ (word.len() as u64).wrapping_mul(K_LEN);
-    let mut i = 0;
-    while i < word.len() {
-        h = fold(h ^ load(word, i, word.len()), K_MIX);
+    hash_span(word, 0, word.len(), seed)
+}
+
+/// `hash_word(&bytes[start..end])`, loading from the whole buffer so that word tails take
+/// the masked 8-byte load instead of a byte loop.
+#[inline(always)]
+fn hash_span(bytes: &[u8], start: usize, end: usize, seed: u64) -> u64 {
+    let mut h = seed ^ ((end - start) as u64).wrapping_mul(K_LEN);
+    let mut i = start;
+    while i < end {
+        h = fold(h ^ load(bytes, i, end), K_MIX);
         i += 8;
     }
     h
@@ -104,8 +111,13 @@ pub fn for_each_word_hash(text: &str, cfg: &Normalization, seed: u64, scratch: &
     }
     let cfg = Normalization { lowercase: true, collapse_whitespace: true, ..*cfg };
     normalize_into(text, &cfg, scratch);
-    for word in scratch.split(|&b| b == b' ').filter(|w| !w.is_empty()) {
-        f(hash_word(word, seed));
+    // Normalised text has single spaces and no leading/trailing space.
+    let buf = scratch.as_slice();
+    let mut start = 0;
+    while start < buf.len() {
+        let end = buf[start..].iter().position(|&b| b == b' ').map_or(buf.len(), |p| start + p);
+        f(hash_span(buf, start, end, seed));
+        start = end + 1;
     }
 }
 
