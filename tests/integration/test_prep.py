@@ -212,3 +212,16 @@ def test_zero_coverage_source_is_refused(tmp_path, smol_tokenizer_dir, capsys):
     assert main(["prep", str(cfg)]) == 2
     err = capsys.readouterr().err
     assert "source 'chat'" in err and "supervised" in err and "chat template" in err
+
+
+def test_every_shipped_train_config_validates():
+    from ftscale.config import TrainConfig, load_config
+
+    configs = sorted(Path(__file__).resolve().parents[2].joinpath("configs").glob("train_*.yaml"))
+    assert len(configs) >= 5
+    seen = set()
+    for path in configs:
+        assert path.read_text().splitlines()[0] == f"# ftscale train configs/{path.name}", path.name
+        cfg = load_config(TrainConfig, path)
+        seen.add((cfg.method, cfg.zero_stage))
+    assert {("lora", 2), ("full", 3), ("lora", 3), ("full", 2)} <= seen

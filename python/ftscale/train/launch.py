@@ -40,6 +40,10 @@ def _init_ray(num_cpus_needed: int) -> None:
     address = os.environ.get("RAY_ADDRESS")
     ray.init(address=address or "local", ignore_reinit_error=True, log_to_driver=True,
              runtime_env={"env_vars": WORKER_ENV})
+    if not address:
+        # Ray Train's helper processes look up "the" local cluster; with several clusters on
+        # one machine (tests, a second job) they must be told which one is ours.
+        os.environ["RAY_ADDRESS"] = ray.get_runtime_context().gcs_address
 
 
 def _root_cause(error: BaseException) -> str:

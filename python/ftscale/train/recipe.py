@@ -126,6 +126,11 @@ class Recipe:
             except ImportError:  # tensorboard is optional; the JSONL file has everything
                 self.tb = None
         self.batches = iter(self.loader)
+        if self.rank == 0:
+            print(f"ftscale: {self.world_size} workers, {'GPU' if self.on_gpu else 'CPU'} ({torch.get_num_threads()} "
+                  f"threads/worker), {self.precision}, ZeRO-{cfg.zero_stage}, {self.attn_implementation} attention, "
+                  f"grad accum {self.grad_accum}, {self.trainable:,}/{self.total_params:,} trainable params",
+                  flush=True)
 
     @staticmethod
     def _seed_everything(seed: int) -> None:

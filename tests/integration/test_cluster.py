@@ -1,0 +1,372 @@
+"""`ftscale train` submitted with `ray job submit` to a real two-node Ray cluster.
+
+The cluster is two `ray start` commands on this machine — a head node and a worker node,
+one CPU each, so Ray Train has to put one training worker on each node — with token
+authentication on, the same way a multi-node cluster is set up (cluster/README.md).
+
+Everything this test starts is its own: a fresh token file (never ~/.ray/auth_token), a block
+of free ports picked at random, and one temp root holding both nodes' `--temp-dir`. Other Ray
+clusters on the machine (other test sessions, other people) are left alone: teardown finds
+its processes by that temp root (command line, cwd, a marker variable in the environment, and
+the descendants of those) and stops only them; it never calls `ray stop`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import tiny_train_config
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+psutil = pytest.importorskip("psutil")
+
+REPO = Path(__file__).resolve().parents[2]
+VENV_BIN = Path(sys.executable).parent
+RAY = str(VENV_BIN / "ray")
+MARKER = "FTSCALE_TEST_CLUSTER"  # set to the temp root in every process this test starts
+JOB_TIMEOUT_S = 480
+START_TIMEOUT_S = 180
+
+# Port layout relative to a random base (checked free before use):
+#   head   +0 GCS, +1 node manager, +2 object manager, +3 dashboard, +4/+5 dashboard agent
+#          (HTTP/gRPC), +6 metrics, +7 runtime-env agent, +8 Ray Client server,
+#          +100..+163 worker processes
+#   worker +11 node manager, +12 object manager, +14/+15 dashboard agent, +16 metrics,
+#          +17 runtime-env agent, +200..+263 worker processes
+HEAD_PORTS = range(0, 9)
+WORKER_NODE_PORTS = range(11, 18)
+HEAD_WORKER_PORTS = range(100, 164)
+NODE_WORKER_PORTS = range(200, 264)
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("0.0.0.0", port))
+        except OSError:
+            return False
+    return True
+
+
+def _pick_base_port() -> int:
+    """A base below the ephemeral range (32768+) whose whole layout is free right now."""
+    rng = random.Random()
+    offsets = [*HEAD_PORTS, *WORKER_NODE_PORTS, *HEAD_WORKER_PORTS, *NODE_WORKER_PORTS]
+    for _ in range(200):
+        base = rng.randrange(20000, 32000, 10)
+        if all(_port_free(base + o) for o in offsets):
+            return base
+    raise RuntimeError("no free block of ports found in 20000-32300")
+
+
+# ---------------------------------------------------------------------------------------
+# Finding and stopping this session's processes
+
+
+def session_processes(root: str) -> list:
+    """Processes that belong to the cluster under `root`: their command line or cwd names it,
+    or they carry MARKER=root (Ray renames its workers to `ray::...`, so their command lines
+    say nothing; they are found as descendants of the raylets)."""
+    me = os.getpid()
+    keep = {me, *(p.pid for p in psutil.Process(me).parents())}
+    root = root.rstrip("/")
+    inside = root + "/"
+    roots = []
+    for proc in psutil.process_iter(["pid", "cmdline", "cwd", "environ"]):
+        info = proc.info
+        if info["pid"] in keep:
+            continue
+        cmdline = " ".join(info["cmdline"] or [])
+        cwd = info["cwd"] or ""
+        environ = info["environ"] or {}
+        if (inside in cmdline or cmdline.endswith(root) or cwd == root or cwd.startswith(inside)
+                or environ.get(MARKER) == root):
+            roots.append(proc)
+    found = {p.pid: p for p in roots}
+    for proc in roots:
+        try:
+            for child in proc.children(recursive=True):
+                found.setdefault(child.pid, child)
+        except psutil.Error:
+            pass
+    for pid in keep:
+        found.pop(pid, None)
+    return list(found.values())
+
+
+def _running(proc) -> bool:
+    try:
+        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def _wait_gone(procs: list, timeout: float) -> list:
+    deadline = time.monotonic() + timeout
+    alive = [p for p in procs if _running(p)]
+    while alive and time.monotonic() < deadline:
+        time.sleep(0.2)
+        alive = [p for p in alive if _running(p)]
+    return alive
+
+
+def _signal(procs: list, sig: int) -> None:
+    for p in procs:
+        try:
+            p.send_signal(sig)
+        except psutil.Error:
+            pass
+
+
+def _cmdline(proc) -> str:
+    try:
+        return " ".join(proc.cmdline())
+    except psutil.Error:
+        return ""
+
+
+def _terminate(procs: list, grace_s: float) -> None:
+    procs = [p for p in procs if _running(p)]
+    _signal(procs, signal.SIGTERM)
+    alive = _wait_gone(procs, grace_s)
+    _signal(alive, signal.SIGKILL)
+    _wait_gone(alive, 5)
+
+
+def stop_session_processes(root: str, grace_s: float = 15.0) -> list[str]:
+    """Stop every process of the cluster under `root`, in the order `ray stop` uses (raylets
+    with their workers and agents, then the other head processes, then the GCS, which would
+    otherwise wait for the others): SIGTERM, SIGKILL after `grace_s`. A final sweep catches
+    anything spawned meanwhile. Returns what could not be stopped; exited processes not yet
+    reaped by their parent (zombies) count as stopped."""
+    procs = [p for p in session_processes(root) if _running(p)]
+    raylets = [p for p in procs if "raylet/raylet" in _cmdline(p)]
+    nodes = set(raylets)
+    for p in raylets:
+        try:
+            nodes.update(p.children(recursive=True))
+        except psutil.Error:
+            pass
+    gcs = [p for p in procs if "gcs_server" in _cmdline(p)]
+    rest = [p for p in procs if p not in nodes and p not in gcs]
+    for bucket in (list(nodes), rest, gcs):
+        _terminate(bucket, grace_s)
+    for _ in range(3):
+        procs = [p for p in session_processes(root) if _running(p)]
+        if not procs:
+            return []
+        _terminate(procs, grace_s)
+    return [f"{p.pid} {_cmdline(p)[:120]}" for p in session_processes(root) if _running(p)]
+
+
+# ---------------------------------------------------------------------------------------
+# The cluster
+
+
+@dataclass
+class LocalCluster:
+    root: Path
+    base: int
+    env: dict[str, str]
+
+    @property
+    def gcs_address(self) -> str:
+        return f"127.0.0.1:{self.base}"
+
+    @property
+    def dashboard_url(self) -> str:
+        return f"http://127.0.0.1:{self.base + 3}"
+
+    @property
+    def token(self) -> str:
+        return (self.root / "auth_token").read_text().strip()
+
+    def ray(self, *args: str, timeout: float = 120, env: dict[str, str] | None = None,
+            check: bool = True) -> subprocess.CompletedProcess:
+        proc = subprocess.run([RAY, *args], env=env or self.env, cwd=self.root, capture_output=True,
+                              text=True, timeout=timeout)
+        if check and proc.returncode != 0:
+            raise AssertionError(f"ray {' '.join(args)} exited {proc.returncode}\n"
+                                 f"--- stdout\n{proc.stdout[-4000:]}\n--- stderr\n{proc.stderr[-4000:]}")
+        return proc
+
+    def api(self, path: str, token: str | None = "") -> tuple[int, object]:
+        """GET on the dashboard's REST API (the one the Jobs SDK uses); token "" = ours."""
+        req = urllib.request.Request(self.dashboard_url + path)
+        if token is not None:
+            req.add_header("Authorization", f"Bearer {token or self.token}")
+        try:
+            with urllib.request.urlopen(req, timeout=30) as resp:
+                return resp.status, json.loads(resp.read() or b"null")
+        except urllib.error.HTTPError as e:
+            return e.code, None
+
+    def alive_nodes(self) -> int:
+        out = self.ray("status", "--address", self.gcs_address).stdout
+        active = out.split("Active:", 1)[1].split("Pending:", 1)[0]
+        return sum(1 for line in active.splitlines() if "node_" in line)
+
+
+def _start_cluster(root: Path, cpus_per_node: int = 1) -> LocalCluster:
+    base = _pick_base_port()
+    (root / "head").mkdir()
+    (root / "worker").mkdir()
+    token_file = root / "auth_token"
+    token_file.write_text(secrets.token_hex(32))
+    token_file.chmod(0o600)
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("RAY_ADDRESS", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "RAY_AUTH_MODE",
+                        "RAY_API_SERVER_ADDRESS")}
+    env.update({
+        # Ray processes that look for "the" local cluster (Ray Train's PlacementGroupCleaner
+        # uses the State API without an address) would otherwise find every cluster on the
+        # machine and fail; `ray start` itself ignores RAY_ADDRESS.
+        "RAY_ADDRESS": f"127.0.0.1:{base}",
+        "RAY_AUTH_MODE": "token",
+        "RAY_AUTH_TOKEN_PATH": str(token_file),
+        MARKER: str(root),
+        # the job driver runs `ftscale` from PATH; workers use this venv's python (sys.executable
+        # of `ray start`)
+        "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+        "VIRTUAL_ENV": str(VENV_BIN.parent),
+        "RAY_USAGE_STATS_ENABLED": "0",
+        "PYTHONUNBUFFERED": "1",
+    })
+    cluster = LocalCluster(root=root, base=base, env=env)
+    common = ["--num-cpus", str(cpus_per_node), "--num-gpus", "0", "--object-store-memory", str(200 * 1024 * 1024),
+              "--disable-usage-stats", "--log-style", "record", "--log-color", "false"]
+    b = base
+    cluster.ray("start", "--head", "--temp-dir", str(root / "head"), "--port", str(b),
+                "--node-manager-port", str(b + 1), "--object-manager-port", str(b + 2),
+                "--include-dashboard", "true", "--dashboard-host", "127.0.0.1", "--dashboard-port", str(b + 3),
+                "--dashboard-agent-listen-port", str(b + 4), "--dashboard-agent-grpc-port", str(b + 5),
+                "--metrics-export-port", str(b + 6), "--runtime-env-agent-port", str(b + 7),
+                "--ray-client-server-port", str(b + 8),
+                "--min-worker-port", str(b + HEAD_WORKER_PORTS[0]), "--max-worker-port", str(b + HEAD_WORKER_PORTS[-1]),
+                *common, timeout=START_TIMEOUT_S)
+    cluster.ray("start", "--address", cluster.gcs_address, "--temp-dir", str(root / "worker"),
+                "--node-manager-port", str(b + 11), "--object-manager-port", str(b + 12),
+                "--dashboard-agent-listen-port", str(b + 14), "--dashboard-agent-grpc-port", str(b + 15),
+                "--metrics-export-port", str(b + 16), "--runtime-env-agent-port", str(b + 17),
+                "--min-worker-port", str(b + NODE_WORKER_PORTS[0]), "--max-worker-port", str(b + NODE_WORKER_PORTS[-1]),
+                *common, timeout=START_TIMEOUT_S)
+    deadline = time.monotonic() + 60
+    while cluster.alive_nodes() < 2:
+        assert time.monotonic() < deadline, cluster.ray("status", "--address", cluster.gcs_address).stdout
+        time.sleep(2)
+    return cluster
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    # short path: Ray's unix sockets live under it (108-byte limit)
+    root = Path(tempfile.mkdtemp(prefix="ftray-", dir="/tmp"))
+    cluster = None
+    try:
+        for attempt in range(3):  # a port taken between the check and `ray start`: try another block
+            try:
+                cluster = _start_cluster(root)
+                break
+            except AssertionError:
+                left = stop_session_processes(str(root))
+                assert not left, f"could not stop: {left}"
+                for sub in ("head", "worker"):
+                    shutil.rmtree(root / sub, ignore_errors=True)
+                if attempt == 2:
+                    raise
+        yield cluster
+    finally:
+        left = stop_session_processes(str(root))
+        if left:
+            print(f"\ntest_cluster: processes still running after teardown: {left}", file=sys.stderr)
+        else:
+            shutil.rmtree(root, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------------------
+# Tests
+
+
+def test_token_auth_is_enforced(ray_cluster: LocalCluster):
+    status, _ = ray_cluster.api("/api/jobs/", token=None)
+    assert status == 401
+    status, _ = ray_cluster.api("/api/jobs/", token="0" * 64)
+    assert status in (401, 403)
+    status, jobs = ray_cluster.api("/api/jobs/")
+    assert status == 200 and isinstance(jobs, list)
+    no_auth = {k: v for k, v in ray_cluster.env.items() if not k.startswith("RAY_AUTH_")}
+    wrong = dict(ray_cluster.env, RAY_AUTH_TOKEN="0" * 64)
+    wrong.pop("RAY_AUTH_TOKEN_PATH")
+    for env in (no_auth, wrong):
+        proc = ray_cluster.ray("job", "list", "--address", ray_cluster.dashboard_url, env=env, check=False)
+        assert proc.returncode != 0
+        assert "AuthenticationError" in proc.stdout + proc.stderr or "Unauthorized" in proc.stdout + proc.stderr
+    assert ray_cluster.alive_nodes() == 2
+
+
+def test_job_submit_trains_across_two_nodes(ray_cluster: LocalCluster, tiny_dataset, tmp_path):
+    storage = (tmp_path / "storage").resolve()
+    workdir = tmp_path / "job"
+    workdir.mkdir()
+    run_name = "cluster-tiny"
+    cfg = tiny_train_config(tiny_dataset, storage, run_name=run_name, max_steps=4, checkpoint_every=2)
+    (workdir / "cfg.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+
+    # The shipped runtime env (excludes, NCCL/env vars), with our directory as working_dir: it
+    # must merge with the runtime env `ftscale train` passes to ray.init.
+    runtime_env = REPO / "cluster" / "runtime_env.yaml"
+    submission_id = f"ftscale-cluster-{secrets.token_hex(4)}"
+    ray_cluster.ray("job", "submit", "--address", ray_cluster.dashboard_url, "--runtime-env", str(runtime_env),
+                    "--working-dir", str(workdir), "--submission-id", submission_id, "--no-wait",
+                    "--", "ftscale", "train", "cfg.yaml")
+
+    deadline = time.monotonic() + JOB_TIMEOUT_S
+    status = None
+    while time.monotonic() < deadline:
+        code, info = ray_cluster.api(f"/api/jobs/{submission_id}")
+        assert code == 200, code
+        status = info["status"]
+        if status in ("SUCCEEDED", "FAILED", "STOPPED"):
+            break
+        time.sleep(5)
+    if status != "SUCCEEDED":
+        if status not in ("SUCCEEDED", "FAILED", "STOPPED"):
+            ray_cluster.ray("job", "stop", "--address", ray_cluster.dashboard_url, submission_id, check=False)
+        logs = ray_cluster.ray("job", "logs", "--address", ray_cluster.dashboard_url, submission_id, check=False)
+        pytest.fail(f"job {submission_id} ended {status} (timeout {JOB_TIMEOUT_S}s)\n"
+                    f"{info.get('message', '') if info else ''}\n--- ray job logs\n{logs.stdout[-15000:]}{logs.stderr[-3000:]}")
+
+    shipped_vars = yaml.safe_load(runtime_env.read_text()).get("env_vars", {})
+    assert info["runtime_env"].get("env_vars", {}) == shipped_vars
+
+    run_dir = storage / run_name
+    done = sorted(p for p in run_dir.glob("checkpoint_*") if (p / "ftscale_run.json").is_file())
+    assert [p.name for p in done] == ["checkpoint_0000002", "checkpoint_0000004"], list(run_dir.iterdir())
+    run = json.loads((done[-1] / "ftscale_run.json").read_text())
+    assert run["step"] == 4 and run["world_size"] == 2
+
+    # one Ray Train worker on each node (each node has one CPU, the workers want one each)
+    actors = json.loads(ray_cluster.ray("list", "actors", "--address", ray_cluster.gcs_address,
+                                        "--filter", f"job_id={info['job_id']}",
+                                        "--filter", "class_name=RayTrainWorker",
+                                        "--detail", "--format", "json").stdout)
+    assert len(actors) == 2 and len({a["node_id"] for a in actors}) == 2, actors
