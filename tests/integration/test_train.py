@@ -25,8 +25,15 @@ def ray_cluster():
 
     os.environ["DS_ACCELERATOR"] = "cpu"
     ray.init(address="local", num_cpus=4, include_dashboard=True, log_to_driver=False)
+    # Ray Train's helper processes must find this cluster even if another one is running.
+    previous = os.environ.get("RAY_ADDRESS")
+    os.environ["RAY_ADDRESS"] = ray.get_runtime_context().gcs_address
     yield
     ray.shutdown()
+    if previous is None:
+        os.environ.pop("RAY_ADDRESS", None)
+    else:
+        os.environ["RAY_ADDRESS"] = previous
 
 
 def run(dataset: Path, storage: Path, **overrides) -> dict:
