@@ -69,7 +69,7 @@ def run_ftscale(prepared: Path, work: Path, steps: int) -> dict:
 
     cfg = build(TrainConfig, {
         "run_name": "bench", "storage_path": str(work / "runs"), "data": {"path": str(prepared)},
-        "model": {"config": MODEL, "attn_implementation": "sdpa"}, "seq_len": SEQ_LEN,
+        "model": {"config": MODEL, "attn_implementation": "auto"}, "seq_len": SEQ_LEN,
         "micro_batch_size": ROWS_PER_STEP, "max_steps": steps, "zero_stage": 0, "num_workers": 1,
         "cpus_per_worker": THREADS, "precision": "fp32", "checkpoint_every": steps, "eval_every": 0,
         "export_on_finish": False, "spike": {"enabled": False}, "optim": {"lr": 1e-3, "warmup_steps": 1}})

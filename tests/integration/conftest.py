@@ -91,7 +91,7 @@ def tiny_train_config(dataset: Path, storage: Path, **overrides: Any) -> dict:
         "model": {"config": {"model_type": "llama", "vocab_size": 512, "hidden_size": 64, "intermediate_size": 128,
                              "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
                              "max_position_embeddings": 128, "tie_word_embeddings": False},
-                  "attn_implementation": "sdpa"},
+                  "attn_implementation": "auto"},
         "seq_len": 128, "micro_batch_size": 2, "tokens_per_step": 1024, "max_steps": 6,
         "zero_stage": 2, "num_workers": 2, "cpus_per_worker": 1, "precision": "fp32",
         "optim": {"lr": 1e-2, "min_lr": 1e-3, "warmup_steps": 1},

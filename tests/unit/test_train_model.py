@@ -103,6 +103,18 @@ def test_packed_loss_equals_per_document_loss(tiny: torch.nn.Module) -> None:
     assert packed_sum == pytest.approx(doc_sum, rel=1e-5)
 
 
+def test_segment_attention_equals_per_document_loss() -> None:
+    """sdpa_segments (our CPU varlen stand-in) gives the per-document losses too."""
+    model = load_model(None, TINY, attn_implementation="sdpa_segments", seed=0).eval()
+    assert model.config._attn_implementation == "sdpa_segments"
+    batch, docs = _packed_batch()
+    packed_sum, packed_count = _packed(model, **forward_kwargs(batch, "sdpa_segments"))
+    reference = load_model(None, TINY, attn_implementation="sdpa", seed=0).eval()
+    doc_sum, doc_count = _per_document(reference, docs)
+    assert packed_count == doc_count == 17
+    assert packed_sum == pytest.approx(doc_sum, rel=1e-5)
+
+
 def test_without_block_mask_documents_leak(tiny: torch.nn.Module) -> None:
     """What a naive caller would pass: each differs from the per-document loss."""
     batch, docs = _packed_batch()
@@ -239,7 +251,7 @@ def test_loss_shift_convention_and_scaled_loss_formula() -> None:
 def test_inline_config_is_seeded_and_typed() -> None:
     a, b = load_model(None, TINY, seed=3), load_model(None, TINY, seed=3)
     c = load_model(None, TINY, seed=4, dtype="bfloat16")
-    assert a.config._attn_implementation == "sdpa"  # auto on CPU
+    assert a.config._attn_implementation == "sdpa_segments"  # auto on CPU
     assert torch.equal(a.model.embed_tokens.weight, b.model.embed_tokens.weight)
     assert not torch.equal(a.model.embed_tokens.weight, c.model.embed_tokens.weight.float())
     assert {p.dtype for p in c.parameters()} == {torch.bfloat16}
