@@ -21,4 +21,7 @@ pub mod pool;
 pub mod shingle;
 pub mod words;
 
+#[cfg(test)]
+mod test_support;
+
 pub use error::{CoreError, Result};

@@ -801,20 +801,8 @@ impl Xoshiro256 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rand::rngs::StdRng;
-    use rand::{Rng, SeedableRng};
+    use crate::test_support::lognormal_lengths as lognormal;
 
-    fn lognormal(n: usize, mu: f64, sigma: f64, max: u32, seed: u64) -> Vec<u32> {
-        let mut rng = StdRng::seed_from_u64(seed);
-        (0..n)
-            .map(|_| {
-                let u1: f64 = 1.0 - rng.random::<f64>();
-                let u2: f64 = rng.random::<f64>();
-                let z = (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos();
-                (mu + sigma * z).exp().round().clamp(1.0, max as f64) as u32
-            })
-            .collect()
-    }
 
     fn two_sources() -> Vec<MixSource> {
         vec![

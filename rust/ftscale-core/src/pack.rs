@@ -637,22 +637,11 @@ pub fn piece_lengths(pieces: &[Piece]) -> Vec<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_support::lognormal_lengths;
     use rand::rngs::StdRng;
     use rand::{Rng, SeedableRng};
     use std::time::Instant;
 
-    fn lognormal_lengths(n: usize, mu: f64, sigma: f64, max: u32, seed: u64) -> Vec<u32> {
-        let mut rng = StdRng::seed_from_u64(seed);
-        (0..n)
-            .map(|_| {
-                // Box-Muller
-                let u1: f64 = 1.0 - rng.random::<f64>();
-                let u2: f64 = rng.random::<f64>();
-                let z = (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos();
-                (mu + sigma * z).exp().round().clamp(1.0, max as f64) as u32
-            })
-            .collect()
-    }
 
     fn uniform_lengths(n: usize, max: u32, seed: u64) -> Vec<u32> {
         let mut rng = StdRng::seed_from_u64(seed);
