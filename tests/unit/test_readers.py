@@ -479,7 +479,10 @@ def test_counts_always_conserved(tmp_path_factory, lines):
     write_jsonl(path, lines, raw=True)
     result = read_source("s", [path])
     assert_conserved(result)
-    non_blank = [line for line in lines if line.strip()]
+    # A UTF-8 BOM opening the file is not content (documented in readers), so a first line
+    # holding only a BOM is blank.
+    bare = [line[3:] if i == 0 and line.startswith(b"\xef\xbb\xbf") else line for i, line in enumerate(lines)]
+    non_blank = [line for line in bare if line.strip()]
     assert result.counts["read"] == len(non_blank)
     rows = sorted(result.records.column("row").to_pylist() + result.quarantine.column("row").to_pylist())
     assert rows == list(range(len(non_blank)))
