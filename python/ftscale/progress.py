@@ -3,7 +3,6 @@ plain lines otherwise) and the time each stage took."""
 
 from __future__ import annotations
 
-import sys
 import time
 from contextlib import contextmanager
 from typing import Iterator
@@ -40,7 +39,3 @@ class Stages:
     def print(self, *objects: object) -> None:
         if self._console is not None:
             self._console.print(*objects)
-
-
-def stderr_is_terminal() -> bool:
-    return sys.stderr.isatty()

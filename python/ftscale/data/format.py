@@ -32,6 +32,10 @@ Manifest keys (``MANIFEST_VERSION`` 1)::
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+from typing import Any
+
 import pyarrow as pa
 
 MANIFEST_VERSION = 1
@@ -52,3 +56,24 @@ IGNORE_INDEX = -100  # label value that carries no loss (the PyTorch / HF conven
 
 def shard_name(index: int) -> str:
     return f"part-{index:05d}.parquet"
+
+
+def read_manifest(dataset_dir: str | Path) -> dict[str, Any]:
+    """The manifest of a prepared dataset, checked for existence, JSON and format version."""
+    from ftscale.errors import DataError, InputError
+
+    path = Path(dataset_dir) / MANIFEST
+    if not path.is_file():
+        raise InputError(f"{path} not found: {dataset_dir} is not a prepared dataset (run `ftscale prep` first "
+                         "and point at its output directory)")
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise DataError(f"{path} cannot be read as JSON ({e}); re-run `ftscale prep`") from e
+    version = manifest.get("format_version")
+    if version != MANIFEST_VERSION:
+        raise DataError(f"{path}: format_version {version!r}, this ftscale reads {MANIFEST_VERSION}; "
+                        "re-run `ftscale prep` with this version")
+    if not isinstance(manifest.get("sources"), dict):
+        raise DataError(f"{path}: no 'sources' table; re-run `ftscale prep`")
+    return manifest

@@ -25,7 +25,7 @@ def print_samples(dataset_dir: str, source: str, n: int, split: str = "train") -
     from rich.console import Console
     from rich.text import Text
 
-    from ftscale.data.mixing import read_manifest
+    from ftscale.data.format import read_manifest
     from ftscale.data.tokenize import load_tokenizer
 
     manifest = read_manifest(dataset_dir)

@@ -37,15 +37,14 @@ piece and for the padding run of a row (padding counts as its own segment, also 
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
 
-from ftscale.data.format import IGNORE_INDEX, MANIFEST, MANIFEST_VERSION
-from ftscale.errors import ConfigError, DataError, InputError
+from ftscale.data.format import IGNORE_INDEX, MANIFEST, read_manifest
+from ftscale.errors import ConfigError, DataError
 
 STATE_VERSION = 1
 SPLITS = ("train", "val")
@@ -163,7 +162,7 @@ class PackedLoader:
         self.max_epochs = None if max_epochs is None else int(max_epochs)
         self.drop_last = bool(drop_last)
 
-        self.manifest = self._read_manifest()
+        self.manifest = read_manifest(self.dataset_dir)
         self.sources, weights = self._select_sources(mixture)
         self._load(self.sources)
         self.weights = weights
@@ -190,27 +189,6 @@ class PackedLoader:
 
     # ----------------------------------------------------------------------------------------
     # opening
-
-    def _read_manifest(self) -> dict:
-        path = self.dataset_dir / MANIFEST
-        if not path.is_file():
-            raise InputError(
-                f"{path} not found: {self.dataset_dir} is not a prepared dataset (run `ftscale prep` first, "
-                f"and point the loader at its output directory)"
-            )
-        try:
-            manifest = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as e:
-            raise DataError(f"{path} cannot be read as JSON ({e}); re-run `ftscale prep`") from e
-        version = manifest.get("format_version")
-        if version != MANIFEST_VERSION:
-            raise DataError(
-                f"{path}: format_version {version!r}, this ftscale reads {MANIFEST_VERSION}; "
-                f"re-run `ftscale prep` with this version"
-            )
-        if not isinstance(manifest.get("sources"), dict):
-            raise DataError(f"{path}: no 'sources' table; re-run `ftscale prep`")
-        return manifest
 
     def _select_sources(self, mixture: dict[str, float] | None) -> tuple[list[str], list[float]]:
         available = list(self.manifest["sources"])

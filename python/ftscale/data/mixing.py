@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ftscale.errors import ConfigError, InputError
+from ftscale.data.format import read_manifest
+from ftscale.errors import ConfigError
 
 
 def parse_weights(text: str) -> dict[str, float]:
@@ -26,15 +26,6 @@ def parse_weights(text: str) -> dict[str, float]:
     if not weights:
         raise ConfigError("--weights: give at least one NAME=WEIGHT")
     return weights
-
-
-def read_manifest(dataset_dir: str | Path) -> dict[str, Any]:
-    from ftscale.data.format import MANIFEST
-
-    path = Path(dataset_dir) / MANIFEST
-    if not path.is_file():
-        raise InputError(f"{dataset_dir} is not a prepared dataset (no {MANIFEST}); run `ftscale prep` first")
-    return json.loads(path.read_text())
 
 
 def source_lengths(dataset_dir: str | Path, manifest: dict[str, Any], name: str, split: str = "train") -> np.ndarray:

@@ -40,11 +40,6 @@ def record_segments(
     ]
 
 
-def take_rows(table: pa.Table, mask: np.ndarray) -> pa.Table:
-    """Rows of ``table`` where ``mask`` is True, in order."""
-    return table.filter(pa.array(mask)) if len(mask) else table
-
-
 def column_or_none(table: pa.Table, name: str) -> np.ndarray | None:
     """A numeric column as float64 (nulls as NaN), or None when absent."""
     if name not in table.column_names:

@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from ftscale.errors import ConfigError, InputError
+from ftscale.train.runs import DS_TAG
 
-DS_TAG = "ds"
 
 
 def _checkpoints(source: str, average_last: int) -> list[Path]:

@@ -32,7 +32,7 @@ def _absolute(cfg: TrainConfig) -> TrainConfig:
                                storage_path=str(Path(cfg.storage_path).expanduser().resolve()))
 
 
-def _init_ray(num_cpus_needed: int) -> None:
+def _init_ray() -> None:
     import ray
 
     if ray.is_initialized():
@@ -54,14 +54,14 @@ def _root_cause(error: BaseException) -> str:
 
 def launch(cfg: TrainConfig) -> dict[str, Any]:
     """Run training; returns a summary (run dir, last checkpoint, final metrics, export dir)."""
-    from ftscale.data.mixing import read_manifest
+    from ftscale.data.format import read_manifest
 
     cfg = _absolute(cfg)
     manifest = read_manifest(cfg.data.path)
     if cfg.seq_len > manifest["seq_len"] and any(s["kind"] == "sft" for s in manifest["sources"].values()):
         raise ConfigError(f"seq_len: {cfg.seq_len} exceeds the prepared seq_len {manifest['seq_len']} "
                           "(SFT records were truncated to it); re-run prep or lower seq_len")
-    _init_ray(cfg.num_workers * cfg.cpus_per_worker)
+    _init_ray()
     import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -74,7 +74,7 @@ def launch(cfg: TrainConfig) -> dict[str, Any]:
     if not use_gpu:
         env["DS_ACCELERATOR"] = "cpu"
         env["OMP_NUM_THREADS"] = str(cfg.cpus_per_worker)
-    os.environ.update({k: v for k, v in env.items() if k == "DS_ACCELERATOR"})
+        os.environ["DS_ACCELERATOR"] = "cpu"  # the driver imports DeepSpeed too, for export
     directory = run_dir(cfg.storage_path, cfg.run_name)
     resume = latest_checkpoint(directory)
     trainer = TorchTrainer(

@@ -20,11 +20,10 @@ from typing import Any
 
 import numpy as np
 
-from ftscale.config import TrainConfig, build
-from ftscale.train.runs import RUN_FILE
+from ftscale.config import TrainConfig, build, to_dict
+from ftscale.train.runs import DS_TAG, RUN_FILE
 
 STATE_FILE = "ftscale_state_rank{rank}.pt"
-DS_TAG = "ds"
 
 
 def _all_reduce_sum(values: list[float], device: Any) -> list[float]:
@@ -63,7 +62,7 @@ class Recipe:
         import deepspeed
 
         from ftscale.data.loader import PackedLoader
-        from ftscale.data.mixing import read_manifest
+        from ftscale.data.format import read_manifest
         from ftscale.train.ds_config import build_ds_config, resolve_precision
         from ftscale.train.model import apply_lora, flops_per_token, load_model, trainable_parameters
         from ftscale.train.optim import lr_lambda, make_optimizer
@@ -125,7 +124,6 @@ class Recipe:
                 self.tb = SummaryWriter(str(self.run_dir / "tensorboard"))
             except ImportError:  # tensorboard is optional; the JSONL file has everything
                 self.tb = None
-        self.batches = iter(self.loader)
         if self.rank == 0:
             print(f"ftscale: {self.world_size} workers, {'GPU' if self.on_gpu else 'CPU'} ({torch.get_num_threads()} "
                   f"threads/worker), {self.precision}, ZeRO-{cfg.zero_stage}, {self.attn_implementation} attention, "
@@ -173,7 +171,7 @@ class Recipe:
         from ftscale.train.attention import forward_kwargs
         from ftscale.train.loss import loss_sum_and_count, scaled_loss
 
-        micro = [next(self.batches) for _ in range(self.grad_accum)]
+        micro = [next(self.loader) for _ in range(self.grad_accum)]  # the loader is its own iterator
         local = [sum(float(m["num_loss_tokens"]) for m in micro), sum(float(m["num_tokens"]) for m in micro)]
         global_loss_tokens, global_tokens = _all_reduce_sum(local, self.device)
         if global_loss_tokens == 0:
@@ -291,7 +289,7 @@ class Recipe:
             self.engine.save_checkpoint(tmp, tag=DS_TAG)
             torch.save(self._state(), Path(tmp) / STATE_FILE.format(rank=self.rank))
             if self.rank == 0:
-                run = {"config": _plain(self.cfg), "step": self.step, "world_size": self.world_size,
+                run = {"config": to_dict(self.cfg), "step": self.step, "world_size": self.world_size,
                        "loader": self.loader.state_dict(), "metrics": metrics,
                        "tokenizer": self.manifest["tokenizer"], "method": self.cfg.method}
                 (Path(tmp) / RUN_FILE).write_text(json.dumps(run, indent=2, default=str))
@@ -323,7 +321,6 @@ class Recipe:
         if self.on_gpu and rng["cuda"] is not None:
             torch.cuda.set_rng_state_all(rng["cuda"])
         self.last_checkpoint_step = self.step
-        self.batches = iter(self.loader)
 
     def _rollback(self) -> None:
         """Too many spikes: reload the last checkpoint and skip the data read since then."""
@@ -338,7 +335,6 @@ class Recipe:
         else:
             skip = self.loader.rows_per_epoch - resumed["rows_consumed"]
         self.loader.skip_rows(skip)
-        self.batches = iter(self.loader)
         window = {"at_step": self.step, "epoch": resumed["epoch"], "from_row": resumed["rows_consumed"],
                   "rows_skipped": skip}
         self.skipped_windows.append(window)
@@ -378,12 +374,6 @@ class Recipe:
 
 def _scalars(metrics: dict[str, Any]) -> dict[str, float]:
     return {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-
-
-def _plain(cfg: TrainConfig) -> dict[str, Any]:
-    from ftscale.config import to_dict
-
-    return to_dict(cfg)
 
 
 def train_loop(loop_config: dict[str, Any]) -> None:

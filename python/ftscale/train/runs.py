@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 RUN_FILE = "ftscale_run.json"
+DS_TAG = "ds"  # DeepSpeed checkpoint tag inside every checkpoint directory
 
 
 def run_dir(storage_path: str, run_name: str) -> Path:
