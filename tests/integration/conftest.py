@@ -18,7 +18,7 @@ CHATML = ("{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\\n' + m['con
 
 
 def sample_texts(n: int) -> list[str]:
-    with gzip.open(REPO / "examples" / "sample" / "train.jsonl.gz", "rt") as f:
+    with gzip.open(REPO / "python" / "ftscale" / "demo_data" / "general.jsonl.gz", "rt") as f:
         out = []
         for line in f:
             try:

@@ -19,6 +19,10 @@ from ftscale.errors import ConfigError, FtscaleError
 WORKER_ENV = {
     "TOKENIZERS_PARALLELISM": "false",
     "PYTHONUNBUFFERED": "1",
+    # Ray Train's print patch tees every print to its logger *and* to the wrapped stdout,
+    # so each worker line reached the driver twice; plain prints reach it once.
+    "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",
+    "HF_HUB_DISABLE_PROGRESS_BARS": "1",  # per-tensor GGUF/safetensors bars in every worker's log
 }
 
 

@@ -143,6 +143,8 @@ class Recipe:
     def train(self) -> None:
         cfg = self.cfg
         last = min(cfg.max_steps, cfg.stop_at_step or cfg.max_steps)
+        if cfg.eval_on_start and self.step == 0:
+            self._log({"step": 0, **self.evaluate()})
         while self.step < last:
             t0 = time.perf_counter()
             stats = self._train_step()
@@ -351,11 +353,14 @@ class Recipe:
     def _log(self, metrics: dict[str, Any]) -> None:
         if self.rank != 0:
             return
+        if "loss" not in metrics and "val_loss" in metrics:
+            print(f"step {metrics['step']}/{self.cfg.max_steps} " + " ".join(
+                f"{k} {v:.4f}" for k, v in metrics.items() if k.startswith("val_loss")), flush=True)
         if "loss" in metrics and metrics["step"] % self.cfg.log_every == 0:
             print(f"step {metrics['step']}/{self.cfg.max_steps} loss {metrics['loss']:.4f} "
                   f"lr {metrics['lr']:.2e} grad_norm {metrics['grad_norm']:.3f} "
                   f"tokens/s {metrics['tokens_per_s']:,.0f}"
-                  + (f" val_loss {metrics['val_loss']:.4f}" if "val_loss" in metrics else "")
+                  + "".join(f" {k} {v:.4f}" for k, v in metrics.items() if k.startswith("val_loss"))
                   + (f" SKIPPED ({metrics['skipped']})" if "skipped" in metrics else ""), flush=True)
         if self.metrics_file is not None:
             self.metrics_file.write(json.dumps({"time": time.time(), **metrics}, default=str) + "\n")

