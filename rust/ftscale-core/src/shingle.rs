@@ -30,17 +30,29 @@ impl Shingling {
     }
 }
 
-/// Odd multiplier of the polynomial rolling hash over word hashes.
-const POLY: u64 = 0x9FB2_1C65_1E98_DF25;
+/// Longest n-gram shingled without a word list (the ring of the last n word hashes).
+const RING: usize = 32;
 
-/// `Σ w_j · POLY^(n-1-j)` over a window, finalised; equals the rolling update below.
+/// Finaliser of a window hash: one 64×64→128-bit multiply folded (the wyhash "mum"),
+/// which breaks the window hash's linearity (over GF(2)) at half the cost of splitmix64.
+#[inline(always)]
+fn finish(h: u64, seed: u64) -> u64 {
+    let r = ((h ^ seed) as u128).wrapping_mul(FINISH as u128);
+    (r as u64) ^ ((r >> 64) as u64)
+}
+
+const FINISH: u64 = 0x8EBC_6AF0_9C88_C6E3; // odd, and not a constant of the word hash
+
+/// The window hash before finishing: `XOR_j rotl(w_j, n-1-j)` (a cyclic polynomial, "buzhash",
+/// over the already-mixed word hashes), so sliding the window costs two rotations and no
+/// multiply: `h' = rotl(h, 1) ^ rotl(w_out, n) ^ w_in`. Equals the rolling updates below.
 #[inline]
 fn combine(words: &[u64], seed: u64) -> u64 {
     let mut h = 0u64;
     for &w in words {
-        h = h.wrapping_mul(POLY).wrapping_add(w);
+        h = h.rotate_left(1) ^ w;
     }
-    crate::hash::splitmix64(h ^ seed)
+    finish(h, seed)
 }
 
 /// Reusable buffers so that shingling allocates nothing per document.
@@ -56,27 +68,39 @@ pub fn for_each_shingle(text: &str, cfg: &Shingling, scratch: &mut ShingleScratc
     let n = cfg.ngram.max(1);
     match cfg.kind {
         ShingleKind::Words => {
-            let ShingleScratch { text: buf, words } = scratch;
-            words.clear();
             let word_seed = cfg.seed ^ 0x5757_5757;
-            for_each_word_hash(text, &cfg.normalization, word_seed, buf, |h| words.push(h));
-            if words.is_empty() {
-                return 0;
+            if n > RING {
+                let mut words = std::mem::take(&mut scratch.words);
+                words.clear();
+                for_each_word_hash(text, &cfg.normalization, word_seed, &mut scratch.text, |h| words.push(h));
+                let count = shingles_of_words(&words, n, cfg.seed, f);
+                scratch.words = words;
+                return count;
             }
-            if words.len() <= n {
-                f(combine(words, cfg.seed));
-                return 1;
+            // Rolling, fused with word hashing: the last `n` word hashes live in a ring, so
+            // no word list is built (same hashes as `shingles_of_words`).
+            let out_rotation = (n % 64) as u32;
+            let mut ring = [0u64; RING];
+            let (mut count, mut h) = (0usize, 0u64);
+            for_each_word_hash(text, &cfg.normalization, word_seed, &mut scratch.text, |w| {
+                h = h.rotate_left(1) ^ w;
+                if count >= n {
+                    h ^= ring[(count - n) % RING].rotate_left(out_rotation);
+                }
+                ring[count % RING] = w;
+                count += 1;
+                if count >= n {
+                    f(finish(h, cfg.seed));
+                }
+            });
+            match count {
+                0 => 0,
+                c if c < n => {
+                    f(finish(h, cfg.seed)); // fewer words than n: one shingle
+                    1
+                }
+                c => c - n + 1,
             }
-            // Rolling: slide the window by adding the new word and removing the oldest
-            // (two multiplies per shingle instead of n).
-            let drop_factor = (0..n).fold(1u64, |acc, _| acc.wrapping_mul(POLY));
-            let mut h = words[..n].iter().fold(0u64, |acc, &w| acc.wrapping_mul(POLY).wrapping_add(w));
-            f(crate::hash::splitmix64(h ^ cfg.seed));
-            for j in n..words.len() {
-                h = h.wrapping_mul(POLY).wrapping_add(words[j]).wrapping_sub(words[j - n].wrapping_mul(drop_factor));
-                f(crate::hash::splitmix64(h ^ cfg.seed));
-            }
-            words.len() - n + 1
         }
         ShingleKind::Chars => {
             let norm = Normalization { collapse_whitespace: true, ..cfg.normalization };
@@ -97,6 +121,26 @@ pub fn for_each_shingle(text: &str, cfg: &Shingling, scratch: &mut ShingleScratc
             nchars - n + 1
         }
     }
+}
+
+/// Shingles of `n` consecutive word hashes, by a rolling window (see `combine`).
+#[inline(always)]
+fn shingles_of_words(words: &[u64], n: usize, seed: u64, mut f: impl FnMut(u64)) -> usize {
+    if words.is_empty() {
+        return 0;
+    }
+    if words.len() <= n {
+        f(combine(words, seed));
+        return 1;
+    }
+    let out_rotation = (n % 64) as u32;
+    let mut h = words[..n].iter().fold(0u64, |acc, &w| acc.rotate_left(1) ^ w);
+    f(finish(h, seed));
+    for j in n..words.len() {
+        h = h.rotate_left(1) ^ words[j] ^ words[j - n].rotate_left(out_rotation);
+        f(finish(h, seed));
+    }
+    words.len() - n + 1
 }
 
 /// The sorted, deduplicated shingle set of `text` (for exact Jaccard).
