@@ -21,6 +21,7 @@ model and data.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
 from dataclasses import dataclass
@@ -157,10 +158,11 @@ def run_demo(opts: DemoOptions) -> dict[str, Any]:
     from ftscale.progress import Stages
     from ftscale.summary import print_rows
     from ftscale.train.export import export
-    from ftscale.train.launch import launch
+    from ftscale.train.launch import QUIET_LOADING_ENV, launch
     from ftscale.train.runs import run_dir
 
     opts.check()
+    os.environ.update(QUIET_LOADING_ENV)  # the stage lines show progress
     started = time.perf_counter()
     out = Path(opts.out).resolve()
     stages = Stages(enabled=True)
@@ -216,10 +218,11 @@ def run_demo(opts: DemoOptions) -> dict[str, Any]:
 
 
 def _print_summary(result: dict[str, Any]) -> None:
-    from rich.console import Console
     from rich.table import Table
 
-    console = Console()
+    from ftscale.summary import console as summary_console
+
+    console = summary_console()
     table = Table(title="validation loss per source (before → after fine-tuning)")
     for col in ("source", "before", "after", "change"):
         table.add_column(col, justify="left" if col == "source" else "right")

@@ -540,8 +540,9 @@ def _describe(alts: list[dict[str, Any]], micro_batch: int) -> str:
 
 def print_plan(result: dict[str, Any]) -> None:
     """The plan as a rich table, with the verdict below it."""
-    from rich.console import Console
     from rich.table import Table
+
+    from ftscale.summary import console as summary_console
 
     o, g, m = result["options"], result["per_gpu"], result["model"]
     over = f"over {o['gpus_per_node'] * o['nodes']} GPUs"
@@ -583,7 +584,7 @@ def print_plan(result: dict[str, Any]) -> None:
     table.add_column("what")
     for name, size, what in rows:
         table.add_row(name, f"{size / GIB:.2f}", what)
-    console = Console()
+    console = summary_console()
     console.print(table)
     if result["fits"]:
         console.print(f"[green]fits[/green]: {g['total_bytes'] / GIB:.1f} of {result['gpu_mem_bytes'] / GIB:.1f} GiB "

@@ -16,13 +16,16 @@ from typing import Any
 from ftscale.config import TrainConfig, to_dict
 from ftscale.errors import ConfigError, FtscaleError
 
+# No per-tensor progress bars while loading a model (one per worker would flood the log):
+# transformers' own bars follow the first variable, its GGUF loader's plain tqdm only the second.
+QUIET_LOADING_ENV = {"HF_HUB_DISABLE_PROGRESS_BARS": "1", "TQDM_DISABLE": "1"}
 WORKER_ENV = {
     "TOKENIZERS_PARALLELISM": "false",
     "PYTHONUNBUFFERED": "1",
     # Ray Train's print patch tees every print to its logger *and* to the wrapped stdout,
     # so each worker line reached the driver twice; plain prints reach it once.
     "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",
-    "HF_HUB_DISABLE_PROGRESS_BARS": "1",  # per-tensor GGUF/safetensors bars in every worker's log
+    **QUIET_LOADING_ENV,
 }
 
 

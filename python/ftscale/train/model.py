@@ -8,6 +8,7 @@ randomly initialised from ``seed``: for tests and demos). Nothing is downloaded.
 
 from __future__ import annotations
 
+import warnings
 from typing import TYPE_CHECKING, Any, Literal
 
 from ftscale.data.tokenize import resolve_path
@@ -120,7 +121,10 @@ def apply_lora(model: torch.nn.Module, r: int, alpha: float, dropout: float,
     config = LoraConfig(task_type="CAUSAL_LM", r=r, lora_alpha=alpha,  # type: ignore[arg-type]
                         lora_dropout=dropout, target_modules=target_modules)
     try:
-        return get_peft_model(model, config)
+        with warnings.catch_warnings():  # peft 0.21 reads a property transformers 5 deprecates
+            warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated",
+                                    category=FutureWarning)
+            return get_peft_model(model, config)
     except ValueError as e:  # no module matches target_modules
         raise ConfigError(f"lora.target_modules: {e}") from e
 
