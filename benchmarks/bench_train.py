@@ -1,11 +1,12 @@
 """Training throughput: ftscale (packed rows, Ray Train + DeepSpeed) vs the Hugging Face
 Trainer with dynamic padding, on the same tiny LLaMA and the same SFT conversations, CPU.
 
-    python benchmarks/bench_train.py [--steps 30] [--json benchmarks/results/train.json]
+    python benchmarks/bench_train.py [--steps 30] [--rounds 2] [--json benchmarks/results/train.json]
 
 Both see the same conversations tokenized with the same chat template and assistant-only
 labels; both use one process with the same number of CPU threads. "Real tokens/s" counts
 non-padding tokens per second of optimizer steps (start-up and the first 3 steps excluded).
+HF and ftscale run in alternating rounds; the best round of each is compared.
 """
 
 from __future__ import annotations
@@ -129,20 +130,31 @@ def run_hf(prepared: Path, tok_dir: Path, steps: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--rounds", type=int, default=2,
+                        help="alternating HF / ftscale rounds; the best round of each is compared (default 2)")
     parser.add_argument("--json", default=str(REPO / "benchmarks" / "results" / "train.json"))
     args = parser.parse_args()
     os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    hf_rounds, our_rounds = [], []
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         prepared, tok_dir = prepare(work, conversations(3000))
-        hf = run_hf(prepared, tok_dir, args.steps * 2)
-        ours = run_ftscale(prepared, work, args.steps)
+        # Alternating rounds, best of each: this shared machine's speed drifts by tens of
+        # percent within minutes, and a single HF-then-ftscale pair measured the drift.
+        for r in range(args.rounds):
+            hf_rounds.append(run_hf(prepared, tok_dir, args.steps * 2))
+            our_rounds.append(run_ftscale(prepared, work / f"round{r}", args.steps))
+    hf = max(hf_rounds, key=lambda x: x["real_tokens_per_s"])
+    ours = max(our_rounds, key=lambda x: x["real_tokens_per_s"])
     ratio = ours["real_tokens_per_s"] / hf["real_tokens_per_s"]
-    print(f"train real tokens/s | ftscale packed (Ray Train + DeepSpeed ZeRO-0, 1 worker × {THREADS} threads): "
-          f"{ours['real_tokens_per_s']:,.0f} | HF Trainer dynamic padding: {hf['real_tokens_per_s']:,.0f} | "
+    print("rounds | ftscale: " + ", ".join(f"{x['real_tokens_per_s']:,.0f}" for x in our_rounds)
+          + " | HF: " + ", ".join(f"{x['real_tokens_per_s']:,.0f}" for x in hf_rounds))
+    print(f"train real tokens/s (best round) | ftscale packed (Ray Train + DeepSpeed ZeRO-0, 1 worker × {THREADS} "
+          f"threads): {ours['real_tokens_per_s']:,.0f} | HF Trainer dynamic padding: {hf['real_tokens_per_s']:,.0f} | "
           f"ratio {ratio:.2f} (target >= 2)")
     result = {"machine": {"cpu": platform.processor() or platform.machine(), "threads": THREADS},
-              "model": MODEL, "seq_len": SEQ_LEN, "ftscale": ours, "hf_trainer": hf, "ratio": ratio}
+              "model": MODEL, "seq_len": SEQ_LEN, "ftscale": ours, "hf_trainer": hf, "ratio": ratio,
+              "rounds": {"ftscale": our_rounds, "hf_trainer": hf_rounds}}
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(result, indent=2))
 

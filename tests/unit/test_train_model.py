@@ -329,3 +329,50 @@ def test_flops_per_token() -> None:
     assert flops_per_token(config, 16, trainable_fraction=0.01) < f16
     tied = load_model(None, {**TINY, "tie_word_embeddings": True}).config
     assert matmul_parameters(tied) == n  # the tied matrix counts once, as the head
+
+
+# --------------------------------------------------------------------------------------------
+# logits only where a loss is (the trainer's path)
+
+
+@pytest.mark.parametrize("method", ["full", "lora"])
+def test_kept_logits_give_the_full_loss_and_gradients(method: str) -> None:
+    from ftscale.train.loss import kept_loss_sum, loss_positions
+    from ftscale.train.model import keep_logits
+
+    batch, _ = _packed_batch()
+    model = load_model(None, TINY, attn_implementation="sdpa_segments", seed=0)
+    if method == "lora":
+        model = apply_lora(model, 4, 8.0, 0.0, "all-linear")
+    kwargs = forward_kwargs(batch, "sdpa_segments")
+    params = [p for p in model.parameters() if p.requires_grad]
+
+    full_sum, full_count = loss_sum_and_count(model(**kwargs).logits, batch["labels"])
+    full_grads = torch.autograd.grad(full_sum, params)
+    keep, targets = loss_positions(batch["labels"])
+    with keep_logits(model, keep):
+        logits = model(**kwargs).logits
+    kept_sum = kept_loss_sum(logits, targets)
+    kept_grads = torch.autograd.grad(kept_sum, params)
+
+    assert logits.shape == (int(keep.sum()), TINY["vocab_size"])  # not B·L rows
+    assert int(keep.sum()) < keep.numel()  # the batch has a prompt, boundaries and padding
+    assert targets.numel() == int(full_count) == batch["num_loss_tokens"]
+    assert float(kept_sum) == pytest.approx(float(full_sum), rel=1e-5)
+    for g_full, g_kept in zip(full_grads, kept_grads):
+        torch.testing.assert_close(g_kept, g_full, rtol=1e-4, atol=1e-6)
+    assert model(**kwargs).logits.shape[:2] == batch["input_ids"].shape  # the hook is gone
+
+
+def test_kept_logits_with_no_loss_token_give_zero() -> None:
+    from ftscale.train.loss import kept_loss_sum, loss_positions
+    from ftscale.train.model import keep_logits
+
+    batch, _ = _packed_batch()
+    labels = torch.full_like(batch["labels"], IGNORE_INDEX)
+    model = load_model(None, TINY, attn_implementation="sdpa_segments", seed=0)
+    keep, targets = loss_positions(labels)
+    with keep_logits(model, keep):
+        total = kept_loss_sum(model(**forward_kwargs(batch, "sdpa_segments")).logits, targets)
+    total.backward()
+    assert float(total) == 0.0 and targets.numel() == 0

@@ -40,6 +40,33 @@ def loss_sum_and_count(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torc
     return loss_sum, (shift_labels != IGNORE_INDEX).sum()
 
 
+def loss_positions(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(keep, targets)``: where logits are needed and what they must predict.
+
+    ``keep`` ``[B, L]`` bool is true at position ``i`` of row ``b`` when ``labels[b, i + 1]``
+    carries loss; ``targets`` ``[n]`` are those labels in row-major order, the order of
+    ``hidden[keep]``. Projecting only these ``n`` hidden states onto the vocabulary
+    (``keep_logits``) gives the same loss as ``loss_sum_and_count`` on all logits, without the
+    ``B·L·V`` logits of the positions that carry none: prompts, system turns and template
+    text in SFT (84% of the positions in the demo's instruction set), boundaries in CPT.
+    """
+    import torch
+
+    shifted = labels[:, 1:]
+    supervised = shifted != IGNORE_INDEX
+    keep = torch.zeros(labels.shape, dtype=torch.bool, device=labels.device)
+    keep[:, :-1] = supervised
+    return keep, shifted[supervised]
+
+
+def kept_loss_sum(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Sum of the cross-entropies of ``logits`` ``[n, V]`` (the kept positions, upcast to fp32)
+    against ``targets`` ``[n]``: ``S`` of ``loss_sum_and_count``; 0 when ``n`` is 0."""
+    import torch.nn.functional as F
+
+    return F.cross_entropy(logits.float(), targets, reduction="sum")
+
+
 def scaled_loss(loss_sum: torch.Tensor, global_loss_tokens: int | torch.Tensor, world_size: int,
                 grad_accum_steps: int) -> torch.Tensor:
     """The value to backpropagate for one micro-batch: ``S · W · G / T``.
@@ -65,4 +92,4 @@ def scaled_loss(loss_sum: torch.Tensor, global_loss_tokens: int | torch.Tensor, 
     return loss_sum * (world_size * grad_accum_steps) / tokens
 
 
-__all__ = ["loss_sum_and_count", "scaled_loss"]
+__all__ = ["kept_loss_sum", "loss_positions", "loss_sum_and_count", "scaled_loss"]

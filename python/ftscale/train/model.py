@@ -9,6 +9,8 @@ randomly initialised from ``seed``: for tests and demos). Nothing is downloaded.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Literal
 
 from ftscale.data.tokenize import resolve_path
@@ -127,6 +129,23 @@ def apply_lora(model: torch.nn.Module, r: int, alpha: float, dropout: float,
             return get_peft_model(model, config)
     except ValueError as e:  # no module matches target_modules
         raise ConfigError(f"lora.target_modules: {e}") from e
+
+
+@contextmanager
+def keep_logits(model: torch.nn.Module, keep: torch.Tensor) -> Iterator[None]:
+    """Within the block, the model's output head sees only ``hidden[keep]`` (``keep``: ``[B, L]``
+    bool), so ``model(...).logits`` is ``[n, V]`` for the ``n`` kept positions instead of
+    ``[B, L, V]``. A forward pre-hook on ``get_output_embeddings()``: independent of the
+    architecture and of transformers' own ``logits_to_keep`` (whose boolean form only some
+    models accept); element-wise logit post-processing (soft-capping, scaling) still applies."""
+    head = model.get_output_embeddings()
+    if head is None:
+        raise ConfigError(f"{type(model).__name__} has no output embeddings; cannot compute its language-model loss")
+    handle = head.register_forward_pre_hook(lambda _module, args: (args[0][keep], *args[1:]))
+    try:
+        yield
+    finally:
+        handle.remove()
 
 
 def trainable_parameters(model: torch.nn.Module) -> tuple[int, int]:

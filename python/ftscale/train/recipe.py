@@ -171,7 +171,8 @@ class Recipe:
 
     def _train_step(self) -> dict[str, float]:
         from ftscale.train.attention import forward_kwargs
-        from ftscale.train.loss import loss_sum_and_count, scaled_loss
+        from ftscale.train.loss import kept_loss_sum, loss_positions, scaled_loss
+        from ftscale.train.model import keep_logits
 
         micro = [next(self.loader) for _ in range(self.grad_accum)]  # the loader is its own iterator
         local = [sum(float(m["num_loss_tokens"]) for m in micro), sum(float(m["num_tokens"]) for m in micro)]
@@ -182,9 +183,9 @@ class Recipe:
         self.engine.train()
         for i, mb in enumerate(micro):
             kwargs = forward_kwargs(mb, self.attn_implementation, dtype=self.compute_dtype, device=self.device)
-            labels = mb["labels"].to(self.device)
-            logits = self.engine(**kwargs).logits
-            loss_sum, _ = loss_sum_and_count(logits, labels)
+            keep, targets = loss_positions(mb["labels"].to(self.device))
+            with keep_logits(self.engine.module, keep):  # logits only where a loss is
+                loss_sum = kept_loss_sum(self.engine(**kwargs).logits, targets)
             self.engine.backward(scaled_loss(loss_sum, global_loss_tokens, self.world_size, self.grad_accum))
             loss_total += float(loss_sum.detach())
             if i == len(micro) - 1:
@@ -221,7 +222,8 @@ class Recipe:
 
         from ftscale.data.loader import PackedLoader
         from ftscale.train.attention import forward_kwargs
-        from ftscale.train.loss import loss_sum_and_count
+        from ftscale.train.loss import kept_loss_sum, loss_positions
+        from ftscale.train.model import keep_logits
 
         out: dict[str, float] = {}
         self.engine.eval()
@@ -239,9 +241,10 @@ class Recipe:
                         break
                     kwargs = forward_kwargs(batch, self.attn_implementation, dtype=self.compute_dtype,
                                             device=self.device)
-                    s, c = loss_sum_and_count(self.engine(**kwargs).logits, batch["labels"].to(self.device))
-                    loss_sum += float(s)
-                    count += float(c)
+                    keep, targets = loss_positions(batch["labels"].to(self.device))
+                    with keep_logits(self.engine.module, keep):
+                        loss_sum += float(kept_loss_sum(self.engine(**kwargs).logits, targets))
+                    count += float(targets.numel())
             loss_sum, count = _all_reduce_sum([loss_sum, count], self.device)
             if count:
                 out[f"val_loss/{name}"] = loss_sum / count
