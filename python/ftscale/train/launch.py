@@ -13,8 +13,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ftscale.config import TrainConfig, to_dict
-from ftscale.errors import ConfigError, FtscaleError
+from ftscale.config import TrainConfig, check_against_dataset, to_dict
+from ftscale.errors import FtscaleError
 
 # No per-tensor progress bars while loading a model (one per worker would flood the log):
 # transformers' own bars follow the first variable, its GGUF loader's plain tqdm only the second.
@@ -64,10 +64,7 @@ def launch(cfg: TrainConfig) -> dict[str, Any]:
     from ftscale.data.format import read_manifest
 
     cfg = _absolute(cfg)
-    manifest = read_manifest(cfg.data.path)
-    if cfg.seq_len > manifest["seq_len"] and any(s["kind"] == "sft" for s in manifest["sources"].values()):
-        raise ConfigError(f"seq_len: {cfg.seq_len} exceeds the prepared seq_len {manifest['seq_len']} "
-                          "(SFT records were truncated to it); re-run prep or lower seq_len")
+    check_against_dataset(cfg, read_manifest(cfg.data.path))
     _init_ray()
     import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
