@@ -78,7 +78,9 @@ pub fn for_each_shingle(text: &str, cfg: &Shingling, scratch: &mut ShingleScratc
                 return count;
             }
             // Rolling, fused with word hashing: the last `n` word hashes live in a ring, so
-            // no word list is built (same hashes as `shingles_of_words`).
+            // no word list is built (same hashes as `shingles_of_words`). A stack array: the
+            // same ring as a Vec of n slots (which would serve every n, without the word-list
+            // path below) measured 18% slower (327k vs 268k docs/s, minhash_profile).
             let out_rotation = (n % 64) as u32;
             let mut ring = [0u64; RING];
             let (mut count, mut h) = (0usize, 0u64);
@@ -201,15 +203,23 @@ mod tests {
 
     #[test]
     fn rolling_window_equals_direct_combination() {
-        let cfg = Shingling::words(3, 5);
-        let mut rolled = Vec::new();
-        for_each_shingle("a b c d e f g", &cfg, &mut ShingleScratch::default(), |h| rolled.push(h));
-        let words: Vec<u64> = ["a", "b", "c", "d", "e", "f", "g"]
-            .iter()
-            .map(|w| crate::words::hash_word(w.as_bytes(), cfg.seed ^ 0x5757_5757))
-            .collect();
-        let direct: Vec<u64> = words.windows(3).map(|w| combine(w, cfg.seed)).collect();
-        assert_eq!(rolled, direct);
+        // n <= RING takes the fused ring path, n > RING the word-list path: both must give
+        // the windows' hashes by definition (`combine`), also for texts shorter than n.
+        let text: String = (0..80).map(|i| format!("w{} ", i % 23)).collect();
+        let words: Vec<&str> = text.split_whitespace().collect();
+        for ngram in [1, 3, 5, RING, RING + 1, 70, 80, 95] {
+            let cfg = Shingling::words(ngram, 5);
+            let mut rolled = Vec::new();
+            for_each_shingle(&text, &cfg, &mut ShingleScratch::default(), |h| rolled.push(h));
+            let hashes: Vec<u64> =
+                words.iter().map(|w| crate::words::hash_word(w.as_bytes(), cfg.seed ^ 0x5757_5757)).collect();
+            let direct: Vec<u64> = if hashes.len() <= ngram {
+                vec![combine(&hashes, cfg.seed)]
+            } else {
+                hashes.windows(ngram).map(|w| combine(w, cfg.seed)).collect()
+            };
+            assert_eq!(rolled, direct, "ngram {ngram}");
+        }
     }
 
     #[test]
