@@ -114,7 +114,8 @@ def answer(model: Any, tokenizer: Any, question: str) -> str:
     inputs = tokenizer(prompt, return_tensors="pt", add_special_tokens=False)
     with torch.no_grad():
         out = model.generate(**inputs, max_new_tokens=MAX_NEW_TOKENS, do_sample=False,
-                             pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id)
+                             pad_token_id=tokenizer.eos_token_id if tokenizer.pad_token_id is None
+                             else tokenizer.pad_token_id)
     return str(tokenizer.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)).strip()
 
 
@@ -140,16 +141,11 @@ def _exported_answer(model_dir: Path, question: str) -> str:
 
 def _val_losses(run_dir: Path) -> tuple[dict[str, float], dict[str, float]]:
     """Per-source validation loss at the first and the last evaluation of the run."""
-    from ftscale.report import load_run_metrics
+    from ftscale.report import load_run_metrics, summarize_run
 
-    evals = load_run_metrics(run_dir).evals
-    if not evals:
-        return {}, {}
-
-    def per_source(record: dict[str, Any]) -> dict[str, float]:
-        return {k.split("/", 1)[1]: float(v) for k, v in record.items() if k.startswith("val_loss/")}
-
-    return per_source(evals[0]), per_source(evals[-1])
+    by_source = summarize_run(load_run_metrics(run_dir))["val_by_source"]
+    return ({name: v["first"] for name, v in by_source.items()},
+            {name: v["last"] for name, v in by_source.items()})
 
 
 def run_demo(opts: DemoOptions) -> dict[str, Any]:

@@ -170,9 +170,7 @@ class Recipe:
                 break
 
     def _train_step(self) -> dict[str, float]:
-        from ftscale.train.attention import forward_kwargs
-        from ftscale.train.loss import kept_loss_sum, loss_positions, scaled_loss
-        from ftscale.train.model import keep_logits
+        from ftscale.train.loss import scaled_loss
 
         micro = [next(self.loader) for _ in range(self.grad_accum)]  # the loader is its own iterator
         local = [sum(float(m["num_loss_tokens"]) for m in micro), sum(float(m["num_tokens"]) for m in micro)]
@@ -182,10 +180,7 @@ class Recipe:
         loss_total = 0.0
         self.engine.train()
         for i, mb in enumerate(micro):
-            kwargs = forward_kwargs(mb, self.attn_implementation, dtype=self.compute_dtype, device=self.device)
-            keep, targets = loss_positions(mb["labels"].to(self.device))
-            with keep_logits(self.engine.module, keep):  # logits only where a loss is
-                loss_sum = kept_loss_sum(self.engine(**kwargs).logits, targets)
+            loss_sum, _ = self._loss_sum(mb)
             self.engine.backward(scaled_loss(loss_sum, global_loss_tokens, self.world_size, self.grad_accum))
             loss_total += float(loss_sum.detach())
             if i == len(micro) - 1:
@@ -194,6 +189,19 @@ class Recipe:
             self.engine.step()
         return {"loss": self.current_loss, "global_tokens": global_tokens, "global_loss_tokens": global_loss_tokens,
                 "slots": float(self.world_size * self.grad_accum * self.cfg.micro_batch_size * self.cfg.seq_len)}
+
+    def _loss_sum(self, batch: dict[str, Any]) -> tuple[Any, int]:
+        """``(S, n)`` of one micro-batch: the summed token cross-entropy (a tensor, with grad
+        in training) and the number of loss tokens. Logits are computed only at the positions
+        that carry a loss (``keep_logits``)."""
+        from ftscale.train.attention import forward_kwargs
+        from ftscale.train.loss import kept_loss_sum, loss_positions
+        from ftscale.train.model import keep_logits
+
+        kwargs = forward_kwargs(batch, self.attn_implementation, dtype=self.compute_dtype, device=self.device)
+        keep, targets = loss_positions(batch["labels"].to(self.device))
+        with keep_logits(self.engine.module, keep):
+            return kept_loss_sum(self.engine(**kwargs).logits, targets), targets.numel()
 
     def _step_metrics(self, stats: dict[str, float], elapsed: float) -> dict[str, Any]:
         from ftscale.train.metrics import mfu
@@ -221,9 +229,6 @@ class Recipe:
         import torch
 
         from ftscale.data.loader import PackedLoader
-        from ftscale.train.attention import forward_kwargs
-        from ftscale.train.loss import kept_loss_sum, loss_positions
-        from ftscale.train.model import keep_logits
 
         out: dict[str, float] = {}
         self.engine.eval()
@@ -239,12 +244,9 @@ class Recipe:
                 for i, batch in enumerate(loader):
                     if i >= self.cfg.eval_batches:
                         break
-                    kwargs = forward_kwargs(batch, self.attn_implementation, dtype=self.compute_dtype,
-                                            device=self.device)
-                    keep, targets = loss_positions(batch["labels"].to(self.device))
-                    with keep_logits(self.engine.module, keep):
-                        loss_sum += float(kept_loss_sum(self.engine(**kwargs).logits, targets))
-                    count += float(targets.numel())
+                    s, n = self._loss_sum(batch)
+                    loss_sum += float(s)
+                    count += float(n)
             loss_sum, count = _all_reduce_sum([loss_sum, count], self.device)
             if count:
                 out[f"val_loss/{name}"] = loss_sum / count
