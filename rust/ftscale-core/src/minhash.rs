@@ -1,48 +1,52 @@
 //! MinHash signatures.
 //!
-//! Each shingle's 64-bit hash is folded to 32 bits `x`; permutation `i` is the bijection
-//! `x ↦ a_i·x + b_i (mod 2^32)` with odd `a_i`, both drawn from the seed. A signature is the
-//! minimum of each permutation over the document's shingles: `num_perm` u32 values, i.e.
-//! 512 bytes per document at 128 permutations. A document without shingles has the
-//! all-`u32::MAX` signature and is never matched (see `shingle_count`).
+//! Each shingle's 64-bit hash is folded to 32 bits and made odd, `x`; permutation `i` is the
+//! bijection `x ↦ a_i·x (mod 2^32)` of the odd residues, with odd `a_i` drawn from the seed. A
+//! signature is the minimum of each permutation over the document's shingles: `num_perm` u32
+//! values, i.e. 512 bytes per document at 128 permutations. A document without shingles has
+//! the all-`u32::MAX` signature and is never matched (see `shingle_count`).
+//!
+//! Why linear, not affine (`a_i·x + b_i`): the kernel is bound by vector-pipe throughput, and
+//! the add was a third of its instructions (one `vpmulld`, one `vpaddd`, one `vpminud` per 8
+//! permutations); without it MinHash measured 377k → 420k docs/s. The inputs are already
+//! outputs of a strong mixer, so the add brought no randomness the estimator needs: the
+//! 3-sigma test below passes as before, and on the benchmark F1 stayed 0.988 (0.987 affine).
+//! `x` is odd so that no shingle maps to 0 under every permutation (an all-zero signature
+//! would match every document holding that shingle).
 //!
 //! Performance notes (2-core AMD EPYC, AVX2, 20k KJV documents of ~220 words, 1 thread,
-//! `cargo run --release --example minhash_profile`; the machine was shared, so ±15%):
-//! - Shingling, not the permutations, dominated: 67% of the time was word splitting and an
-//!   XXH3 call per word. The SWAR word path (`words`) and a rolling window hash took the
-//!   whole signature from ~96k to ~200k docs/s.
-//! - Then (A/B runs of the two binaries interleaved, best of 5 rounds each, because the
-//!   machine's speed drifts by ±30% within minutes): inert non-ASCII characters (`’`, in a
-//!   third of the documents) on the SWAR path, 230k → 277k; rolling hash fused with word
-//!   hashing (no word list), 280k → 300k; a one-multiply window finaliser instead of
-//!   splitmix64, 300k → 319k; a cyclic-polynomial (rotate/xor) window instead of a
-//!   multiplicative one, 319k → 329k. Tried and dropped (slower): inlining the word splitter
-//!   into its caller; detecting non-inert characters inside the word loop instead of a
-//!   pre-scan; a register-resident whitespace test. The permutation kernel is now ~30%.
-//! - The kernel walks permutations in blocks of 32 lanes and, inside a block, every shingle,
-//!   so a block's `a`, `b` and running minima can stay in registers. Against the naive order
-//!   (for each shingle, all permutations) it measured only ~6% faster (78.7k vs 74.1k
-//!   docs/s, before the shingling work): L1-resident loads are cheap here.
+//! `cargo run --release --example minhash_profile`, A/B runs of two binaries interleaved and
+//! the best of 6 rounds each, because the machine's speed drifts by ±30% within minutes):
+//! - Shingling, not the permutations, dominated at first: 67% of the time was word splitting
+//!   and an XXH3 call per word. See `words` for the splitter's history (~96k → 379k docs/s).
+//! - Fused into the word loop, a rolling window kept its state in stack slots; windows over a
+//!   word-hash slice, written with `extend` (no capacity check per shingle), measured 428k →
+//!   451k together with the two-pass splitter.
+//! - The kernel walks permutations in blocks of 64 lanes (eight 8-lane registers of minima)
+//!   and, inside a block, every shingle, so minima stay in registers. Written with intrinsics:
+//!   LLVM's vectorisation of the equivalent portable loop changed shape with unrelated edits
+//!   (once vectorising across shingles instead, 30% slower). Blocks of 32 lanes were ~1%
+//!   slower; the kernel is now ~25% of the time.
 //! - 32-bit lanes rather than 64-bit: AVX2 has no 64-bit multiply (LLVM emulates it with
-//!   three), and 32 bits keep the collision odds of two distinct minima at 2^-32, far below
+//!   three), and 32 bits keep the collision odds of two distinct minima at 2^-31, far below
 //!   the estimator's own noise (1/num_perm).
-//! - The AVX2 variant is the same source compiled with `target_feature`, chosen at run time,
-//!   so the wheel still runs on any x86-64.
+//! - The AVX2 kernel is chosen at run time, so the wheel still runs on any x86-64.
 
 use rayon::prelude::*;
 
 use crate::error::{invalid, Result};
 use crate::hash::SplitMix64;
-use crate::shingle::{for_each_shingle, ShingleScratch, Shingling};
+use crate::shingle::{shingle_hashes, ShingleScratch, Shingling};
 
-const BLOCK: usize = 32;
+/// Permutations per kernel block, and 8-lane registers per block.
+const BLOCK: usize = 64;
+const LANES: usize = BLOCK / 8;
 
 #[derive(Clone, Debug)]
 pub struct MinHasher {
     pub num_perm: usize,
     pub shingling: Shingling,
     a: Vec<u32>,
-    b: Vec<u32>,
 }
 
 impl MinHasher {
@@ -55,23 +59,20 @@ impl MinHasher {
         }
         let mut rng = SplitMix64::new(shingling.seed ^ 0x4D49_4E48_4153_48); // "MINHASH"
         let a = (0..num_perm).map(|_| (rng.next_u64() as u32) | 1).collect();
-        let b = (0..num_perm).map(|_| rng.next_u64() as u32).collect();
-        Ok(Self { num_perm, shingling, a, b })
+        Ok(Self { num_perm, shingling, a })
     }
 
     /// Signature of one text into `out` (len `num_perm`); returns the number of shingles.
     pub fn signature_into(&self, text: &str, scratch: &mut SigScratch, out: &mut [u32]) -> usize {
-        let mut xs = std::mem::take(&mut scratch.folded); // a local: see `for_each_shingle`
+        let hashes = shingle_hashes(text, &self.shingling, &mut scratch.shingles);
+        let xs = &mut scratch.folded;
         xs.clear();
-        let n = for_each_shingle(text, &self.shingling, &mut scratch.shingles, |h| {
-            xs.push((h ^ (h >> 32)) as u32)
-        });
+        xs.extend(hashes.iter().map(|&h| fold32(h)));
         out.fill(u32::MAX);
-        if n > 0 {
-            update(&self.a, &self.b, &xs, out);
+        if !xs.is_empty() {
+            update(&self.a, xs, out);
         }
-        scratch.folded = xs;
-        n
+        xs.len()
     }
 
     /// Signatures of all texts, row-major `texts.len() × num_perm`, plus each text's shingle
@@ -96,6 +97,12 @@ pub struct SigScratch {
     folded: Vec<u32>,
 }
 
+/// A shingle hash as the permutations' input: 32 bits, odd (see the module notes).
+#[inline(always)]
+fn fold32(h: u64) -> u32 {
+    ((h ^ (h >> 32)) as u32) | 1
+}
+
 /// Fraction of equal positions: the MinHash estimate of Jaccard similarity.
 #[inline]
 pub fn estimate_jaccard(a: &[u32], b: &[u32]) -> f64 {
@@ -103,45 +110,49 @@ pub fn estimate_jaccard(a: &[u32], b: &[u32]) -> f64 {
     equal as f64 / a.len() as f64
 }
 
-fn update(a: &[u32], b: &[u32], xs: &[u32], out: &mut [u32]) {
+fn update(a: &[u32], xs: &[u32], out: &mut [u32]) {
     #[cfg(target_arch = "x86_64")]
     {
         if std::is_x86_feature_detected!("avx2") {
             // SAFETY: the CPU supports AVX2, checked just above.
-            unsafe { update_avx2(a, b, xs, out) };
+            unsafe { update_avx2(a, xs, out) };
             return;
         }
     }
-    update_portable(a, b, xs, out);
+    update_portable(a, xs, out);
 }
 
+/// The kernel in blocks of `BLOCK` permutations whose running minima stay in registers while
+/// every shingle passes: per shingle and 8 permutations one `vpmulld` and one `vpminud`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-unsafe fn update_avx2(a: &[u32], b: &[u32], xs: &[u32], out: &mut [u32]) {
-    update_portable(a, b, xs, out)
-}
-
-#[inline(always)]
-fn update_portable(a: &[u32], b: &[u32], xs: &[u32], out: &mut [u32]) {
+unsafe fn update_avx2(a: &[u32], xs: &[u32], out: &mut [u32]) {
+    use std::arch::x86_64::*;
     let full = out.len() / BLOCK * BLOCK;
-    for ((ab, bb), ob) in a[..full]
-        .chunks_exact(BLOCK)
-        .zip(b[..full].chunks_exact(BLOCK))
-        .zip(out[..full].chunks_exact_mut(BLOCK))
-    {
-        let ab: &[u32; BLOCK] = ab.try_into().unwrap();
-        let bb: &[u32; BLOCK] = bb.try_into().unwrap();
-        let mut acc: [u32; BLOCK] = (&*ob).try_into().unwrap();
-        for &x in xs {
-            for j in 0..BLOCK {
-                acc[j] = acc[j].min(ab[j].wrapping_mul(x).wrapping_add(bb[j]));
+    for start in (0..full).step_by(BLOCK) {
+        let ap = a[start..start + BLOCK].as_ptr().cast::<__m256i>();
+        let op = out[start..start + BLOCK].as_mut_ptr().cast::<__m256i>();
+        // SAFETY: `ap` and `op` point at BLOCK = LANES × 8 u32s (sliced above); unaligned access.
+        unsafe {
+            let mut m: [__m256i; LANES] = std::array::from_fn(|k| _mm256_loadu_si256(op.add(k)));
+            for &x in xs {
+                let v = _mm256_set1_epi32(x as i32);
+                for (k, mk) in m.iter_mut().enumerate() {
+                    *mk = _mm256_min_epu32(*mk, _mm256_mullo_epi32(_mm256_loadu_si256(ap.add(k)), v));
+                }
+            }
+            for (k, mk) in m.iter().enumerate() {
+                _mm256_storeu_si256(op.add(k), *mk);
             }
         }
-        ob.copy_from_slice(&acc);
     }
-    for ((&ai, &bi), o) in a[full..].iter().zip(&b[full..]).zip(&mut out[full..]) {
+    update_portable(&a[full..], xs, &mut out[full..]);
+}
+
+fn update_portable(a: &[u32], xs: &[u32], out: &mut [u32]) {
+    for (&ai, o) in a.iter().zip(out) {
         for &x in xs {
-            *o = (*o).min(ai.wrapping_mul(x).wrapping_add(bi));
+            *o = (*o).min(ai.wrapping_mul(x));
         }
     }
 }
@@ -202,21 +213,17 @@ mod tests {
     }
 
     #[test]
-    fn odd_block_sizes_match_scalar() {
-        let hasher = MinHasher::new(45, Shingling::words(2, 3)).unwrap();
-        let mut scratch = SigScratch::default();
-        let mut sig = vec![0; 45];
-        hasher.signature_into("a b c d e f", &mut scratch, &mut sig);
-        let xs: Vec<u32> = {
-            let mut v = Vec::new();
-            for_each_shingle("a b c d e f", &hasher.shingling, &mut ShingleScratch::default(), |h| {
-                v.push((h ^ (h >> 32)) as u32)
-            });
-            v
-        };
-        for i in 0..45 {
-            let want = xs.iter().map(|&x| hasher.a[i].wrapping_mul(x).wrapping_add(hasher.b[i])).min().unwrap();
-            assert_eq!(sig[i], want);
+    fn blocks_and_tail_match_scalar() {
+        let k = 2 * BLOCK + 22; // two kernel blocks and a portable tail
+        let hasher = MinHasher::new(k, Shingling::words(2, 3)).unwrap();
+        let text = "a b c d e f g h i j k l";
+        let mut sig = vec![0; k];
+        hasher.signature_into(text, &mut SigScratch::default(), &mut sig);
+        let xs: Vec<u32> =
+            shingle_hashes(text, &hasher.shingling, &mut ShingleScratch::default()).iter().map(|&h| fold32(h)).collect();
+        for (i, (&got, &a)) in sig.iter().zip(&hasher.a).enumerate() {
+            let want = xs.iter().map(|&x| a.wrapping_mul(x)).min().unwrap();
+            assert_eq!(got, want, "permutation {i}");
         }
     }
 
