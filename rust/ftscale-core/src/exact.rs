@@ -10,7 +10,7 @@ use rayon::prelude::*;
 use crate::hash::hash128;
 use crate::normalize::{is_identity, normalize_into, Normalization};
 
-const EXACT_SEED: u64 = 0x4558_4143_54; // "EXACT"
+const EXACT_SEED: u64 = 0x0045_5841_4354; // "EXACT"
 
 /// 128-bit hash of every normalised text (parallel; order-preserving).
 pub fn exact_hashes(texts: &[&str], norm: &Normalization) -> Vec<u128> {

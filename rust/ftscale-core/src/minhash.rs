@@ -57,7 +57,7 @@ impl MinHasher {
         if shingling.ngram == 0 {
             return invalid("ngram must be at least 1");
         }
-        let mut rng = SplitMix64::new(shingling.seed ^ 0x4D49_4E48_4153_48); // "MINHASH"
+        let mut rng = SplitMix64::new(shingling.seed ^ 0x004D_494E_4841_5348); // "MINHASH"
         let a = (0..num_perm).map(|_| (rng.next_u64() as u32) | 1).collect();
         Ok(Self { num_perm, shingling, a })
     }

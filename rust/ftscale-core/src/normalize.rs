@@ -60,6 +60,43 @@ pub fn is_identity(text: &str, cfg: &Normalization) -> bool {
     !cfg.lowercase && !cfg.strip_punctuation && !cfg.collapse_whitespace && (!cfg.nfkc || text.is_ascii())
 }
 
+/// Characters that fast paths may copy as they are: unchanged by NFKC and by lowercasing,
+/// not whitespace, not combining, never the second half of a canonical composition.
+/// (Computed with Python's `unicodedata` over U+00A0..U+00FF and U+2010..U+203F; the test
+/// `words::tests::inert_characters_survive_normalisation` re-checks every one against `normalize_into`.)
+#[inline]
+pub(crate) fn is_inert(c: char) -> bool {
+    matches!(c as u32,
+        0xA1..=0xA7 | 0xA9 | 0xAB..=0xAC | 0xAE | 0xB0..=0xB1 | 0xB6..=0xB7 | 0xBB | 0xBF | 0xD7
+        | 0xDF..=0xFF | 0x2010 | 0x2012..=0x2016 | 0x2018..=0x2023 | 0x2027 | 0x2030..=0x2032
+        | 0x2035 | 0x2038..=0x203B | 0x203D | 0x203F)
+}
+
+/// True when every non-ASCII character of `text` is inert (ASCII text included).
+pub(crate) fn only_inert_non_ascii(text: &str) -> bool {
+    if text.is_ascii() {
+        return true; // std's check is vectorised
+    }
+    let bytes = text.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        if i + 32 <= bytes.len() && bytes[i..i + 32].iter().fold(0u8, |acc, &b| acc | b) < 0x80 {
+            i += 32;
+            continue;
+        }
+        if bytes[i] < 0x80 {
+            i += 1;
+            continue;
+        }
+        let c = text[i..].chars().next().expect("i is a char boundary");
+        if !is_inert(c) {
+            return false;
+        }
+        i += c.len_utf8();
+    }
+    true
+}
+
 /// Normalise `text` into `out` (cleared first) as bytes of valid UTF-8.
 pub fn normalize_into(text: &str, cfg: &Normalization, out: &mut Vec<u8>) {
     out.clear();
@@ -77,32 +114,35 @@ pub fn normalize_into(text: &str, cfg: &Normalization, out: &mut Vec<u8>) {
         }
         return;
     }
-    if !cfg.nfkc || !needs_nfkc(text) {
-        normalize_mixed_dispatch(text, cfg, out);
+    // Inert characters pass every step unchanged, so a text holding no others is one byte run
+    // (no NFKC check, no split at each non-ASCII character).
+    let inert = !cfg.strip_punctuation && only_inert_non_ascii(text);
+    if inert || !cfg.nfkc || !needs_nfkc(text) {
+        normalize_mixed_dispatch(text, cfg, inert, out);
     } else {
         let composed: String = text.nfkc().collect();
-        normalize_mixed_dispatch(&composed, cfg, out);
+        normalize_mixed_dispatch(&composed, cfg, false, out);
     }
 }
 
 /// The block path compiled for AVX2 when the CPU has it (256-bit compares and lowering:
 /// 0.81 → 1.10 GB/s on KJV text, `--example exact_profile`), else the portable build.
-fn normalize_mixed_dispatch(text: &str, cfg: &Normalization, out: &mut Vec<u8>) {
+fn normalize_mixed_dispatch(text: &str, cfg: &Normalization, inert: bool, out: &mut Vec<u8>) {
     #[cfg(target_arch = "x86_64")]
     {
         if std::is_x86_feature_detected!("avx2") {
             // SAFETY: the CPU supports AVX2, checked just above.
-            unsafe { normalize_mixed_avx2(text, cfg, out) };
+            unsafe { normalize_mixed_avx2(text, cfg, inert, out) };
             return;
         }
     }
-    normalize_mixed(text, cfg, out);
+    normalize_mixed(text, cfg, inert, out);
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-unsafe fn normalize_mixed_avx2(text: &str, cfg: &Normalization, out: &mut Vec<u8>) {
-    normalize_mixed(text, cfg, out)
+unsafe fn normalize_mixed_avx2(text: &str, cfg: &Normalization, inert: bool, out: &mut Vec<u8>) {
+    normalize_mixed(text, cfg, inert, out)
 }
 
 /// Index of the first byte >= 0x80 at or after `from` (8 bytes per step), or `bytes.len()`.
@@ -149,10 +189,16 @@ fn needs_nfkc(text: &str) -> bool {
 /// 1.22 GB/s (hash and sort included). Before ASCII runs were split out, one curly
 /// apostrophe sent a whole document down the per-char path (0.18 GB/s on KJV text).
 #[inline(always)]
-fn normalize_mixed(text: &str, cfg: &Normalization, out: &mut Vec<u8>) {
+fn normalize_mixed(text: &str, cfg: &Normalization, inert: bool, out: &mut Vec<u8>) {
     let bytes = text.as_bytes();
     let mut last_space = false;
+    // With only inert non-ASCII characters (and punctuation kept) the whole text is one run:
+    // the block path keeps bytes >= 0x80 as they are.
     let mut i = 0;
+    if inert {
+        collapse_ascii(bytes, cfg, &mut last_space, out);
+        i = bytes.len();
+    }
     while i < bytes.len() {
         let j = next_non_ascii(bytes, i);
         collapse_ascii(&bytes[i..j], cfg, &mut last_space, out);
@@ -333,11 +379,17 @@ mod tests {
     #[test]
     fn chunked_ascii_path_equals_char_path() {
         let mut rng = crate::hash::SplitMix64::new(1);
-        let alphabet = b"aB .,\t\n  xyZ!\x1c";
-        for strip_punctuation in [false, true] {
+        // Inert non-ASCII characters (’ — é ß «) make the whole text one run when punctuation
+        // is kept; the last alphabet adds a non-inert one (É) that forces the split path.
+        let alphabets: [Vec<char>; 3] = [
+            "aB .,\t\n  xyZ!\x1c".chars().collect(),
+            "aB .,\t\n  xyZ!\x1c\u{2019}\u{2014}\u{e9}\u{df}\u{ab}".chars().collect(),
+            "aB .,\t\n  xyZ!\x1c\u{2019}\u{2014}\u{e9}\u{c9}".chars().collect(),
+        ];
+        for (strip_punctuation, alphabet) in [false, true].into_iter().flat_map(|s| alphabets.iter().map(move |a| (s, a))) {
             let cfg = Normalization { strip_punctuation, ..Default::default() };
             for len in [0usize, 1, 31, 32, 33, 64, 100, 257] {
-                let text: String = (0..len).map(|_| alphabet[rng.below(alphabet.len() as u64) as usize] as char).collect();
+                let text: String = (0..len).map(|_| alphabet[rng.below(alphabet.len() as u64) as usize]).collect();
                 let mut fast = Vec::new();
                 normalize_into(&text, &cfg, &mut fast);
                 let mut slow = Vec::new();

@@ -19,7 +19,7 @@
 //! against 428k. A third of the KJV documents contain a `’`, which is why inert characters
 //! stay off the normalising path (that path cost 14% of MinHash time).
 
-use crate::normalize::{normalize_into, Normalization};
+use crate::normalize::{normalize_into, only_inert_non_ascii, Normalization};
 
 const K_LEN: u64 = 0xA076_1D64_78BD_642F;
 const K_MIX: u64 = 0xE703_7ED1_A0B4_28DB;
@@ -29,43 +29,6 @@ const K_MIX: u64 = 0xE703_7ED1_A0B4_28DB;
 fn fold(a: u64, b: u64) -> u64 {
     let r = (a as u128).wrapping_mul(b as u128);
     (r as u64) ^ ((r >> 64) as u64)
-}
-
-/// Characters the word path may copy as they are: unchanged by NFKC and by lowercasing,
-/// not whitespace, not combining, never the second half of a canonical composition.
-/// (Computed with Python's `unicodedata` over U+00A0..U+00FF and U+2010..U+203F; the test
-/// `inert_characters_survive_normalisation` re-checks every one against `normalize_into`.)
-#[inline]
-fn is_inert(c: char) -> bool {
-    matches!(c as u32,
-        0xA1..=0xA7 | 0xA9 | 0xAB..=0xAC | 0xAE | 0xB0..=0xB1 | 0xB6..=0xB7 | 0xBB | 0xBF | 0xD7
-        | 0xDF..=0xFF | 0x2010 | 0x2012..=0x2016 | 0x2018..=0x2023 | 0x2027 | 0x2030..=0x2032
-        | 0x2035 | 0x2038..=0x203B | 0x203D | 0x203F)
-}
-
-/// True when every non-ASCII character of `text` is inert (ASCII text included).
-fn only_inert_non_ascii(text: &str) -> bool {
-    if text.is_ascii() {
-        return true; // std's check is vectorised
-    }
-    let bytes = text.as_bytes();
-    let mut i = 0;
-    while i < bytes.len() {
-        if i + 32 <= bytes.len() && bytes[i..i + 32].iter().fold(0u8, |acc, &b| acc | b) < 0x80 {
-            i += 32;
-            continue;
-        }
-        if bytes[i] < 0x80 {
-            i += 1;
-            continue;
-        }
-        let c = text[i..].chars().next().expect("i is a char boundary");
-        if !is_inert(c) {
-            return false;
-        }
-        i += c.len_utf8();
-    }
-    true
 }
 
 /// Bytes per whitespace mask: one bit per byte.
@@ -232,6 +195,7 @@ fn padded_len(n: usize) -> usize {
 mod tests {
     use super::*;
     use crate::hash::SplitMix64;
+    use crate::normalize::is_inert;
 
     fn via_python_split(text: &str) -> Vec<u64> {
         // The reference: lowercase, split on Python whitespace, hash each word.
