@@ -14,6 +14,9 @@ set of parameters (Jaccard threshold 0.8, 128 permutations, word 5-gram shingles
 * Near-duplicate quality against the exact ground truth, per document (positive = has another
   document with exact Jaccard >= 0.8) and per pair, plus end-to-end docs/s.
 * Exact dedup (GB/s of UTF-8 text): the corpus replicated to ~200 MB, as a pyarrow array.
+* Near-duplicate memory (bytes per document beyond the texts): peak RSS growth of a fresh
+  process during ftscale ``near_duplicates`` and during datasketch's signatures + MinHashLSH
+  index + queries, the texts already loaded.
 
 rensa runs its batch work on rayon's global pool, sized from RAYON_NUM_THREADS when first
 used: this process pins it to 1 thread (the single-thread comparison); a worker subprocess
@@ -29,6 +32,7 @@ import os
 import sys
 
 _WORKER_FLAG = "--_rensa-all-threads-worker"
+_MEMORY_FLAG = "--_memory-worker"
 if _WORKER_FLAG not in sys.argv:
     os.environ["RAYON_NUM_THREADS"] = "1"  # before rensa starts its pool
 
@@ -56,6 +60,8 @@ FTSCALE_SEED = 0
 TARGET_VS_RENSA = 2.0
 TARGET_VS_DATASKETCH = 100.0
 TARGET_EXACT_GBPS_PER_CORE = 1.0
+TARGET_BYTES_PER_DOC = 1024
+MEMORY_DOCS = {"ftscale": 200_000, "datasketch": 20_000}  # datasketch builds ~3k signatures/s
 DEFAULT_JSON = Path(__file__).resolve().parent / "results" / "dedup.json"
 
 perf = time.perf_counter
@@ -89,7 +95,7 @@ def measure(fn, *, repeat=None, budget_s=10.0, warmup=None, min_total_s=0.0):
     return min(times), times, out
 
 
-THROUGHPUT_SAMPLE_S = 2.0  # MinHash throughput: every contender sampled for at least this long
+THROUGHPUT_SAMPLE_S = 2.0  # MinHash and exact-dedup throughput: every contender sampled for at least this long
 
 
 def py_shingles(text: str, ngram: int = NGRAM) -> list[str]:
@@ -210,6 +216,66 @@ def run_rensa_worker(n_docs: int, seed: int, threads: int) -> dict | None:
 
 
 # --------------------------------------------------------------------------------------------
+# near-duplicate memory per document (subprocess: peak RSS is per process)
+
+
+def _proc_status_kib(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise OSError(f"no {field} in /proc/self/status")
+
+
+def memory_worker(tool: str, n_docs: int, seed: int) -> None:
+    """Peak RSS growth per document while ``tool`` finds near-duplicates of ``n_docs`` texts
+    (the corpus repeated as needed), measured from after the texts are loaded. Linux: the peak
+    (VmHWM) is reset through /proc/self/clear_refs once the texts are in memory, so building
+    them does not hide the peak of the work itself."""
+    import pyarrow as pa
+
+    base_texts = corpus_mod.build_corpus(min(n_docs, 20000), seed)
+    texts = [base_texts[i % len(base_texts)] for i in range(n_docs)]
+    arr = pa.array(texts, type=pa.large_string()) if tool == "ftscale" else None
+    if tool == "datasketch":
+        from datasketch import MinHash, MinHashLSH
+    else:
+        import ftscale
+    del base_texts
+    gc.collect()
+    Path("/proc/self/clear_refs").write_text("5")  # reset the peak RSS to the current RSS
+    base_kib = _proc_status_kib("VmRSS")
+    if tool == "ftscale":
+        found = int((~ftscale.near_duplicates(arr, THRESHOLD, NUM_PERM, NGRAM, FTSCALE_SEED,
+                                               num_threads=1).keep).sum())
+    else:
+        # Signatures in batches of 1,000 documents, so that shingle lists never pile up: what
+        # stays is what a dedup pass needs (the signatures to query with, and the index).
+        lsh = MinHashLSH(threshold=THRESHOLD, num_perm=NUM_PERM)
+        sigs = []
+        for lo in range(0, n_docs, 1000):
+            sigs += MinHash.bulk([py_shingles_bytes(t) for t in texts[lo:lo + 1000]], num_perm=NUM_PERM)
+        with lsh.insertion_session() as session:
+            for i, m in enumerate(sigs):
+                session.insert(i, m)
+        found = sum(1 for i, m in enumerate(sigs) if set(lsh.query(m)) - {i})
+    peak_kib = _proc_status_kib("VmHWM")
+    print(json.dumps({"tool": tool, "docs": n_docs, "base_kib": base_kib, "peak_kib": peak_kib,
+                      "bytes_per_doc": (peak_kib - base_kib) * 1024 / n_docs, "docs_with_duplicate": found}))
+
+
+def run_memory_worker(tool: str, n_docs: int, seed: int) -> dict | None:
+    try:
+        proc = subprocess.run(
+            [sys.executable, __file__, _MEMORY_FLAG, tool, "--docs", str(n_docs), "--seed", str(seed)],
+            capture_output=True, text=True, timeout=900,
+        )
+        return json.loads(proc.stdout.strip().splitlines()[-1])
+    except (OSError, subprocess.SubprocessError, ValueError, IndexError) as e:
+        print(f"  (memory worker for {tool} failed: {e})")
+        return None
+
+
+# --------------------------------------------------------------------------------------------
 # main
 
 
@@ -224,11 +290,15 @@ def main() -> None:
                     help="text volume for the exact-dedup figures, MB (default 200)")
     ap.add_argument("--repeat", type=int, default=3, help="timed runs per figure, best kept (default 3)")
     ap.add_argument(_WORKER_FLAG, action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument(_MEMORY_FLAG, choices=sorted(MEMORY_DOCS), help=argparse.SUPPRESS)
     args = ap.parse_args()
     global REPEAT
     REPEAT = max(1, args.repeat)
     if args._rensa_all_threads_worker:
         rensa_all_threads_worker(args.docs, args.seed)
+        return
+    if args._memory_worker:
+        memory_worker(args._memory_worker, args.docs, args.seed)
         return
 
     import pandas as pd
@@ -563,26 +633,30 @@ def main() -> None:
                    "note": f"the corpus repeated {reps}x (every document appears >= {reps} times)"}
     print(f"input: the {n}-doc corpus x {reps} = {len(big):,} docs, {nbytes / 1e6:.0f} MB")
 
-    s, runs, out = measure(lambda: ftscale.exact_duplicates(arr, num_threads=1), budget_s=8.0)
+    s, runs, out = measure(lambda: ftscale.exact_duplicates(arr, num_threads=1), budget_s=8.0,
+                           min_total_s=THROUGHPUT_SAMPLE_S)
     ex["ftscale_1_thread"] = {"gb_per_s": nbytes / s / 1e9, "runs_s": runs, "removed": out.num_removed}
 
-    # diagnostic (measured right after, in the same conditions): ASCII-only vs non-ASCII documents: where ftscale's time goes, ASCII-only vs non-ASCII documents
+    # diagnostic (measured right after, in the same conditions): where ftscale's time goes, ASCII-only vs non-ASCII documents
     is_ascii = np.array([t.isascii() for t in big])
     for name, mask in (("ascii_docs", is_ascii), ("non_ascii_docs", ~is_ascii)):
         part = arr.filter(pa.array(mask))
         pb = int(pc.sum(pc.binary_length(part)).as_py()) if len(part) else 0
         if pb:
-            s, runs, _ = measure(lambda: ftscale.exact_duplicates(part, num_threads=1), repeat=REPEAT + 2, budget_s=6.0)
+            s, runs, _ = measure(lambda: ftscale.exact_duplicates(part, num_threads=1), repeat=REPEAT + 2, budget_s=6.0,
+                                  min_total_s=THROUGHPUT_SAMPLE_S)
             ex.setdefault("ftscale_1_thread_by_charset", {})[name] = {
                 "docs": len(part), "bytes": pb, "gb_per_s": pb / s / 1e9, "seconds": s}
     del part
 
-    s, runs, out = measure(lambda: ftscale.exact_duplicates(arr, num_threads=None), budget_s=8.0)
+    s, runs, out = measure(lambda: ftscale.exact_duplicates(arr, num_threads=None), budget_s=8.0,
+                           min_total_s=THROUGHPUT_SAMPLE_S)
     ex["ftscale_all_threads"] = {"gb_per_s": nbytes / s / 1e9, "runs_s": runs, "threads": n_threads,
                                  "gb_per_s_per_core": nbytes / s / 1e9 / n_threads, "removed": out.num_removed}
 
     raw = dict(nfkc=False, lowercase=False, collapse_whitespace=False)
-    s, runs, out = measure(lambda: ftscale.exact_duplicates(arr, num_threads=1, **raw), budget_s=8.0)
+    s, runs, out = measure(lambda: ftscale.exact_duplicates(arr, num_threads=1, **raw), budget_s=8.0,
+                           min_total_s=THROUGHPUT_SAMPLE_S)
     ex["ftscale_1_thread_no_normalisation"] = {"gb_per_s": nbytes / s / 1e9, "runs_s": runs,
                                               "removed": out.num_removed, "options": raw}
 
@@ -591,14 +665,15 @@ def main() -> None:
         md5 = hashlib.md5
         return [seen.setdefault(md5(" ".join(t.lower().split()).encode()).digest(), i) for i, t in enumerate(items)]
 
-    s, runs, reps_py = measure(lambda: md5_dedup(big), budget_s=8.0, warmup=lambda: md5_dedup(big[:20000]))
+    s, runs, reps_py = measure(lambda: md5_dedup(big), budget_s=8.0, warmup=lambda: md5_dedup(big[:20000]),
+                                 min_total_s=THROUGHPUT_SAMPLE_S)
     ex["python_md5_dict"] = {"gb_per_s": nbytes / s / 1e9, "runs_s": runs,
                              "removed": int(sum(r != i for i, r in enumerate(reps_py))),
                              "code": 'seen.setdefault(hashlib.md5(" ".join(t.lower().split()).encode()).digest(), i)',
                              "note": "same lowercase + whitespace collapse as ftscale, no NFKC"}
     del reps_py
     series = pd.Series(big)
-    s, runs, dup = measure(lambda: series.duplicated())
+    s, runs, dup = measure(lambda: series.duplicated(), min_total_s=THROUGHPUT_SAMPLE_S)
     ex["pandas_duplicated"] = {"gb_per_s": nbytes / s / 1e9, "runs_s": runs, "removed": int(dup.sum()),
                                "dtype": str(series.dtype), "note": "raw text, no normalisation"}
     del series, dup
@@ -630,6 +705,18 @@ def main() -> None:
         print(f"  diagnostic, ftscale 1 thread by document charset | ASCII-only docs: {a['gb_per_s']:.3f} GB/s | "
               f"docs with any non-ASCII char ({b['bytes'] / nbytes:.0%} of bytes, {share:.0%} of the time): "
               f"{b['gb_per_s']:.3f} GB/s | ratio {a['gb_per_s'] / b['gb_per_s']:.1f}x")
+
+    # ---------------------------------------------------------------- memory
+    print("\n== Near-duplicate memory per document, beyond the texts (peak RSS, fresh process) ==")
+    mem = {tool: run_memory_worker(tool, docs, args.seed) for tool, docs in MEMORY_DOCS.items()}
+    res["memory"] = mem
+    if mem["ftscale"] and mem["datasketch"] and mem["ftscale"]["bytes_per_doc"] > 0:
+        f, d = mem["ftscale"], mem["datasketch"]
+        ok = "MET" if f["bytes_per_doc"] <= TARGET_BYTES_PER_DOC else "MISSED"
+        print(f"near-dup bytes/doc | ftscale near_duplicates ({f['docs']:,} docs): {f['bytes_per_doc']:,.0f} | "
+              f"datasketch MinHash.bulk + MinHashLSH + queries ({d['docs']:,} docs): {d['bytes_per_doc']:,.0f} | "
+              f"ratio {d['bytes_per_doc'] / f['bytes_per_doc']:.1f}x less "
+              f"(target <= {TARGET_BYTES_PER_DOC} bytes: {ok})")
 
     # ---------------------------------------------------------------- output
     res["machine"]["loadavg_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
