@@ -116,8 +116,7 @@ fn windows_into(words: &[u64], n: usize, seed: u64, out: &mut Vec<u64>) {
 
 /// The sorted, deduplicated shingle set of `text` (for exact Jaccard).
 pub fn shingle_set(text: &str, cfg: &Shingling, scratch: &mut ShingleScratch) -> Vec<u64> {
-    let mut out = Vec::new();
-    for_each_shingle(text, cfg, scratch, |h| out.push(h));
+    let mut out = shingle_hashes(text, cfg, scratch).to_vec();
     out.sort_unstable();
     out.dedup();
     out

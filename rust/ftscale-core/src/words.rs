@@ -84,8 +84,9 @@ const KEEP: [[u64; 2]; 17] = {
 /// Hash of `bytes[start..start + len]`, a lowercase word in a buffer that extends at least 16
 /// bytes past the word: per 16-byte block (the last one masked), one multiply of the running
 /// hash xor the block's first half by a constant xor its second half. A word of up to 16 bytes
-/// (nearly all) is one multiply and takes no branch on its length. Not finalised here:
-/// shingling mixes word hashes again.
+/// (nearly all) is one multiply and takes no branch on its length. The multiplier is never 0:
+/// `K_MIX`'s little-endian bytes (DB 28 …) are not UTF-8, and a partial second half has a zero
+/// top byte where `K_MIX` has E7. Not finalised here: shingling mixes word hashes again.
 #[inline(always)]
 fn hash_padded(bytes: &[u8], start: usize, len: usize, seed: u64) -> u64 {
     let mut h = seed ^ (len as u64).wrapping_mul(K_LEN);
@@ -104,7 +105,7 @@ fn hash_padded(bytes: &[u8], start: usize, len: usize, seed: u64) -> u64 {
     }
 }
 
-/// Hash of one lowercase word, as the word splitter computes it (the tests' reference).
+/// Hash of one lowercase word: what `word_hashes` gives for it.
 pub fn hash_word(word: &[u8], seed: u64) -> u64 {
     let mut padded = word.to_vec();
     padded.resize(word.len() + 16, b' ');
