@@ -5,6 +5,7 @@ from __future__ import annotations
 from importlib.metadata import PackageNotFoundError, version
 
 from ftscale.dedup import (
+    MINHASH_SIGNATURE_VERSION,
     DedupResult,
     candidate_probability,
     exact_duplicates,
@@ -16,6 +17,7 @@ from ftscale.errors import ConfigError, DataError, FtscaleError, InputError, Out
 from ftscale.pack import PackPlan, pack, plan_mixture
 
 __all__ = [
+    "MINHASH_SIGNATURE_VERSION",
     "ConfigError",
     "DataError",
     "DedupResult",

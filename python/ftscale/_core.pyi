@@ -6,6 +6,7 @@ import numpy as np
 import numpy.typing as npt
 
 __all__ = [
+    "MINHASH_SIGNATURE_VERSION",
     "decontaminate",
     "default_num_threads",
     "exact_duplicates",
@@ -17,6 +18,8 @@ __all__ = [
     "apply_overlong",
     "plan_mixture",
 ]
+
+MINHASH_SIGNATURE_VERSION: int
 
 def minhash(
     texts: list[Any],

@@ -22,6 +22,10 @@ from ftscale.errors import ConfigError
 DEFAULT_FP_WEIGHT = 0.1
 DEFAULT_FN_WEIGHT = 0.9
 
+# Signatures and near-duplicate decisions are comparable only between builds with the same
+# version (word splitting, hashing and permutations); dedup and prep reports record it.
+MINHASH_SIGNATURE_VERSION: int = _core.MINHASH_SIGNATURE_VERSION
+
 
 @dataclass(frozen=True)
 class DedupResult:
@@ -100,7 +104,8 @@ def minhash(
 
     Shingles are ``ngram`` consecutive words of ``text.lower().split()`` after NFKC (or
     ``ngram`` characters with ``char_ngrams=True``); a text with fewer words is one shingle;
-    an empty text has the all-0xFFFFFFFF signature.
+    an empty text has the all-0xFFFFFFFF signature. Comparable only with signatures made by a
+    build with the same ``MINHASH_SIGNATURE_VERSION``.
     """
     _check_ngram(ngram, num_perm)
     return _core.minhash(

@@ -287,7 +287,8 @@ def dedup_and_decontaminate(records: Records, opts: DedupOptions, stages: Any) -
                                             res.similarity[gone_local]))
             info = dict(res.info)
             audit = info.pop("audit", None)
-            report["near_dedup"] = {"threshold": opts.threshold, "num_perm": opts.num_perm, **info}
+            report["near_dedup"] = {"threshold": opts.threshold, "num_perm": opts.num_perm,
+                                    "minhash_signature_version": dedup.MINHASH_SIGNATURE_VERSION, **info}
             if audit is not None:
                 report["audit"] = _audit_summary(audit, records, idx)
 

@@ -13,6 +13,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+import ftscale
 from ftscale.cli import main
 
 STAGE_KEYS = ("quarantined", "exact_duplicate", "near_duplicate", "contaminated", "kept")
@@ -98,6 +99,8 @@ def test_counts_are_conserved_and_outputs_consistent(tmp_path, capsys):
     assert set(quarantine.column("reason").to_pylist()) >= {"malformed_json", "invalid_utf8", "missing_field",
                                                              "empty_text", "wrong_type", "not_an_object"}
     assert "precision" in report["audit"]
+    # Decisions are traceable to the signature scheme that made them.
+    assert report["near_dedup"]["minhash_signature_version"] == ftscale.MINHASH_SIGNATURE_VERSION >= 2
 
 
 def test_output_identical_for_one_and_two_threads(tmp_path):

@@ -38,6 +38,14 @@ use crate::error::{invalid, Result};
 use crate::hash::SplitMix64;
 use crate::shingle::{shingle_hashes, ShingleScratch, Shingling};
 
+/// Version of the signature scheme: word splitting and hashing, shingle hashing and the
+/// permutations. Signatures (and so near-duplicate decisions) are comparable only between
+/// builds with the same version; reports record it. Bump it with any change that alters a
+/// signature (the test `signatures_match_the_recorded_scheme` fails until the values pinned
+/// there are updated). 1: every build before 2026-11-23 (the scheme changed without a
+/// record); 2: 16-byte word blocks, linear permutations on odd inputs.
+pub const SIGNATURE_VERSION: u32 = 2;
+
 /// Permutations per kernel block, and 8-lane registers per block.
 const BLOCK: usize = 64;
 const LANES: usize = BLOCK / 8;
@@ -225,6 +233,19 @@ mod tests {
             let want = xs.iter().map(|&x| a.wrapping_mul(x)).min().unwrap();
             assert_eq!(got, want, "permutation {i}");
         }
+    }
+
+    /// Pinned values of the current scheme (`SIGNATURE_VERSION`): a change to word splitting,
+    /// word or window hashing, or the permutations fails here. Then bump the version and pin
+    /// the new values.
+    #[test]
+    fn signatures_match_the_recorded_scheme() {
+        assert_eq!(SIGNATURE_VERSION, 2);
+        let hasher = MinHasher::new(4, Shingling::words(2, 7)).unwrap();
+        let (sig, counts) = hasher.signatures(&["In the beginning God created the heaven\u{2019}s AND earth.", "Å ﬁne day"]);
+        assert_eq!(counts, vec![8, 2]);
+        let pinned = [599309787, 519894401, 378665261, 156323135, 899718175, 1087065887, 367199987, 3186389033];
+        assert_eq!(sig, pinned, "the signature scheme changed: bump SIGNATURE_VERSION and pin the new values");
     }
 
     #[test]

@@ -240,6 +240,7 @@ fn default_num_threads() -> usize {
 
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add("MINHASH_SIGNATURE_VERSION", ftscale_core::minhash::SIGNATURE_VERSION)?;
     m.add_function(wrap_pyfunction!(minhash, m)?)?;
     m.add_function(wrap_pyfunction!(near_duplicates, m)?)?;
     m.add_function(wrap_pyfunction!(exact_duplicates, m)?)?;
