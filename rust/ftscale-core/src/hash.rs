@@ -16,6 +16,14 @@ pub fn hash128(bytes: &[u8], seed: u64) -> u128 {
     xxh3_128_with_seed(bytes, seed)
 }
 
+/// 64×64→128-bit multiply with the halves xored (the wyhash "mum"): one multiply that mixes
+/// every input bit into the output. Word hashes and shingle-window finishing use it.
+#[inline(always)]
+pub fn mum(a: u64, b: u64) -> u64 {
+    let r = (a as u128).wrapping_mul(b as u128);
+    (r as u64) ^ ((r >> 64) as u64)
+}
+
 /// SplitMix64 step: a bijective 64-bit mixer, also our seedable PRNG.
 #[inline]
 pub fn splitmix64(x: u64) -> u64 {

@@ -28,9 +28,10 @@ impl Default for Normalization {
 }
 
 /// ASCII bytes Python's `str.split()` treats as whitespace (\t \n \v \f \r, 0x1c-0x1f, space).
-#[inline]
+/// Branch-free arithmetic, so that loops over 32-byte chunks vectorise.
+#[inline(always)]
 pub fn is_ascii_space(b: u8) -> bool {
-    matches!(b, b'\t'..=b'\r' | 0x1c..=0x1f | b' ')
+    (b == b' ') | (b.wrapping_sub(b'\t') < 5) | (b.wrapping_sub(0x1c) < 4)
 }
 
 /// Whitespace as Python's `str.isspace()` sees it (Unicode White_Space plus 0x1c-0x1f).
@@ -194,26 +195,26 @@ fn normalize_mixed(text: &str, cfg: &Normalization, inert: bool, out: &mut Vec<u
     let mut last_space = false;
     // With only inert non-ASCII characters (and punctuation kept) the whole text is one run:
     // the block path keeps bytes >= 0x80 as they are.
-    let mut i = 0;
     if inert {
         collapse_ascii(bytes, cfg, &mut last_space, out);
-        i = bytes.len();
-    }
-    while i < bytes.len() {
-        let j = next_non_ascii(bytes, i);
-        collapse_ascii(&bytes[i..j], cfg, &mut last_space, out);
-        if j == bytes.len() {
-            break;
-        }
-        let c = text[j..].chars().next().expect("j is a char boundary");
-        if cfg.lowercase {
-            for lc in c.to_lowercase() {
-                emit_char(lc, cfg, &mut last_space, out);
+    } else {
+        let mut i = 0;
+        while i < bytes.len() {
+            let j = next_non_ascii(bytes, i);
+            collapse_ascii(&bytes[i..j], cfg, &mut last_space, out);
+            if j == bytes.len() {
+                break;
             }
-        } else {
-            emit_char(c, cfg, &mut last_space, out);
+            let c = text[j..].chars().next().expect("j is a char boundary");
+            if cfg.lowercase {
+                for lc in c.to_lowercase() {
+                    emit_char(lc, cfg, &mut last_space, out);
+                }
+            } else {
+                emit_char(c, cfg, &mut last_space, out);
+            }
+            i = j + c.len_utf8();
         }
-        i = j + c.len_utf8();
     }
     if last_space {
         out.pop();
@@ -260,12 +261,12 @@ fn collapse_ascii(bytes: &[u8], cfg: &Normalization, last_space: &mut bool, out:
 /// One 32-byte block of which the first `len` bytes are real.
 #[inline(always)]
 fn collapse_chunk(chunk: &[u8; CHUNK], len: usize, cfg: &Normalization, last_space: &mut bool, out: &mut Vec<u8>) {
-    let joins_space = is_ws_byte(chunk[0]) && (*last_space || out.is_empty());
+    let joins_space = is_ascii_space(chunk[0]) && (*last_space || out.is_empty());
     if !joins_space && chunk_is_plain(chunk, cfg.strip_punctuation) {
         let mut mapped = *chunk;
         for b in &mut mapped {
             let lowered = if cfg.lowercase { *b | (((b.wrapping_sub(b'A') < 26) as u8) << 5) } else { *b };
-            *b = if is_ws_byte(*b) { b' ' } else { lowered };
+            *b = if is_ascii_space(*b) { b' ' } else { lowered };
         }
         if len == CHUNK {
             out.extend_from_slice(&mapped); // fixed size: inlined, no memcpy call
@@ -280,19 +281,13 @@ fn collapse_chunk(chunk: &[u8; CHUNK], len: usize, cfg: &Normalization, last_spa
 
 const CHUNK: usize = 32;
 
-/// `is_ascii_space` as branch-free arithmetic (vectorises).
-#[inline(always)]
-fn is_ws_byte(b: u8) -> bool {
-    (b == b' ') | (b.wrapping_sub(b'\t') < 5) | (b.wrapping_sub(0x1c) < 4)
-}
-
 /// True when no two adjacent bytes of the chunk are whitespace (and it has no punctuation
 /// when stripping it): every whitespace byte then becomes one b' ' in place.
 #[inline(always)]
 fn chunk_is_plain(c: &[u8; CHUNK], strip_punctuation: bool) -> bool {
     let mut special = 0u8;
     for j in 0..CHUNK - 1 {
-        special |= (is_ws_byte(c[j]) & is_ws_byte(c[j + 1])) as u8;
+        special |= (is_ascii_space(c[j]) & is_ascii_space(c[j + 1])) as u8;
     }
     if strip_punctuation {
         for &b in c {
@@ -314,7 +309,7 @@ fn collapse_bytes(bytes: &[u8], cfg: &Normalization, last_space: &mut bool, out:
     let mut ws = 0u32;
     for (j, (&b, m)) in bytes.iter().zip(&mut mapped).enumerate() {
         let b = map_ascii(b, cfg);
-        let w = is_ws_byte(b);
+        let w = is_ascii_space(b);
         *m = if w { b' ' } else { b };
         ws |= (w as u32) << j;
     }

@@ -5,7 +5,7 @@
 //! its words; an empty text has no shingles. Char shingles: every window of `ngram` chars of
 //! the normalised text (whitespace collapsed); a shorter text is one shingle.
 
-use crate::hash::hash64;
+use crate::hash::{hash64, mum};
 use crate::normalize::{normalize_into, Normalization};
 use crate::words::{word_hashes, WordScratch};
 
@@ -30,26 +30,27 @@ impl Shingling {
     }
 }
 
-/// Finaliser of a window hash: one 64×64→128-bit multiply folded (the wyhash "mum"),
-/// which breaks the window hash's linearity (over GF(2)) at half the cost of splitmix64.
+/// Finaliser of a window hash: one `mum`, which breaks the window hash's linearity (over
+/// GF(2)) at half the cost of splitmix64.
 #[inline(always)]
 fn finish(h: u64, seed: u64) -> u64 {
-    let r = ((h ^ seed) as u128).wrapping_mul(FINISH as u128);
-    (r as u64) ^ ((r >> 64) as u64)
+    mum(h ^ seed, FINISH)
 }
 
 const FINISH: u64 = 0x8EBC_6AF0_9C88_C6E3; // odd, and not a constant of the word hash
 
 /// The window hash before finishing: `XOR_j rotl(w_j, n-1-j)` (a cyclic polynomial, "buzhash",
 /// over the already-mixed word hashes), so sliding the window costs two rotations and no
-/// multiply: `h' = rotl(h, 1) ^ rotl(w_out, n) ^ w_in`. Equals the rolling updates below.
+/// multiply: `h' = rotl(h, 1) ^ rotl(w_out, n) ^ w_in` (`windows_into`).
+#[inline]
+fn window(words: &[u64]) -> u64 {
+    words.iter().fold(0u64, |h, &w| h.rotate_left(1) ^ w)
+}
+
+/// The finished hash of one window (the definition the rolling updates must equal).
 #[inline]
 fn combine(words: &[u64], seed: u64) -> u64 {
-    let mut h = 0u64;
-    for &w in words {
-        h = h.rotate_left(1) ^ w;
-    }
-    finish(h, seed)
+    finish(window(words), seed)
 }
 
 /// Reusable buffers so that shingling allocates nothing per document.
@@ -105,7 +106,7 @@ fn windows_into(words: &[u64], n: usize, seed: u64, out: &mut Vec<u64>) {
         return;
     }
     let out_rotation = (n % 64) as u32;
-    let mut h = words[..n].iter().fold(0u64, |acc, &w| acc.rotate_left(1) ^ w);
+    let mut h = window(&words[..n]);
     out.push(finish(h, seed));
     // `extend` from slices zipped: one reservation, no capacity check per shingle.
     out.extend(words[n..].iter().zip(words).map(|(&w_in, &w_out)| {

@@ -19,17 +19,11 @@
 //! against 428k. A third of the KJV documents contain a `’`, which is why inert characters
 //! stay off the normalising path (that path cost 14% of MinHash time).
 
+use crate::hash::mum;
 use crate::normalize::{normalize_into, only_inert_non_ascii, Normalization};
 
 const K_LEN: u64 = 0xA076_1D64_78BD_642F;
 const K_MIX: u64 = 0xE703_7ED1_A0B4_28DB;
-
-/// 64×64→128-bit multiply, halves xored (the wyhash "mum").
-#[inline(always)]
-fn fold(a: u64, b: u64) -> u64 {
-    let r = (a as u128).wrapping_mul(b as u128);
-    (r as u64) ^ ((r >> 64) as u64)
-}
 
 /// Bytes per whitespace mask: one bit per byte.
 const CHUNK: usize = 64;
@@ -97,7 +91,7 @@ fn hash_padded(bytes: &[u8], start: usize, len: usize, seed: u64) -> u64 {
         let [lo, hi] = KEEP[(end - i).min(16)];
         let first = u64::from_le_bytes(first.try_into().expect("8 bytes")) & lo;
         let second = u64::from_le_bytes(second.try_into().expect("8 bytes")) & hi;
-        h = fold(h ^ first, K_MIX ^ second);
+        h = mum(h ^ first, K_MIX ^ second);
         i += 16;
         if i >= end {
             return h;
