@@ -200,19 +200,21 @@ def rensa_all_threads_worker(n_docs: int, seed: int) -> None:
                       "sketch_s": sk, "sketch_runs": sk_runs}))
 
 
-def run_rensa_worker(n_docs: int, seed: int, threads: int) -> dict | None:
-    """rensa end-to-end and sketch-only timings with ``threads`` rayon threads (subprocess)."""
-    env = dict(os.environ, RAYON_NUM_THREADS=str(threads))
+def run_worker(worker_args: list[str], label: str, *, env: dict | None = None, timeout_s: int = 600) -> dict | None:
+    """Run this script as a worker subprocess; its last stdout line is a JSON object."""
     try:
-        proc = subprocess.run(
-            [sys.executable, __file__, _WORKER_FLAG, "--docs", str(n_docs), "--seed", str(seed),
-             "--repeat", str(REPEAT)],
-            env=env, capture_output=True, text=True, timeout=600,
-        )
+        proc = subprocess.run([sys.executable, __file__, *worker_args], env=env, capture_output=True,
+                              text=True, timeout=timeout_s)
         return json.loads(proc.stdout.strip().splitlines()[-1])
     except (OSError, subprocess.SubprocessError, ValueError, IndexError) as e:
-        print(f"  (rensa all-threads worker failed: {e})")
+        print(f"  ({label} failed: {e})")
         return None
+
+
+def run_rensa_worker(n_docs: int, seed: int, threads: int) -> dict | None:
+    """rensa end-to-end and sketch-only timings with ``threads`` rayon threads (subprocess)."""
+    return run_worker([_WORKER_FLAG, "--docs", str(n_docs), "--seed", str(seed), "--repeat", str(REPEAT)],
+                      "rensa all-threads worker", env=dict(os.environ, RAYON_NUM_THREADS=str(threads)))
 
 
 # --------------------------------------------------------------------------------------------
@@ -264,15 +266,8 @@ def memory_worker(tool: str, n_docs: int, seed: int) -> None:
 
 
 def run_memory_worker(tool: str, n_docs: int, seed: int) -> dict | None:
-    try:
-        proc = subprocess.run(
-            [sys.executable, __file__, _MEMORY_FLAG, tool, "--docs", str(n_docs), "--seed", str(seed)],
-            capture_output=True, text=True, timeout=900,
-        )
-        return json.loads(proc.stdout.strip().splitlines()[-1])
-    except (OSError, subprocess.SubprocessError, ValueError, IndexError) as e:
-        print(f"  (memory worker for {tool} failed: {e})")
-        return None
+    return run_worker([_MEMORY_FLAG, tool, "--docs", str(n_docs), "--seed", str(seed)],
+                      f"memory worker for {tool}", timeout_s=900)
 
 
 # --------------------------------------------------------------------------------------------
