@@ -30,6 +30,9 @@ def loss_sum_and_count(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torc
     is always -100 there: ``n`` equals the loader's ``num_loss_tokens``.
 
     The logits are upcast to fp32 for the log-softmax (a ``B·L·V·4``-byte copy).
+
+    The trainer computes the same ``S`` from the kept positions only (``loss_positions`` +
+    ``kept_loss_sum``); this full-logits form is the definition the tests check it against.
     """
     import torch.nn.functional as F
 
