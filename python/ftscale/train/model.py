@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Literal
 
-from ftscale.data.tokenize import resolve_path
+from ftscale.paths import resolve_path
 from ftscale.errors import ConfigError
 from ftscale.train.attention import resolve_attn_implementation
 

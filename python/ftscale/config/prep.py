@@ -1,0 +1,110 @@
+"""The prep config (`ftscale prep`): tokenizer, sources, dedup, decontamination, output."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from ftscale.config.base import require
+from ftscale.errors import ConfigError
+
+@dataclass(frozen=True)
+class TokenizerConfig:
+    """path: a Hugging Face tokenizer directory (tokenizer.json + tokenizer_config.json), a
+    .gguf model file (its tokenizer and chat template are used), or a .tiktoken BPE file
+    (CPT only: it has no chat template)."""
+
+    path: str
+    add_eos: bool = True  # CPT: append EOS to every document so documents stay separable
+    chat_template: str | None = None  # override the tokenizer's own template (jinja text or file)
+
+
+@dataclass(frozen=True)
+class SourceConfig:
+    name: str
+    paths: list[str]
+    kind: Literal["cpt", "sft"] = "cpt"
+    text_field: str = "text"
+    messages_field: str = "messages"
+    family_field: str | None = None
+    system_prompt: str | None = None  # SFT: inserted when a conversation has none
+    overlong: Literal["split", "truncate", "drop"] = "split"
+    max_record_bytes: int | None = None
+
+    def check(self, key: str) -> None:
+        if not self.name or "/" in self.name or self.name.startswith("."):
+            raise ConfigError(f"{key}.name: {self.name!r} must be a plain non-empty name (used as a directory)")
+        if not self.paths:
+            raise ConfigError(f"{key}.paths: give at least one file or directory")
+        if self.kind == "sft" and self.overlong == "split":
+            raise ConfigError(f"{key}.overlong: 'split' would cut a conversation; choose truncate or drop for sft")
+        require(self, key, "max_record_bytes", self.max_record_bytes is None or self.max_record_bytes >= 1, ">= 1")
+
+
+@dataclass(frozen=True)
+class DedupConfig:
+    exact: bool = True
+    near: bool = True
+    threshold: float = 0.8
+    num_perm: int = 128
+    ngram: int = 5
+    verify: Literal["auto", "estimate", "exact", "none"] = "auto"
+
+    def check(self, key: str) -> None:
+        if not 0.0 < self.threshold <= 1.0:
+            raise ConfigError(f"{key}.threshold: must be in (0, 1], got {self.threshold}")
+        if not 2 <= self.num_perm <= 4096:
+            raise ConfigError(f"{key}.num_perm: must be in 2..4096, got {self.num_perm}")
+        if self.ngram < 1:
+            raise ConfigError(f"{key}.ngram: must be >= 1, got {self.ngram}")
+
+
+@dataclass(frozen=True)
+class DecontamConfig:
+    eval_paths: list[str] = field(default_factory=list)
+    text_field: str = "text"
+    messages_field: str | None = None
+    ngram: int = 13
+    min_fraction: float = 0.0
+    roles: list[Literal["system", "user", "assistant"]] | None = None
+
+    def check(self, key: str) -> None:
+        if self.ngram < 1:
+            raise ConfigError(f"{key}.ngram: must be >= 1, got {self.ngram}")
+        if not 0.0 <= self.min_fraction <= 1.0:
+            raise ConfigError(f"{key}.min_fraction: must be in [0, 1], got {self.min_fraction}")
+
+
+@dataclass(frozen=True)
+class PrepConfig:
+    output: str
+    tokenizer: TokenizerConfig
+    sources: list[SourceConfig]
+    seq_len: int = 2048
+    val_fraction: float = 0.01
+    seed: int = 0
+    dedup: DedupConfig = field(default_factory=DedupConfig)
+    decontaminate: DecontamConfig = field(default_factory=DecontamConfig)
+    shard_rows: int = 20_000
+    num_threads: int | None = None
+
+    def check(self, key: str) -> None:
+        if self.seq_len < 8:
+            raise ConfigError(f"seq_len: must be >= 8, got {self.seq_len}")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise ConfigError(f"val_fraction: must be in [0, 1), got {self.val_fraction}")
+        if self.shard_rows < 1:
+            raise ConfigError(f"shard_rows: must be >= 1, got {self.shard_rows}")
+        require(self, key, "seed", self.seed >= 0, ">= 0")
+        require(self, key, "num_threads", self.num_threads is None or self.num_threads >= 1, ">= 1")
+        names = [s.name for s in self.sources]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ConfigError(f"sources: names must be unique; repeated: {', '.join(dup)}")
+        if not self.sources:
+            raise ConfigError("sources: give at least one source")
+        if self.tokenizer.path.endswith(".tiktoken"):
+            for i, s in enumerate(self.sources):
+                if s.kind == "sft":
+                    raise ConfigError(f"sources.{i}.kind: sft needs a chat template, and tokenizer.path "
+                                      f"{self.tokenizer.path} is a .tiktoken file (cpt only)")

@@ -1,0 +1,168 @@
+"""The train config (`ftscale train`): data, model, method, optimisation, checkpoints."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from ftscale.config.base import require
+from ftscale.errors import ConfigError
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Exactly one of ``path`` (HF directory, .gguf file, or pkg:MODULE/file) and ``config``
+    (an inline transformers config dict, randomly initialised: for tests and demos)."""
+
+    path: str | None = None
+    config: dict[str, Any] | None = None
+    attn_implementation: Literal["auto", "sdpa", "eager", "flash_attention_2"] = "auto"
+    gradient_checkpointing: bool = False
+
+    def check(self, key: str) -> None:
+        if (self.path is None) == (self.config is None):
+            raise ConfigError(f"{key}: give exactly one of model.path and model.config")
+
+
+@dataclass(frozen=True)
+class LoraConfig:
+    r: int = 16
+    alpha: float = 32.0
+    dropout: float = 0.05
+    target_modules: list[str] | Literal["all-linear"] = "all-linear"
+
+    def check(self, key: str) -> None:
+        if self.r < 1:
+            raise ConfigError(f"{key}.r: must be >= 1, got {self.r}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"{key}.dropout: must be in [0, 1), got {self.dropout}")
+        require(self, key, "alpha", self.alpha > 0, "> 0")
+        require(self, key, "target_modules", self.target_modules != [], "'all-linear' or a non-empty list")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """The prepared dataset and how to mix it. ``mixture``: source → token weight (default:
+    every source, in proportion to its tokens)."""
+
+    path: str
+    mixture: dict[str, float] | None = None
+    tokens_per_epoch: int | None = None
+    temperature: float = 1.0
+    max_repeat: float = 4.0
+    strategy: Literal["bfd", "ffd", "greedy"] = "bfd"
+
+    def check(self, key: str) -> None:
+        require(self, key, "path", bool(self.path), "a prepared dataset directory")
+        if self.mixture is not None:
+            require(self, key, "mixture", bool(self.mixture), "a non-empty mapping of source name to weight")
+            for name, weight in self.mixture.items():
+                if not 0 < weight < math.inf:
+                    raise ConfigError(f"{key}.mixture.{name}: weight must be a number > 0 (leave a source out "
+                                      f"to skip it), got {weight!r}")
+        require(self, key, "tokens_per_epoch", self.tokens_per_epoch is None or self.tokens_per_epoch >= 1, ">= 1")
+        require(self, key, "temperature", 0 < self.temperature < math.inf, "a finite number > 0")
+        require(self, key, "max_repeat", self.max_repeat >= 1, ">= 1 (passes over a source; .inf for no cap)")
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    lr: float = 2e-4
+    min_lr: float = 2e-5  # cosine decays to this (a tenth of the peak, the common choice)
+    warmup_steps: int = 10
+    weight_decay: float = 0.0
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
+    eps: float = 1e-8
+    grad_clip: float = 1.0  # max global grad norm; 0 disables clipping
+
+    def check(self, key: str) -> None:
+        require(self, key, "lr", self.lr > 0, "> 0")
+        require(self, key, "min_lr", 0 <= self.min_lr <= self.lr, f"in [0, lr={self.lr}]")
+        require(self, key, "warmup_steps", self.warmup_steps >= 0, ">= 0")
+        require(self, key, "weight_decay", self.weight_decay >= 0, ">= 0")
+        require(self, key, "betas", len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas),
+                 "two numbers in [0, 1), e.g. [0.9, 0.95]")
+        require(self, key, "eps", self.eps > 0, "> 0")
+        require(self, key, "grad_clip", self.grad_clip >= 0, ">= 0 (0 disables clipping)")
+
+
+@dataclass(frozen=True)
+class SpikeConfig:
+    """Loss-spike guard: a step whose loss or grad norm is ``z_threshold`` standard deviations
+    above the mean of the last ``window`` steps is skipped; ``max_spikes`` skips within one
+    window roll back to the last checkpoint and skip the data seen since."""
+
+    enabled: bool = True
+    window: int = 50
+    z_threshold: float = 6.0
+    min_history: int = 10
+    max_spikes: int = 3
+
+    def check(self, key: str) -> None:
+        require(self, key, "window", self.window >= 1, ">= 1")
+        require(self, key, "z_threshold", self.z_threshold > 0, "> 0")
+        require(self, key, "min_history", 2 <= self.min_history <= self.window,
+                 f"in 2..window={self.window} (a spread needs two steps; the history keeps window steps)")
+        require(self, key, "max_spikes", self.max_spikes >= 1, ">= 1")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """A training run. ``tokens_per_step`` sets gradient accumulation:
+    accum = ceil(tokens_per_step / (micro_batch_size · seq_len · workers))."""
+
+    data: DataConfig
+    model: ModelConfig
+    run_name: str = "ftscale-run"
+    storage_path: str = "runs"
+    method: Literal["full", "lora"] = "full"
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    seq_len: int = 2048
+    micro_batch_size: int = 1
+    tokens_per_step: int | None = None
+    max_steps: int = 100  # the schedule's length (warmup + cosine span it)
+    stop_at_step: int | None = None  # stop early (checkpointed) as if interrupted; relaunch resumes
+    seed: int = 0
+    precision: Literal["auto", "bf16", "fp32"] = "auto"
+    zero_stage: Literal[0, 1, 2, 3] = 2
+    offload_optimizer: bool = False
+    offload_params: bool = False
+    num_workers: int = 2
+    use_gpu: bool | None = None  # None: use GPUs when the cluster has them
+    cpus_per_worker: int = 1
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    spike: SpikeConfig = field(default_factory=SpikeConfig)
+    checkpoint_every: int = 50
+    keep_checkpoints: int = 3
+    eval_every: int = 50
+    eval_batches: int = 8
+    eval_on_start: bool = False  # evaluate before the first step (the baseline for per-source val loss)
+    early_stop_patience: int = 0  # evaluations without improvement before stopping; 0: never
+    log_every: int = 1
+    peak_tflops: float | None = None  # per device, for MFU; None: known GPUs, else MFU is not reported
+    max_failures: int = 2  # worker/node failures Ray Train recovers from automatically
+    export_on_finish: bool = True
+
+    def check(self, key: str) -> None:
+        for name, minimum in (("seq_len", 8), ("micro_batch_size", 1), ("max_steps", 1), ("num_workers", 1),
+                              ("cpus_per_worker", 1), ("checkpoint_every", 1), ("keep_checkpoints", 1),
+                              ("eval_every", 0), ("eval_batches", 1), ("early_stop_patience", 0),
+                              ("log_every", 1), ("seed", 0), ("max_failures", -1)):
+            require(self, key, name, getattr(self, name) >= minimum, f">= {minimum}")
+        for name in ("tokens_per_step", "stop_at_step"):
+            require(self, key, name, getattr(self, name) is None or getattr(self, name) >= 1, ">= 1")
+        require(self, key, "peak_tflops", self.peak_tflops is None or self.peak_tflops > 0, "> 0")
+        if self.offload_params and self.zero_stage != 3:
+            raise ConfigError("offload_params: parameter offload needs zero_stage: 3")
+        if self.offload_optimizer and self.zero_stage == 0:
+            raise ConfigError("offload_optimizer: optimizer offload needs zero_stage 1, 2 or 3")
+        if self.early_stop_patience and not self.eval_every:
+            raise ConfigError("early_stop_patience: early stopping counts evaluations; set eval_every > 0")
+        if not self.run_name or "/" in self.run_name:
+            raise ConfigError(f"run_name: {self.run_name!r} must be a plain non-empty name")
+
+    def grad_accum_steps(self) -> int:
+        per_step = self.micro_batch_size * self.seq_len * self.num_workers
+        if self.tokens_per_step is None:
+            return 1
+        return max(1, -(-self.tokens_per_step // per_step))

@@ -1,0 +1,114 @@
+"""Checking a config file before launching it (`ftscale validate`, and `ftscale train` before Ray starts)."""
+
+from __future__ import annotations
+
+import typing
+from pathlib import Path
+from typing import Any, Literal
+
+from ftscale.config.base import apply_overrides, build, load_yaml
+from ftscale.config.prep import PrepConfig
+from ftscale.config.train import TrainConfig
+from ftscale.errors import ConfigError
+
+PREP_KEYS = ("sources", "tokenizer", "output")
+TRAIN_KEYS = ("model",)
+
+
+class Validated(typing.NamedTuple):
+    kind: Literal["prep", "train"]
+    config: Any  # PrepConfig or TrainConfig
+    warnings: list[str]  # things that may be fine later, e.g. a dataset not prepared yet
+
+    def summary(self) -> str:
+        c = self.config
+        if self.kind == "prep":
+            sources = ", ".join(f"{s.name} ({s.kind})" for s in c.sources)
+            return f"{len(c.sources)} source(s): {sources}; seq_len {c.seq_len}; output {c.output}"
+        return (f"{c.method}, ZeRO-{c.zero_stage}, seq_len {c.seq_len}, {c.num_workers} workers x micro-batch "
+                f"{c.micro_batch_size}, grad accum {c.grad_accum_steps()}, {c.max_steps} steps")
+
+
+def detect_kind(data: dict) -> Literal["prep", "train"]:
+    """'train' when the top level has ``model``, 'prep' when it has sources/tokenizer/output."""
+    prep = [k for k in PREP_KEYS if k in data]
+    train = [k for k in TRAIN_KEYS if k in data]
+    if bool(prep) == bool(train):
+        found = f"both {', '.join(train + prep)}" if prep else "none of them"
+        raise ConfigError(f"config: cannot tell whether this is a prep or a train config: a train config has "
+                          f"{', '.join(TRAIN_KEYS)}, a prep config has {', '.join(PREP_KEYS)}; this one has {found}")
+    return "prep" if prep else "train"
+
+
+def validate_file(path: str | Path, overrides: list[str] | None = None) -> Validated:
+    """Load, override and build a prep or train config (decided by ``detect_kind``), then check
+    what it refers to: errors for what certainly fails at launch, warnings for missing paths."""
+    data = apply_overrides(load_yaml(path), list(overrides or []))
+    kind = detect_kind(data)
+    if kind == "prep":
+        prep = build(PrepConfig, data)
+        return Validated(kind, prep, _prep_warnings(prep))
+    train = build(TrainConfig, data)
+    return Validated(kind, train, _train_warnings(train))
+
+
+def _missing(path: str) -> bool:
+    from ftscale.paths import resolve_path
+
+    try:
+        return not resolve_path(path).exists()
+    except ConfigError:  # pkg:MODULE/... of a package not installed (yet)
+        return True
+
+
+def _prep_warnings(cfg: PrepConfig) -> list[str]:
+    from ftscale.paths import expand_paths
+    from ftscale.errors import InputError
+
+    warnings = []
+    if _missing(cfg.tokenizer.path):
+        warnings.append(f"tokenizer.path: {cfg.tokenizer.path} does not exist")
+    inputs = [(f"sources.{i}.paths", s.paths) for i, s in enumerate(cfg.sources)]
+    for key, paths in inputs + [("decontaminate.eval_paths", cfg.decontaminate.eval_paths)]:
+        try:
+            expand_paths(paths, key)
+        except InputError as e:
+            warnings.append(str(e))
+    return warnings
+
+
+def check_against_dataset(cfg: TrainConfig, manifest: dict[str, Any]) -> None:
+    """ConfigError when the prepared dataset cannot serve ``cfg``: a mixture naming a source
+    it lacks (or one without train documents), or a seq_len above the one its SFT sources
+    were truncated to. Run by ``ftscale validate`` and before ``ftscale train`` starts Ray."""
+    sources = manifest["sources"]
+    for name in cfg.data.mixture or {}:
+        if name not in sources:
+            raise ConfigError(f"data.mixture.{name}: {cfg.data.path} has no source {name!r}; it has "
+                              f"{', '.join(sources)}")
+        if not sources[name]["train"]:
+            raise ConfigError(f"data.mixture.{name}: source {name!r} has no train documents in {cfg.data.path}")
+    sft = [n for n, e in sources.items() if e["kind"] == "sft" and n in (cfg.data.mixture or sources)]
+    if sft and cfg.seq_len > manifest["seq_len"]:
+        raise ConfigError(f"seq_len: {cfg.seq_len} exceeds the prepared seq_len {manifest['seq_len']} (SFT "
+                          f"source(s) {', '.join(sft)} were truncated to it); re-run prep or lower seq_len")
+
+
+def _train_warnings(cfg: TrainConfig) -> list[str]:
+    """Warnings for paths that do not exist yet; errors for a mixture or seq_len the prepared
+    dataset (when it exists) cannot serve."""
+    from ftscale.data.format import MANIFEST, read_manifest
+
+    warnings = []
+    if cfg.model.path is not None and _missing(cfg.model.path):
+        warnings.append(f"model.path: {cfg.model.path} does not exist")
+    if not (Path(cfg.data.path) / MANIFEST).is_file():
+        warnings.append(f"data.path: {cfg.data.path} is not a prepared dataset yet (no {MANIFEST}); "
+                        "run `ftscale prep` before training")
+        return warnings
+    manifest = read_manifest(cfg.data.path)
+    check_against_dataset(cfg, manifest)
+    if cfg.eval_every and not any(e["val"] for e in manifest["sources"].values()):
+        warnings.append(f"eval_every: {cfg.data.path} has no val documents, so evaluations report nothing "
+                        "(prep with val_fraction > 0)")
+    return warnings
