@@ -1,12 +1,26 @@
 """Typed surface of the Rust extension (``rust/ftscale-py``). Private: use ``ftscale``."""
 
-from typing import Any
+from typing import Any, final
+
+from typing_extensions import Self
 
 import numpy as np
 import numpy.typing as npt
 
 __all__ = [
     "MINHASH_SIGNATURE_VERSION",
+    "EvalIndex",
+    "SpillStore",
+    "UnionFind",
+    "audit_score",
+    "audit_summarize",
+    "audit_universe",
+    "band_keys",
+    "exact_hashes",
+    "exact_keep",
+    "find_buckets",
+    "pair_similarities",
+    "verify_buckets",
     "decontaminate",
     "default_num_threads",
     "exact_duplicates",
@@ -30,7 +44,7 @@ def minhash(
     nfkc: bool,
     strip_punctuation: bool,
     num_threads: int | None = None,
-) -> npt.NDArray[np.uint32]: ...
+) -> tuple[npt.NDArray[np.uint32], npt.NDArray[np.uint32]]: ...
 def near_duplicates(
     texts: list[Any],
     threshold: float,
@@ -89,3 +103,112 @@ def plan_mixture(
     seed: int,
     epoch: int,
 ) -> dict[str, Any]: ...
+
+_U32 = npt.NDArray[np.uint32]
+_U64 = npt.NDArray[np.uint64]
+
+def exact_hashes(
+    texts: list[Any],
+    nfkc: bool,
+    lowercase: bool,
+    collapse_whitespace: bool,
+    strip_punctuation: bool,
+    num_threads: int | None = None,
+) -> tuple[_U64, _U64]: ...
+def exact_keep(hi: _U64, lo: _U64, rank: _U32, num_threads: int | None = None) -> npt.NDArray[np.int64]: ...
+def band_keys(sigs: npt.NDArray[np.uint32], bands: int, rows: int, num_threads: int | None = None) -> _U64: ...
+def find_buckets(
+    bands: _U32, keys: _U64, docs: _U32, rank: _U32, num_threads: int | None = None
+) -> tuple[_U32, npt.NDArray[np.int64], _U32]: ...
+def audit_universe(bands: _U32, keys: _U64, docs: _U32, num_threads: int | None = None) -> tuple[_U32, _U32]: ...
+
+@final
+class UnionFind:
+    def __new__(cls, n: int) -> Self: ...
+    def __len__(self) -> int: ...
+    def find_many(self, docs: _U32) -> _U32: ...
+    def union_many(self, a: _U32, b: _U32) -> int: ...
+    def representatives(self, rank: _U32) -> _U32: ...
+
+@final
+class SpillStore:
+    def __new__(
+        cls,
+        signatures: list[str],
+        texts: list[tuple[str, str]] | None,
+        counts: list[int],
+        num_perm: int,
+        ngram: int,
+        seed: int,
+        char_ngrams: bool,
+        nfkc: bool,
+        strip_punctuation: bool,
+    ) -> Self: ...
+    @property
+    def num_docs(self) -> int: ...
+
+def verify_buckets(
+    store: SpillStore,
+    members: _U32,
+    roots: _U32,
+    offsets: npt.NDArray[np.int64],
+    threshold: float,
+    bands: int,
+    rows: int,
+    verify: str,
+    num_threads: int | None = None,
+) -> tuple[_U32, _U32, int]: ...
+def pair_similarities(
+    store: SpillStore,
+    a: _U32,
+    b: _U32,
+    threshold: float,
+    bands: int,
+    rows: int,
+    verify: str,
+    num_threads: int | None = None,
+) -> npt.NDArray[np.float32]: ...
+def audit_score(
+    store: SpillStore,
+    a: _U32,
+    b: _U32,
+    threshold: float,
+    bands: int,
+    rows: int,
+    verify: str,
+    num_threads: int | None = None,
+) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.bool_]]: ...
+def audit_summarize(
+    store: SpillStore,
+    a: _U32,
+    b: _U32,
+    estimated: npt.NDArray[np.float64],
+    flagged: npt.NDArray[np.bool_],
+    threshold: float,
+    loose_bands: int,
+    loose_rows: int,
+    n: int,
+    seed: int,
+    num_threads: int | None = None,
+) -> dict[str, Any]: ...
+
+@final
+class EvalIndex:
+    def __new__(
+        cls,
+        eval_texts: list[Any],
+        eval_owners: _U32,
+        ngram: int,
+        min_fraction: float,
+        strip_punctuation: bool,
+        num_threads: int | None = None,
+    ) -> Self: ...
+    @staticmethod
+    def from_bytes(bytes: bytes) -> EvalIndex: ...
+    def to_bytes(self) -> bytes: ...
+    def __reduce__(self) -> tuple[Any, tuple[bytes]]: ...
+    @property
+    def num_ngrams(self) -> int: ...
+    def scan(
+        self, train_texts: list[Any], train_owners: _U32, num_records: int, num_threads: int | None = None
+    ) -> dict[str, Any]: ...

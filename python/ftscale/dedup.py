@@ -108,9 +108,10 @@ def minhash(
     build with the same ``MINHASH_SIGNATURE_VERSION``.
     """
     _check_ngram(ngram, num_perm)
-    return _core.minhash(
+    sigs, _ = _core.minhash(
         _texts_arg(texts), num_perm, ngram, seed, char_ngrams, nfkc, strip_punctuation, num_threads
     )
+    return sigs
 
 
 def _result(cluster: np.ndarray, similarity: np.ndarray, info: dict[str, Any]) -> DedupResult:

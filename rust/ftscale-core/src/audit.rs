@@ -17,8 +17,7 @@ use crate::error::Result;
 use crate::hash::SplitMix64;
 use crate::lsh::{band_key, optimal_params};
 use crate::minhash::estimate_jaccard;
-use crate::neardup::{NearDupInput, NearDupParams, Verify};
-use crate::shingle::{jaccard_sorted, shingle_set, ShingleScratch};
+use crate::neardup::{DocSource, NearDupInput, NearDupParams, Verifier};
 
 /// Pairs taken per bucket member in the loose banding; bounds the universe at ~n·PAIRS_PER_MEMBER·bands.
 const PAIRS_PER_MEMBER: usize = 32;
@@ -48,8 +47,9 @@ pub struct AuditReport {
     pub recall: f64,
 }
 
-fn sig<'a>(input: &'a NearDupInput, i: u32) -> &'a [u32] {
-    &input.sigs[i as usize * input.num_perm..(i as usize + 1) * input.num_perm]
+/// The loose banding `(bands, rows)` whose universe holds nearly every pair at the threshold.
+pub fn loose_params(threshold: f64, num_perm: usize) -> Result<(usize, usize)> {
+    optimal_params((threshold - LOOSE_MARGIN).max(0.05), num_perm, 0.5, 0.5)
 }
 
 fn shares_bucket(a: &[u32], b: &[u32], bands: usize, rows: usize) -> bool {
@@ -66,83 +66,95 @@ fn sample(pool: &[(u32, u32)], n: usize, rng: &mut SplitMix64) -> Vec<(u32, u32)
     idx[..take].iter().map(|&i| pool[i]).collect()
 }
 
-pub fn audit(input: &NearDupInput, params: NearDupParams, n: usize, seed: u64) -> Result<AuditReport> {
-    let t = params.threshold;
-    let loose_t = (t - LOOSE_MARGIN).max(0.05);
-    let (lb, lr) = optimal_params(loose_t, input.num_perm, 0.5, 0.5)?;
-    let matchable: Vec<u32> = (0..input.texts.len() as u32).filter(|&i| input.shingle_counts[i as usize] > 0).collect();
-    let mut universe: Vec<(u32, u32)> = Vec::new();
-    for band in 0..lb {
-        let mut keyed: Vec<(u64, u32)> = matchable.par_iter().map(|&i| (band_key(sig(input, i), band, lr), i)).collect();
-        keyed.par_sort_unstable();
-        for bucket in keyed.chunk_by(|a, b| a.0 == b.0).filter(|g| g.len() > 1) {
-            for (x, &(_, a)) in bucket.iter().enumerate() {
-                for &(_, b) in bucket.iter().skip(x + 1).take(PAIRS_PER_MEMBER) {
-                    universe.push((a.min(b), a.max(b)));
-                }
+/// Universe pairs `(min, max)` of loose-band buckets. `rows` are `(band, key, doc)` sorted
+/// ascending; each member is paired with up to `PAIRS_PER_MEMBER` members after it in its bucket.
+/// The result is neither sorted nor deduplicated (pairs of several bands and partitions are
+/// merged by the caller).
+pub fn universe_pairs(rows: &[(u32, u64, u32)]) -> Vec<(u32, u32)> {
+    let mut out = Vec::new();
+    for bucket in rows.chunk_by(|x, y| x.0 == y.0 && x.1 == y.1).filter(|g| g.len() > 1) {
+        for (x, &(_, _, a)) in bucket.iter().enumerate() {
+            for &(_, _, b) in bucket.iter().skip(x + 1).take(PAIRS_PER_MEMBER) {
+                out.push((a.min(b), a.max(b)));
             }
         }
     }
-    universe.par_sort_unstable();
-    universe.dedup();
-    let exact_j = |a: u32, b: u32, scratch: &mut ShingleScratch| {
-        jaccard_sorted(
-            &shingle_set(input.texts[a as usize], input.shingling, scratch),
-            &shingle_set(input.texts[b as usize], input.shingling, scratch),
-        )
-    };
-    let scored: Vec<(f64, bool)> = universe
+    out
+}
+
+/// Universe pairs of unsorted loose-band rows given as columns (sorts them, then `universe_pairs`).
+pub fn universe_of(bands: &[u32], keys: &[u64], docs: &[u32]) -> Result<Vec<(u32, u32)>> {
+    if bands.len() != keys.len() || keys.len() != docs.len() {
+        return crate::error::invalid(format!("{} bands, {} keys and {} documents differ", bands.len(), keys.len(), docs.len()));
+    }
+    let mut rows: Vec<(u32, u64, u32)> = (0..docs.len()).map(|i| (bands[i], keys[i], docs[i])).collect();
+    rows.par_sort_unstable();
+    Ok(universe_pairs(&rows))
+}
+
+/// For every universe pair: the estimated Jaccard, and whether the chosen parameters flag it
+/// (shares a bucket of the chosen banding and passes verification).
+pub fn score_pairs<D: DocSource>(verifier: &Verifier<D>, pairs: &[(u32, u32)]) -> Result<Vec<(f64, bool)>> {
+    let p = verifier.params;
+    pairs
         .par_iter()
-        .map_init(ShingleScratch::default, |scratch, &(a, b)| {
-            let (sa, sb) = (sig(input, a), sig(input, b));
+        .map_init(D::Scratch::default, |scratch, &(a, b)| {
+            let (sa, sb) = (verifier.docs.sig(a), verifier.docs.sig(b));
             let est = estimate_jaccard(sa, sb);
-            let flagged = shares_bucket(sa, sb, params.bands, params.rows)
-                && match params.verify {
-                    Verify::None => true,
-                    Verify::Estimate => est >= t,
-                    Verify::Exact => exact_j(a, b, scratch) >= t,
-                    Verify::Auto => {
-                        let margin = crate::neardup::AUTO_SIGMAS * (t * (1.0 - t) / input.num_perm as f64).sqrt();
-                        if (est - t).abs() <= margin { exact_j(a, b, scratch) >= t } else { est >= t }
-                    }
-                };
-            (est, flagged)
+            let flagged = shares_bucket(sa, sb, p.bands, p.rows) && verifier.is_duplicate(a, b, scratch)?;
+            Ok((est, flagged))
         })
-        .collect();
-    let flagged: Vec<(u32, u32)> = universe.iter().zip(&scored).filter(|(_, s)| s.1).map(|(p, _)| *p).collect();
+        .collect()
+}
+
+/// What the audit samples: flagged pairs and near-threshold unflagged ones.
+pub struct Picks {
+    /// Sampled pairs and whether each is a flagged one.
+    pub pairs: Vec<((u32, u32), bool)>,
+    pub flagged: u64,
+    pub near_unflagged: u64,
+}
+
+/// Sample up to `n` flagged and `n` near-threshold unflagged pairs of the scored universe
+/// (sorted, deduplicated), with the seed.
+pub fn pick(universe: &[(u32, u32)], scored: &[(f64, bool)], threshold: f64, n: usize, seed: u64) -> Picks {
+    let flagged: Vec<(u32, u32)> = universe.iter().zip(scored).filter(|(_, s)| s.1).map(|(p, _)| *p).collect();
     let near: Vec<(u32, u32)> =
-        universe.iter().zip(&scored).filter(|(_, s)| !s.1 && s.0 >= t - NEAR_MARGIN).map(|(p, _)| *p).collect();
+        universe.iter().zip(scored).filter(|(_, s)| !s.1 && s.0 >= threshold - NEAR_MARGIN).map(|(p, _)| *p).collect();
     let mut rng = SplitMix64::new(seed ^ 0xA0D17);
-    let picks: Vec<((u32, u32), bool)> = sample(&flagged, n, &mut rng)
+    let pairs = sample(&flagged, n, &mut rng)
         .into_iter()
         .map(|p| (p, true))
         .chain(sample(&near, n, &mut rng).into_iter().map(|p| (p, false)))
         .collect();
+    Picks { pairs, flagged: flagged.len() as u64, near_unflagged: near.len() as u64 }
+}
+
+/// Measure the picked pairs' exact Jaccard and estimate precision and recall.
+pub fn summarize<D: DocSource>(docs: &D, threshold: f64, picks: &Picks, universe_pairs: u64, loose: (usize, usize)) -> Result<AuditReport> {
+    let t = threshold;
     let sampled: Vec<AuditPair> = picks
+        .pairs
         .par_iter()
-        .map_init(ShingleScratch::default, |scratch, &((a, b), flagged)| AuditPair {
-            a,
-            b,
-            estimated: estimate_jaccard(sig(input, a), sig(input, b)),
-            exact: exact_j(a, b, scratch),
-            flagged,
+        .map_init(D::Scratch::default, |scratch, &((a, b), flagged)| {
+            Ok(AuditPair { a, b, estimated: estimate_jaccard(docs.sig(a), docs.sig(b)), exact: docs.exact_jaccard(a, b, scratch)?, flagged })
         })
-        .collect();
+        .collect::<Result<_>>()?;
     let share = |flag: bool| {
         let group: Vec<&AuditPair> = sampled.iter().filter(|p| p.flagged == flag).collect();
         if group.is_empty() { f64::NAN } else { group.iter().filter(|p| p.exact >= t).count() as f64 / group.len() as f64 }
     };
     let (precision, missed_share) = (share(true), share(false));
-    let tp = if flagged.is_empty() { 0.0 } else { precision * flagged.len() as f64 };
-    let fne = if near.is_empty() { 0.0 } else { missed_share * near.len() as f64 };
+    let tp = if picks.flagged == 0 { 0.0 } else { precision * picks.flagged as f64 };
+    let fne = if picks.near_unflagged == 0 { 0.0 } else { missed_share * picks.near_unflagged as f64 };
     let recall = if tp + fne > 0.0 { tp / (tp + fne) } else { f64::NAN };
     Ok(AuditReport {
-        loose_bands: lb,
-        loose_rows: lr,
-        universe_recall_at_threshold: crate::lsh::candidate_probability(t, lb, lr),
-        universe_pairs: universe.len() as u64,
-        flagged_pairs: flagged.len() as u64,
-        near_unflagged_pairs: near.len() as u64,
+        loose_bands: loose.0,
+        loose_rows: loose.1,
+        universe_recall_at_threshold: crate::lsh::candidate_probability(t, loose.0, loose.1),
+        universe_pairs,
+        flagged_pairs: picks.flagged,
+        near_unflagged_pairs: picks.near_unflagged,
         sampled,
         precision,
         missed_share,
@@ -150,11 +162,30 @@ pub fn audit(input: &NearDupInput, params: NearDupParams, n: usize, seed: u64) -
     })
 }
 
+pub fn audit(input: &NearDupInput, params: NearDupParams, n: usize, seed: u64) -> Result<AuditReport> {
+    let (lb, lr) = loose_params(params.threshold, input.docs.num_perm)?;
+    let matchable: Vec<u32> = (0..input.docs.texts.len() as u32).filter(|&i| input.shingle_counts[i as usize] > 0).collect();
+    let mut universe: Vec<(u32, u32)> = Vec::new();
+    for band in 0..lb {
+        let mut keyed: Vec<(u32, u64, u32)> =
+            matchable.par_iter().map(|&i| (band as u32, band_key(input.docs.sig(i), band, lr), i)).collect();
+        keyed.par_sort_unstable();
+        universe.extend(universe_pairs(&keyed));
+    }
+    universe.par_sort_unstable();
+    universe.dedup();
+    let verifier = Verifier { docs: &input.docs, params };
+    let scored = score_pairs(&verifier, &universe)?;
+    let picks = pick(&universe, &scored, params.threshold, n, seed);
+    summarize(&input.docs, params.threshold, &picks, universe.len() as u64, (lb, lr))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::keep::preference_ranks;
     use crate::minhash::MinHasher;
+    use crate::neardup::{InMemoryDocs, Verify};
     use crate::shingle::Shingling;
 
     #[test]
@@ -175,7 +206,11 @@ mod tests {
         let (sigs, counts) = hasher.signatures(&refs);
         let uids: Vec<u64> = (0..refs.len() as u64).collect();
         let rank = preference_ranks(&uids, None).unwrap();
-        let input = NearDupInput { texts: &refs, shingling: &hasher.shingling, sigs: &sigs, num_perm: 128, shingle_counts: &counts, rank: &rank };
+        let input = NearDupInput {
+            docs: InMemoryDocs { texts: &refs, shingling: &hasher.shingling, sigs: &sigs, num_perm: 128 },
+            shingle_counts: &counts,
+            rank: &rank,
+        };
         let run = |fp: f64, fn_: f64| {
             let (bands, rows) = optimal_params(0.8, 128, fp, fn_).unwrap();
             audit(&input, NearDupParams { threshold: 0.8, bands, rows, verify: Verify::Estimate }, 50, 1).unwrap()

@@ -91,6 +91,91 @@ impl EvalIndex {
     pub fn num_ngrams(&self) -> usize {
         self.slot_of.len()
     }
+
+    /// The index as bytes, to build it once and ship it to other processes (Ray workers).
+    /// Layout (little-endian): magic, ngram u64, min_fraction f64, 4 normalization flags u8,
+    /// slots u64, then per slot: n-gram hash u64, item count u32, items u32 × count.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(40 + self.items.len() * 16);
+        out.extend_from_slice(INDEX_MAGIC);
+        out.extend_from_slice(&(self.params.ngram as u64).to_le_bytes());
+        out.extend_from_slice(&self.params.min_fraction.to_le_bytes());
+        let n = self.params.normalization;
+        out.extend_from_slice(&[n.nfkc as u8, n.lowercase as u8, n.strip_punctuation as u8, n.collapse_whitespace as u8]);
+        let mut by_slot: Vec<(u32, u64)> = self.slot_of.iter().map(|(&h, &slot)| (slot, h)).collect();
+        by_slot.sort_unstable();
+        out.extend_from_slice(&(by_slot.len() as u64).to_le_bytes());
+        for (slot, hash) in by_slot {
+            let items = &self.items[slot as usize];
+            out.extend_from_slice(&hash.to_le_bytes());
+            out.extend_from_slice(&(items.len() as u32).to_le_bytes());
+            for &item in items {
+                out.extend_from_slice(&item.to_le_bytes());
+            }
+        }
+        out
+    }
+
+    /// Inverse of `to_bytes`; every size is checked against the bytes given.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self> {
+        let mut r = Reader { bytes, at: 0 };
+        if r.take(INDEX_MAGIC.len())? != INDEX_MAGIC {
+            return invalid("not a serialized decontamination index (bad magic)");
+        }
+        let ngram = r.u64()? as usize;
+        let min_fraction = f64::from_le_bytes(r.take(8)?.try_into().expect("8 bytes"));
+        let flags = r.take(4)?;
+        let normalization = Normalization {
+            nfkc: flags[0] != 0,
+            lowercase: flags[1] != 0,
+            strip_punctuation: flags[2] != 0,
+            collapse_whitespace: flags[3] != 0,
+        };
+        let params = DecontamParams { ngram, min_fraction, normalization };
+        if params.ngram == 0 || !(0.0..=1.0).contains(&params.min_fraction) {
+            return invalid("serialized decontamination index has invalid parameters");
+        }
+        let slots = r.u64()?;
+        if slots > (bytes.len() / 12) as u64 {
+            return invalid("serialized decontamination index is truncated");
+        }
+        let mut slot_of = NgramMap::default();
+        let mut items = Vec::with_capacity(slots as usize);
+        for slot in 0..slots as u32 {
+            let hash = r.u64()?;
+            let count = u32::from_le_bytes(r.take(4)?.try_into().expect("4 bytes")) as usize;
+            let raw = r.take(count.checked_mul(4).ok_or_else(|| crate::error::CoreError::InvalidArgument("item count overflows".into()))?)?;
+            items.push(raw.chunks_exact(4).map(|c| u32::from_le_bytes(c.try_into().expect("4 bytes"))).collect());
+            if slot_of.insert(hash, slot).is_some() {
+                return invalid("serialized decontamination index repeats an n-gram");
+            }
+        }
+        if r.at != bytes.len() {
+            return invalid("serialized decontamination index has trailing bytes");
+        }
+        Ok(Self { params, slot_of, items })
+    }
+}
+
+const INDEX_MAGIC: &[u8; 8] = b"FTEVAL01";
+
+struct Reader<'a> {
+    bytes: &'a [u8],
+    at: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8]> {
+        let end = self.at.checked_add(n).filter(|&e| e <= self.bytes.len());
+        let Some(end) = end else { return invalid("serialized decontamination index is truncated") };
+        let out = &self.bytes[self.at..end];
+        self.at = end;
+        Ok(out)
+    }
+
+    fn u64(&mut self) -> Result<u64> {
+        Ok(u64::from_le_bytes(self.take(8)?.try_into().expect("8 bytes")))
+    }
 }
 
 #[derive(Debug, Default)]
@@ -200,5 +285,23 @@ mod tests {
         let long_leak = format!("{} x y z", words.join(" "));
         let r = scan(&index, &[&long_leak], &[0], 1).unwrap();
         assert!(r.contaminated[0]); // 8 of 11 n-grams hit >= 0.5
+    }
+
+    #[test]
+    fn serialized_index_scans_the_same_and_bad_bytes_are_refused() {
+        let items = ["the quick brown fox jumps over the lazy dog near the river bank today", "w1 w2 w3"];
+        let index = EvalIndex::build(&items, &[0, 1], params(0.0)).unwrap();
+        let bytes = index.to_bytes();
+        let back = EvalIndex::from_bytes(&bytes).unwrap();
+        assert_eq!(back.num_ngrams(), index.num_ngrams());
+        assert_eq!(back.to_bytes(), bytes);
+        let train = [items[0], "nothing to see", "W1 W2 W3"];
+        let (a, b) = (scan(&index, &train, &[0, 1, 2], 3).unwrap(), scan(&back, &train, &[0, 1, 2], 3).unwrap());
+        assert_eq!((a.contaminated, a.leaks, a.hits), (b.contaminated, b.leaks, b.hits));
+        assert!(EvalIndex::from_bytes(&bytes[..bytes.len() - 1]).is_err());
+        assert!(EvalIndex::from_bytes(b"FTEVAL01").is_err());
+        let mut huge = bytes.clone();
+        huge[28..36].copy_from_slice(&u64::MAX.to_le_bytes()); // the slot count
+        assert!(EvalIndex::from_bytes(&huge).is_err());
     }
 }

@@ -19,6 +19,7 @@ pub mod normalize;
 pub mod pack;
 pub mod pool;
 pub mod shingle;
+pub mod spill;
 pub mod words;
 
 #[cfg(test)]

@@ -2,6 +2,8 @@
 //! `rows` values of at least one band agree, which happens with probability
 //! `1 - (1 - s^rows)^bands` for Jaccard similarity `s`.
 
+use rayon::prelude::*;
+
 use crate::error::{invalid, Result};
 use crate::hash::hash64;
 
@@ -77,6 +79,12 @@ pub fn band_key(sig: &[u32], band: usize, rows: usize) -> u64 {
         let owned: Vec<u8> = slice.iter().flat_map(|v| v.to_le_bytes()).collect();
         hash64(&owned, band as u64)
     }
+}
+
+/// Keys of every band of every signature (row-major `n × num_perm` in, `n × bands` out).
+pub fn band_keys(sigs: &[u32], num_perm: usize, bands: usize, rows: usize) -> Result<Vec<u64>> {
+    check_params(bands, rows, num_perm)?;
+    Ok(sigs.par_chunks(num_perm).flat_map_iter(|sig| (0..bands).map(move |band| band_key(sig, band, rows))).collect())
 }
 
 #[cfg(test)]

@@ -12,6 +12,7 @@ fn ftscale_error_class<'py>(py: Python<'py>, name: &str) -> PyResult<Bound<'py, 
 pub fn to_pyerr(err: CoreError) -> PyErr {
     let (class, msg) = match err {
         CoreError::InvalidArgument(m) => ("ConfigError", m),
+        CoreError::Io(m) => ("DataError", m),
     };
     Python::attach(|py| match ftscale_error_class(py, class) {
         Ok(cls) => PyErr::from_type(cls, msg),

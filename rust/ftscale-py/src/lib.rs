@@ -3,28 +3,32 @@
 //! Each function converts its arguments, releases the GIL, runs the core on the crate's rayon
 //! pool and converts the result to NumPy arrays. No logic lives here.
 
+mod engine;
 mod errors;
 mod planning;
 mod texts;
 
 use ftscale_core::audit::audit;
-use ftscale_core::decontam::{scan, DecontamParams, EvalIndex};
+use ftscale_core::decontam::{scan, EvalIndex};
 use ftscale_core::exact::{exact_hashes, exact_representatives};
 use ftscale_core::keep::preference_ranks;
 use ftscale_core::lsh::{candidate_probability, check_params, optimal_params};
 use ftscale_core::minhash::MinHasher;
-use ftscale_core::neardup::{near_duplicates as core_near_duplicates, NearDupInput, NearDupParams, Verify};
+use ftscale_core::neardup::{near_duplicates as core_near_duplicates, InMemoryDocs, NearDupInput, NearDupParams, Verify};
 use ftscale_core::normalize::Normalization;
 use ftscale_core::pool;
 use ftscale_core::shingle::{ShingleKind, Shingling};
-use numpy::{IntoPyArray, PyArray1, PyArray2, PyArrayMethods, PyReadonlyArray1};
+use numpy::{IntoPyArray, PyArray1, PyArrayMethods, PyReadonlyArray1};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList};
 
 use crate::errors::{config_error, to_pyerr};
 use crate::texts::Texts;
 
-fn shingling(ngram: usize, seed: u64, char_ngrams: bool, nfkc: bool, strip_punctuation: bool) -> Shingling {
+/// MinHash signatures (n × num_perm) and shingle counts (n).
+type Signatures<'py> = (Bound<'py, numpy::PyArray2<u32>>, Bound<'py, PyArray1<u32>>);
+
+pub(crate) fn shingling(ngram: usize, seed: u64, char_ngrams: bool, nfkc: bool, strip_punctuation: bool) -> Shingling {
     Shingling {
         kind: if char_ngrams { ShingleKind::Chars } else { ShingleKind::Words },
         ngram,
@@ -45,7 +49,7 @@ fn ranks(n: usize, uids: Option<PyReadonlyArray1<u64>>, scores: Option<PyReadonl
     preference_ranks(&uids, scores.as_deref()).map_err(to_pyerr)
 }
 
-fn parse_verify(verify: &str) -> PyResult<Verify> {
+pub(crate) fn parse_verify(verify: &str) -> PyResult<Verify> {
     match verify {
         "estimate" => Ok(Verify::Estimate),
         "exact" => Ok(Verify::Exact),
@@ -55,7 +59,8 @@ fn parse_verify(verify: &str) -> PyResult<Verify> {
     }
 }
 
-/// MinHash signatures, shape (n, num_perm), dtype uint32.
+/// MinHash signatures, shape (n, num_perm), dtype uint32, and each text's shingle count
+/// (uint32; a text with none never matches anything).
 #[pyfunction]
 #[pyo3(signature = (texts, num_perm, ngram, seed, char_ngrams, nfkc, strip_punctuation, num_threads=None))]
 #[allow(clippy::too_many_arguments)]
@@ -69,13 +74,13 @@ fn minhash<'py>(
     nfkc: bool,
     strip_punctuation: bool,
     num_threads: Option<usize>,
-) -> PyResult<Bound<'py, PyArray2<u32>>> {
+) -> PyResult<Signatures<'py>> {
     let hasher = MinHasher::new(num_perm, shingling(ngram, seed, char_ngrams, nfkc, strip_punctuation)).map_err(to_pyerr)?;
     let holder = Texts::extract(texts)?;
     let strs = holder.as_strs()?;
     let n = strs.len();
-    let sigs = py.detach(|| pool::install(num_threads, || hasher.signatures(&strs).0));
-    sigs.into_pyarray(py).reshape([n, num_perm])
+    let (sigs, counts) = py.detach(|| pool::install(num_threads, || hasher.signatures(&strs)));
+    Ok((sigs.into_pyarray(py).reshape([n, num_perm])?, counts.into_pyarray(py)))
 }
 
 /// Near-duplicate clusters. Returns a dict of NumPy arrays and counts.
@@ -119,7 +124,8 @@ fn near_duplicates<'py>(
     let (result, report) = py.detach(|| {
         pool::install(num_threads, || {
             let (sigs, counts) = hasher.signatures(&strs);
-            let input = NearDupInput { texts: &strs, shingling: &hasher.shingling, sigs: &sigs, num_perm, shingle_counts: &counts, rank: &rank };
+            let docs = InMemoryDocs { texts: &strs, shingling: &hasher.shingling, sigs: &sigs, num_perm };
+            let input = NearDupInput { docs, shingle_counts: &counts, rank: &rank };
             let result = core_near_duplicates(&input, params)?;
             let report = if audit_pairs > 0 { Some(audit(&input, params, audit_pairs, seed)?) } else { None };
             Ok::<_, ftscale_core::CoreError>((result, report))
@@ -134,19 +140,7 @@ fn near_duplicates<'py>(
     out.set_item("candidate_pairs_checked", result.stats.candidate_pairs_checked)?;
     out.set_item("verified_pairs", result.stats.verified_pairs)?;
     if let Some(r) = report {
-        let a = PyDict::new(py);
-        a.set_item("loose_bands", r.loose_bands)?;
-        a.set_item("loose_rows", r.loose_rows)?;
-        a.set_item("universe_recall_at_threshold", r.universe_recall_at_threshold)?;
-        a.set_item("universe_pairs", r.universe_pairs)?;
-        a.set_item("flagged_pairs", r.flagged_pairs)?;
-        a.set_item("near_unflagged_pairs", r.near_unflagged_pairs)?;
-        a.set_item("precision", r.precision)?;
-        a.set_item("missed_share", r.missed_share)?;
-        a.set_item("recall", r.recall)?;
-        let pairs: Vec<(u32, u32, f64, f64, bool)> = r.sampled.iter().map(|p| (p.a, p.b, p.estimated, p.exact, p.flagged)).collect();
-        a.set_item("pairs", pairs)?;
-        out.set_item("audit", a)?;
+        out.set_item("audit", engine::audit_dict(py, &r)?)?;
     }
     Ok(out)
 }
@@ -207,11 +201,7 @@ fn decontaminate<'py>(
     strip_punctuation: bool,
     num_threads: Option<usize>,
 ) -> PyResult<Bound<'py, PyDict>> {
-    let params = DecontamParams {
-        ngram,
-        min_fraction,
-        normalization: Normalization { nfkc: true, lowercase: true, strip_punctuation, collapse_whitespace: true },
-    };
+    let params = engine::decontam_params(ngram, min_fraction, strip_punctuation);
     let (eval_holder, train_holder) = (Texts::extract(eval_texts)?, Texts::extract(train_texts)?);
     let (eval_strs, train_strs) = (eval_holder.as_strs()?, train_holder.as_strs()?);
     let (eo, to) = (eval_owners.as_slice()?, train_owners.as_slice()?);
@@ -221,15 +211,7 @@ fn decontaminate<'py>(
             Ok::<_, ftscale_core::CoreError>((scan(&index, &train_strs, to, num_records)?, index.num_ngrams()))
         })
     }).map_err(to_pyerr)?;
-    let out = PyDict::new(py);
-    out.set_item("hits", result.hits.into_pyarray(py))?;
-    out.set_item("ngrams", result.ngrams.into_pyarray(py))?;
-    out.set_item("contaminated", result.contaminated.into_pyarray(py))?;
-    let (rec, item): (Vec<u32>, Vec<u32>) = result.leaks.into_iter().unzip();
-    out.set_item("leak_record", rec.into_pyarray(py))?;
-    out.set_item("leak_eval_item", item.into_pyarray(py))?;
-    out.set_item("eval_ngrams", num_ngrams)?;
-    Ok(out)
+    engine::decontam_dict(py, result, num_ngrams)
 }
 
 /// Number of threads a call uses when it is not given one (`FTSCALE_NUM_THREADS`, else all cores).
@@ -251,5 +233,17 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(planning::pack, m)?)?;
     m.add_function(wrap_pyfunction!(planning::apply_overlong, m)?)?;
     m.add_function(wrap_pyfunction!(planning::plan_mixture, m)?)?;
+    m.add_function(wrap_pyfunction!(engine::exact_hashes, m)?)?;
+    m.add_function(wrap_pyfunction!(engine::exact_keep, m)?)?;
+    m.add_function(wrap_pyfunction!(engine::band_keys, m)?)?;
+    m.add_function(wrap_pyfunction!(engine::find_buckets, m)?)?;
+    m.add_function(wrap_pyfunction!(engine::audit_universe, m)?)?;
+    m.add_function(wrap_pyfunction!(engine::verify_buckets, m)?)?;
+    m.add_function(wrap_pyfunction!(engine::pair_similarities, m)?)?;
+    m.add_function(wrap_pyfunction!(engine::audit_score, m)?)?;
+    m.add_function(wrap_pyfunction!(engine::audit_summarize, m)?)?;
+    m.add_class::<engine::UnionFind>()?;
+    m.add_class::<engine::SpillStore>()?;
+    m.add_class::<engine::EvalIndex>()?;
     Ok(())
 }
