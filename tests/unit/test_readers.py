@@ -1,4 +1,4 @@
-"""Tests for ftscale.data.readers: formats, uids, validation and quarantine."""
+"""Tests for ftscale.data.io (whole-source reads): formats, uids, validation and quarantine."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import zstandard
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ftscale.data.readers import (
+from ftscale.data.io import (
     QUARANTINE_SCHEMA,
     detect_format,
     iter_input_files,
