@@ -479,7 +479,7 @@ def test_counts_always_conserved(tmp_path_factory, lines):
     write_jsonl(path, lines, raw=True)
     result = read_source("s", [path])
     assert_conserved(result)
-    # A UTF-8 BOM opening the file is not content (documented in readers), so a first line
+    # A UTF-8 BOM opening the file is not content (documented in ftscale.data.io.jsonl), so a first line
     # holding only a BOM is blank.
     bare = [line[3:] if i == 0 and line.startswith(b"\xef\xbb\xbf") else line for i, line in enumerate(lines)]
     non_blank = [line for line in bare if line.strip()]

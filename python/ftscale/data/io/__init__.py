@@ -115,10 +115,13 @@ def read_unit(unit: ReadUnit, opts: ReadOptions, *, batch_bytes: int = 64 << 20)
     """Stream one unit as batches of about ``batch_bytes`` of input each (at least one batch).
 
     Rows are numbered within the file and uids derived exactly as for a whole-file read,
-    whatever ``batch_bytes`` is. JSONL batches count decompressed line bytes; columnar
-    batches count Arrow bytes, estimated for Parquet from the row groups' uncompressed
-    size, so a row group of very uneven rows can give a bigger batch. Each record table
-    carries its ``BatchInfo`` in its schema metadata: keep it until ``conform``.
+    whatever ``batch_bytes`` is. A JSONL batch holds the lines up to the one that reaches
+    ``batch_bytes`` of decompressed input (its parsed records take about 5x that in
+    Python objects while the table is built). A columnar batch holds at most
+    ``batch_bytes`` of Arrow data unless one row is larger; while decoding, the Parquet
+    reader also holds one row group's column chunks, so a huge row group costs memory
+    beyond the batch. Each record table carries its ``BatchInfo`` in its schema
+    metadata: keep it until ``conform``.
     """
     _positive_int("batch_bytes", batch_bytes)
     if unit.format not in UNIT_FORMATS:

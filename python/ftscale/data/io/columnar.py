@@ -4,12 +4,12 @@ Parquet files split into ranges of row groups and Arrow IPC *files* into ranges 
 batches (both from metadata, without reading data); an IPC *stream* (what Hugging Face
 ``datasets`` writes) is read as a whole. Rows are numbered from 0 over the whole file.
 
-Memory: Parquet holds one row group's compressed column chunks while decoding it and one
-decoded batch of about ``batch_bytes`` (a row group's uncompressed size / rows sets the
-batch's row count, so rows far larger than the average can make a batch bigger). IPC
-files and streams are memory-mapped: a batch is a zero-copy slice of the mapping, and
-only its checked text and the kept copy are process memory. Per document nothing is held
-beyond the batch.
+Memory: Parquet holds one row group's column chunks while decoding it (one row group at
+a time) and one table of at most ``batch_bytes`` of Arrow data (decoded batches are
+regrouped or sliced by rows to fit; only a single row can exceed it). IPC files and
+streams are memory-mapped: a batch is a zero-copy slice of the mapping, and only what the
+checks build (the cast text, a filtered copy when rows are rejected) is process memory.
+Per document nothing is held beyond the batch.
 """
 
 from __future__ import annotations
@@ -100,7 +100,10 @@ def plan_file(path: Path, fmt: str, target_unit_bytes: int) -> tuple[str, list[S
 
 
 def _rebatch(batches: Iterator[pa.RecordBatch], batch_bytes: int) -> Iterator[pa.Table]:
-    """Record batches regrouped into tables of about ``batch_bytes`` (large ones sliced)."""
+    """Record batches regrouped into tables of at most ``batch_bytes`` (larger ones sliced by rows).
+
+    A table exceeds ``batch_bytes`` only when one row does.
+    """
     pending: list[pa.RecordBatch] = []
     pending_bytes = 0
     for batch in batches:
@@ -110,11 +113,11 @@ def _rebatch(batches: Iterator[pa.RecordBatch], batch_bytes: int) -> Iterator[pa
         else:
             pieces = [batch]
         for piece in pieces:
-            pending.append(piece)
-            pending_bytes += piece.nbytes
-            if pending_bytes >= batch_bytes:
+            if pending and pending_bytes + piece.nbytes > batch_bytes:
                 yield pa.Table.from_batches(pending)
                 pending, pending_bytes = [], 0
+            pending.append(piece)
+            pending_bytes += piece.nbytes
     if pending:
         yield pa.Table.from_batches(pending)
 
@@ -131,7 +134,11 @@ def _parquet_batches(path: Path, span: Span, batch_bytes: int) -> tuple[pa.Schem
     if rows == 0:
         return parquet.schema_arrow, iter(())
     rows_per_batch = max(1, min(rows, batch_bytes * rows // size if size else rows))
-    return parquet.schema_arrow, parquet.iter_batches(batch_size=rows_per_batch, row_groups=groups)
+    # One row group per call: asked for several at once, the reader buffered ~6x more
+    # (measured: 263 MiB live vs 43 MiB for 20,000-row groups of 1 KB documents).
+    batches = (batch for group in groups
+               for batch in parquet.iter_batches(batch_size=rows_per_batch, row_groups=[group]))
+    return parquet.schema_arrow, batches
 
 
 def _ipc_batches(path: Path, fmt: str, span: Span) -> tuple[pa.Schema, Iterator[pa.RecordBatch]]:
@@ -167,7 +174,8 @@ def _check(original: pa.Table, first_row: int, source: str, file_id: str, opts: 
         checked, extras_json = check_chat_column(original, opts, codes, details)
     keep = codes < 0
     rows = np.arange(first_row, first_row + n, dtype=np.int64)
-    records = with_provenance(checked.filter(pa.array(keep)), source, file_id, rows[keep], opts.validated)
+    kept = checked if keep.all() else checked.filter(pa.array(keep))  # filter copies every column
+    records = with_provenance(kept, source, file_id, rows[keep], opts.validated)
     info = BatchInfo(file=file_id, jsonl=False, validated=opts.validated, chat=opts.messages_field is not None,
                      json_extras=extras_json)
     bad = np.flatnonzero(~keep)

@@ -179,13 +179,11 @@ def unify(schemas: Iterable[pa.Schema]) -> SourceSchema:
     messages = validated if infos and infos[0].chat else None
     provenance = set(PROVENANCE_SCHEMA.names)
 
+    fields_of = [{f.name: f for f in s} for s in schemas]
+    ranges_of = [{n: (lo, hi) for n, lo, hi in info.int_ranges} for info in infos]
+
     def entries(name: str, members: Iterable[int]) -> list[tuple[pa.Field, tuple[int, int] | None]]:
-        out = []
-        for k in members:
-            if name in schemas[k].names:
-                bounds = next(((lo, hi) for n, lo, hi in infos[k].int_ranges if n == name), None)
-                out.append((schemas[k].field(name), bounds))
-        return out
+        return [(fields_of[k][name], ranges_of[k].get(name)) for k in members if name in fields_of[k]]
 
     json_columns = {name for info in infos for name in info.json_columns}
     json_extras = any(info.json_extras for info in infos)
@@ -194,7 +192,7 @@ def unify(schemas: Iterable[pa.Schema]) -> SourceSchema:
         if info.jsonl:
             by_file.setdefault(info.file, []).append(k)
     for members in by_file.values():  # rules (a) and (b): a JSONL file is typed as a whole
-        names = [n for n in dict.fromkeys(n for k in members for n in schemas[k].names)
+        names = [n for n in dict.fromkeys(n for k in members for n in fields_of[k])
                  if n not in provenance and (n != validated or messages is not None)]
         fallback = any(infos[k].fallback for k in members)
         for name in names:
@@ -207,7 +205,7 @@ def unify(schemas: Iterable[pa.Schema]) -> SourceSchema:
             json_columns.update(n for n in names if n != validated)
 
     fields = list(PROVENANCE_SCHEMA)
-    order = dict.fromkeys(n for s in schemas for n in s.names if n not in provenance)
+    order = dict.fromkeys(n for names in fields_of for n in names if n not in provenance)
     everyone = range(len(schemas))
     for name in order:  # rule (c): across files
         merged = None
@@ -224,7 +222,7 @@ def unify(schemas: Iterable[pa.Schema]) -> SourceSchema:
         if merged is None:
             first = entries(name, everyone)[0][0]
             merged = first.with_type(pa.string())
-        if not all(name in s.names for s in schemas):  # batches without the column hold nulls
+        if not all(name in names for names in fields_of):  # batches without the column hold nulls
             merged = merged.with_nullable(True)
         fields.append(merged)
     return SourceSchema(pa.schema(fields), frozenset(json_columns), messages, json_extras)
