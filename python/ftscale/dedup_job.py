@@ -214,7 +214,7 @@ class StageOutcome:
 def run_dedup(opts: DedupOptions, stages: Any) -> dict[str, Any]:
     """Run the job; returns the report (also written to ``out/report.json``)."""
     from ftscale.data.atomic import ensure_dir, write_json
-    from ftscale.data.readers import read_source
+    from ftscale.data.io import read_source
 
     if not opts.inputs:
         raise ConfigError("give at least one INPUT path")
@@ -250,7 +250,7 @@ def dedup_and_decontaminate(records: Records, opts: DedupOptions, stages: Any) -
     import pyarrow as pa
 
     from ftscale import dedup
-    from ftscale.data.readers import read_source
+    from ftscale.data.io import read_source
     from ftscale.data.texts import record_segments
     from ftscale.decontam import find_contamination
 

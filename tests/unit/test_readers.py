@@ -1,4 +1,4 @@
-"""Tests for ftscale.data.readers: formats, uids, validation and quarantine."""
+"""Tests for ftscale.data.io (whole-source reads): formats, uids, validation and quarantine."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import zstandard
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ftscale.data.readers import (
+from ftscale.data.io import (
     QUARANTINE_SCHEMA,
     detect_format,
     iter_input_files,
@@ -479,7 +479,7 @@ def test_counts_always_conserved(tmp_path_factory, lines):
     write_jsonl(path, lines, raw=True)
     result = read_source("s", [path])
     assert_conserved(result)
-    # A UTF-8 BOM opening the file is not content (documented in readers), so a first line
+    # A UTF-8 BOM opening the file is not content (documented in ftscale.data.io.jsonl), so a first line
     # holding only a BOM is blank.
     bare = [line[3:] if i == 0 and line.startswith(b"\xef\xbb\xbf") else line for i, line in enumerate(lines)]
     non_blank = [line for line in bare if line.strip()]

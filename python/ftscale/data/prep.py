@@ -69,7 +69,7 @@ def _sha256(path: Path) -> str:
 
 def val_mask(uids: np.ndarray, fraction: float, seed: int) -> np.ndarray:
     """Held-out records: a hash of (uid, seed) below ``fraction`` — never position-based."""
-    from ftscale.data.readers import splitmix64_array
+    from ftscale.data.io import splitmix64_array
 
     if fraction <= 0:
         return np.zeros(len(uids), dtype=bool)
@@ -82,7 +82,7 @@ def run_prep(cfg: PrepConfig, stages: Any) -> dict[str, Any]:
     """Run prep; returns the manifest (also written to ``output/manifest.json``)."""
     from ftscale.data.atomic import ensure_dir, write_json, write_parquet
     from ftscale.data.format import MANIFEST, MANIFEST_VERSION
-    from ftscale.data.readers import read_source
+    from ftscale.data.io import read_source
     from ftscale.data.tokenize import load_tokenizer
     from ftscale.dedup_job import Records, dedup_and_decontaminate, stage_counts
 

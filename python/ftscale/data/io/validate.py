@@ -1,0 +1,294 @@
+"""Record checks, quarantine tables and provenance columns, shared by every reader.
+
+A record is plain text (``ReadOptions.text_field`` must be a non-blank string) or chat
+(``messages_field`` must be a list of {role, content} messages with roles in
+``CHAT_ROLES`` and some non-blank content; an Alpaca record with instruction/output and
+no messages is converted to [user, assistant]). ``max_record_bytes`` bounds a record:
+the raw line for JSONL, the UTF-8 bytes of the text (or of all message contents) for
+columnar formats. A rejected record gets one reason from ``REASONS``.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from ftscale.data.io.jsontext import messages_array
+from ftscale.data.io.uids import record_uids
+from ftscale.errors import ConfigError
+
+CHAT_ROLES = ("system", "user", "assistant")
+REASONS = (
+    "invalid_utf8", "malformed_json", "not_an_object", "missing_field",
+    "wrong_type", "empty_text", "wrong_role", "oversize",
+)
+PROVENANCE_COLUMNS = ("uid", "source", "file", "row")
+RAW_MAX_CHARS = 10_000
+QUARANTINE_SCHEMA = pa.schema([
+    ("uid", pa.uint64()), ("source", pa.string()), ("file", pa.string()), ("row", pa.int64()),
+    ("reason", pa.string()), ("detail", pa.string()), ("raw", pa.string()),
+])
+MESSAGES_TYPE = pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))
+# Names a provenance column would clash with once original columns are renamed.
+_PROVENANCE_LIKE = re.compile(r"(?:input_)*(?:uid|source|file|row)")
+
+
+@dataclass(frozen=True)
+class ReadOptions:
+    """How to validate records: which field holds the text (or the chat messages), and the size cap."""
+
+    text_field: str = "text"
+    messages_field: str | None = None
+    max_record_bytes: int | None = None
+
+    def __post_init__(self) -> None:
+        for key, value in (("text_field", self.text_field), ("messages_field", self.messages_field)):
+            if value in PROVENANCE_COLUMNS:
+                raise ConfigError(f"{key}={value!r} clashes with a provenance column {PROVENANCE_COLUMNS}")
+        limit = self.max_record_bytes
+        valid = isinstance(limit, int) and not isinstance(limit, bool) and limit > 0
+        if limit is not None and not valid:
+            raise ConfigError(f"max_record_bytes must be a positive integer or None, got {limit!r}")
+
+    @property
+    def validated(self) -> str:
+        """The column the checks read: the messages field for chat, else the text field."""
+        return self.messages_field or self.text_field
+
+
+# --------------------------------------------------------------------------- one record
+
+def json_type_name(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, (list, tuple)):
+        return "an array"
+    if isinstance(value, dict):
+        return "an object"
+    return type(value).__name__
+
+
+def _check_text(record: dict, name: str) -> tuple[str | None, str]:
+    value = record.get(name)
+    if value is None:
+        return "missing_field", f"field {name!r} is {'null' if name in record else 'absent'}"
+    if not isinstance(value, str):
+        return "wrong_type", f"field {name!r} is {json_type_name(value)}, expected a string"
+    if not value.strip():
+        return "empty_text", f"field {name!r} is empty or whitespace-only"
+    return None, ""
+
+
+def _check_messages(messages: Any, name: str) -> tuple[str | None, str]:
+    if not isinstance(messages, list):
+        return "wrong_type", f"field {name!r} is {json_type_name(messages)}, expected a list of messages"
+    for i, message in enumerate(messages):
+        if not (isinstance(message, dict) and isinstance(message.get("role"), str)
+                and isinstance(message.get("content"), str)):
+            return "wrong_type", f"message {i} is not an object with string 'role' and 'content'"
+    for i, message in enumerate(messages):
+        if message["role"] not in CHAT_ROLES:
+            return "wrong_role", f"message {i} has role {message['role']!r}; allowed: {', '.join(CHAT_ROLES)}"
+    if not messages:
+        return "empty_text", f"field {name!r} has no messages"
+    if all(not message["content"].strip() for message in messages):
+        return "empty_text", "every message content is empty or whitespace-only"
+    return None, ""
+
+
+def check_chat(record: dict, name: str) -> tuple[str | None, str, list | None]:
+    """Validate a chat record; an Alpaca record becomes [user, assistant] messages."""
+    messages = record.get(name)
+    if messages is None:
+        instruction, output, extra = record.get("instruction"), record.get("output"), record.get("input")
+        if instruction is None and output is None:
+            return "missing_field", f"field {name!r} is absent or null and there are no Alpaca fields", None
+        for key, value in (("instruction", instruction), ("output", output)):
+            if not isinstance(value, str):
+                return "wrong_type", f"Alpaca field {key!r} is {json_type_name(value)}, expected a string", None
+        if extra is not None and not isinstance(extra, str):
+            return "wrong_type", f"Alpaca field 'input' is {json_type_name(extra)}, expected a string", None
+        prompt = instruction + ("\n\n" + extra if extra and extra.strip() else "")
+        messages = [{"role": "user", "content": prompt}, {"role": "assistant", "content": output}]
+    reason, detail = _check_messages(messages, name)
+    return reason, detail, messages
+
+
+def check_record(record: dict, opts: ReadOptions) -> tuple[str | None, str]:
+    """Validate one parsed record in place (Alpaca records get their messages field)."""
+    if opts.messages_field is None:
+        return _check_text(record, opts.text_field)
+    reason, detail, messages = check_chat(record, opts.messages_field)
+    if reason is None:
+        record[opts.messages_field] = messages
+    return reason, detail
+
+
+# --------------------------------------------------------------------- columnar batches
+
+def check_text_column(table: pa.Table, opts: ReadOptions, codes: np.ndarray, details: dict[int, str]) -> pa.Table:
+    """Vectorised text checks; returns the table with the text column as ``string``.
+
+    ``codes`` (index into REASONS, -1 keeps the row) and ``details`` are filled in place.
+    """
+    name, n = opts.text_field, table.num_rows
+    if name not in table.column_names:
+        codes[:] = REASONS.index("missing_field")
+        detail = f"column {name!r} not found; columns: {table.column_names}"
+        details.update(dict.fromkeys(range(n), detail))
+        return table
+    column = table.column(name)
+    if pa.types.is_dictionary(column.type):
+        column = column.cast(column.type.value_type)
+    kind = column.type
+    if pa.types.is_binary(kind) or pa.types.is_large_binary(kind):
+        decoded: list[str | None] = []
+        for i, value in enumerate(column.to_pylist()):  # per-row decode catches bad UTF-8
+            try:
+                decoded.append(None if value is None else value.decode("utf-8"))
+            except UnicodeDecodeError as exc:
+                decoded.append(None)
+                codes[i], details[i] = REASONS.index("invalid_utf8"), str(exc)
+        column = pa.chunked_array([pa.array(decoded, pa.string())])
+    elif pa.types.is_string(kind) or pa.types.is_large_string(kind):
+        column = column.cast(pa.string())
+    else:
+        null = column.is_null().to_numpy(zero_copy_only=False)
+        codes[:] = np.where(null, REASONS.index("missing_field"), REASONS.index("wrong_type"))
+        detail = f"column {name!r} has type {kind}, expected a string"
+        null_detail = f"field {name!r} is null"
+        details.update({i: null_detail if is_null else detail for i, is_null in enumerate(null.tolist())})
+        # No row is kept, so the column can take the type every kept text has.
+        return table.set_column(table.column_names.index(name), name, pa.nulls(n, pa.string()))
+    pending = codes < 0  # rows not already rejected by decoding
+    null = column.is_null().to_numpy(zero_copy_only=False)
+    nbytes = pc.fill_null(pc.binary_length(column), 0).to_numpy(zero_copy_only=False)
+    blank = pc.fill_null(pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(column)), 0), False)
+    limit = opts.max_record_bytes
+    oversize = nbytes > limit if limit is not None else np.zeros(n, dtype=bool)
+    verdict = np.select(
+        [null, oversize, blank.to_numpy(zero_copy_only=False)],
+        [REASONS.index(r) for r in ("missing_field", "oversize", "empty_text")], default=-1)
+    codes[pending] = verdict[pending]
+    for i in np.flatnonzero(pending & (codes >= 0)).tolist():
+        details[i] = {
+            "missing_field": f"field {name!r} is null",
+            "oversize": f"{nbytes[i]} bytes > max_record_bytes={limit}",
+            "empty_text": f"field {name!r} is empty or whitespace-only",
+        }[REASONS[codes[i]]]
+    return table.set_column(table.column_names.index(name), name, column)
+
+
+def _is_messages_type(kind: pa.DataType) -> bool:
+    if not (pa.types.is_list(kind) or pa.types.is_large_list(kind)) or not pa.types.is_struct(kind.value_type):
+        return False
+    fields = {f.name: f.type for f in kind.value_type}
+    return all(k in fields and (pa.types.is_string(fields[k]) or pa.types.is_large_string(fields[k]))
+               for k in ("role", "content"))
+
+
+def check_chat_column(table: pa.Table, opts: ReadOptions, codes: np.ndarray, details: dict[int, str]) -> tuple[pa.Table, bool]:
+    """Per-row chat checks; rebuilds the messages column when Alpaca rows were converted.
+
+    Returns the table and whether the messages' extra keys became JSON text. Converted
+    rows take the file's messages type when it has one, so every batch of a file agrees.
+    """
+    name = opts.messages_field
+    assert name is not None
+    wanted = [c for c in (name, "instruction", "input", "output") if c in table.column_names]
+    rows = table.select(wanted).to_pylist()
+    messages_out: list[list | None] = []
+    converted = False
+    for i, record in enumerate(rows):
+        reason, detail, messages = check_chat(record, name)
+        if reason is None and opts.max_record_bytes is not None:
+            nbytes = sum(len(m["content"].encode("utf-8")) for m in messages)  # type: ignore[union-attr]
+            if nbytes > opts.max_record_bytes:
+                reason, detail = "oversize", f"{nbytes} content bytes > max_record_bytes={opts.max_record_bytes}"
+        if reason is not None:
+            codes[i], details[i] = REASONS.index(reason), detail
+            if reason == "missing_field" and name not in table.column_names:
+                details[i] = f"{detail}; columns: {table.column_names}"
+            messages = None
+        converted = converted or (messages is not None and record.get(name) is None)
+        messages_out.append(messages)
+    present = name in table.column_names
+    if present and not converted:
+        if (codes < 0).any() or _is_messages_type(table.schema.field(name).type):
+            return table, False
+        # No row is kept, so the column can take the type every kept message list has.
+        return table.set_column(table.column_names.index(name), name, pa.nulls(table.num_rows, MESSAGES_TYPE)), False
+    if not converted:
+        return table, False
+    column, extras_json = None, False
+    if present and _is_messages_type(table.schema.field(name).type):
+        try:
+            column = pa.array(messages_out, table.schema.field(name).type)
+        except (pa.ArrowException, ValueError, TypeError):
+            column = None
+    if column is None:
+        column, extras_json = messages_array(messages_out)
+    if present:
+        return table.set_column(table.column_names.index(name), name, column), extras_json
+    return table.append_column(name, column), extras_json
+
+
+# ------------------------------------------------------------------ provenance, quarantine
+
+def provenance_safe_names(names: list[str], validated: str) -> list[str]:
+    """Original column names with those a provenance column would clash with renamed.
+
+    A name matching ``(input_)*(uid|source|file|row)`` gets an "input_" prefix (one more
+    than it had), so the renaming is the same whatever other columns a batch holds; the
+    validated column keeps its name, and a column whose new name would be the validated
+    column's gets a second prefix.
+    """
+    out = []
+    for name in names:
+        if name != validated and _PROVENANCE_LIKE.fullmatch(name):
+            name = "input_" + name
+            if name == validated:
+                name = "input_" + name
+        out.append(name)
+    return out
+
+
+def with_provenance(table: pa.Table, source: str, file_id: str, rows: np.ndarray, validated: str) -> pa.Table:
+    """The kept records with uid, source, file, row first (original columns renamed to fit)."""
+    table = table.rename_columns(provenance_safe_names(table.column_names, validated))
+    table = table.replace_schema_metadata(None)
+    provenance = [
+        pa.array(record_uids(source, file_id, rows), pa.uint64()),
+        pa.repeat(pa.scalar(source, pa.string()), len(rows)),
+        pa.repeat(pa.scalar(file_id, pa.string()), len(rows)),
+        pa.array(rows, pa.int64()),
+    ]
+    for i, (name, column) in enumerate(zip(PROVENANCE_COLUMNS, provenance)):
+        table = table.add_column(i, name, column)
+    return table
+
+
+def quarantine_table(source: str, file_id: str, rows: list[int] | np.ndarray, reasons: list[str],
+                     details: list[str], raws: list[str]) -> pa.Table:
+    """Rejected records as a ``QUARANTINE_SCHEMA`` table (raw text cut to RAW_MAX_CHARS)."""
+    row_array = np.asarray(rows, dtype=np.int64)
+    return pa.table({
+        "uid": pa.array(record_uids(source, file_id, row_array), pa.uint64()),
+        "source": pa.array([source] * len(row_array), pa.string()),
+        "file": pa.array([file_id] * len(row_array), pa.string()),
+        "row": pa.array(row_array, pa.int64()),
+        "reason": pa.array(reasons, pa.string()),
+        "detail": pa.array(details, pa.string()),
+        "raw": pa.array([raw[:RAW_MAX_CHARS] for raw in raws], pa.string()),
+    }, schema=QUARANTINE_SCHEMA)
