@@ -12,6 +12,7 @@ __all__ = [
     "EvalIndex",
     "SpillStore",
     "UnionFind",
+    "audit_loose_params",
     "audit_score",
     "audit_summarize",
     "audit_universe",
@@ -20,6 +21,7 @@ __all__ = [
     "exact_keep",
     "find_buckets",
     "pair_similarities",
+    "preference_ranks",
     "verify_buckets",
     "decontaminate",
     "default_num_threads",
@@ -116,10 +118,14 @@ def exact_hashes(
     num_threads: int | None = None,
 ) -> tuple[_U64, _U64]: ...
 def exact_keep(hi: _U64, lo: _U64, rank: _U32, num_threads: int | None = None) -> npt.NDArray[np.int64]: ...
+def preference_ranks(
+    uids: _U64, scores: npt.NDArray[np.float64] | None = None, num_threads: int | None = None
+) -> _U32: ...
 def band_keys(sigs: npt.NDArray[np.uint32], bands: int, rows: int, num_threads: int | None = None) -> _U64: ...
 def find_buckets(
     bands: _U32, keys: _U64, docs: _U32, rank: _U32, num_threads: int | None = None
 ) -> tuple[_U32, npt.NDArray[np.int64], _U32]: ...
+def audit_loose_params(threshold: float, num_perm: int) -> tuple[int, int]: ...
 def audit_universe(bands: _U32, keys: _U64, docs: _U32, num_threads: int | None = None) -> tuple[_U32, _U32]: ...
 
 @final

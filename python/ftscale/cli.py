@@ -51,13 +51,46 @@ def _add_dedup(sub: Any) -> None:
     p.add_argument("--audit", type=int, default=0, metavar="N",
                    help="sample N flagged and N near-threshold pairs; report precision/recall")
     p.add_argument("--max-record-bytes", type=int, default=None, help="quarantine larger records")
-    p.add_argument("--threads", type=int, default=None, help="threads (default: FTSCALE_NUM_THREADS or all cores)")
+    p.add_argument("--part-rows", type=int, default=100_000,
+                   help="kept records per output part data/<source>/part-NNNNN.parquet (default: 100000)")
+    _add_engine_options(p)
     p.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
     p.set_defaults(func=_cmd_dedup)
 
 
+def _add_engine_options(p: argparse.ArgumentParser, *, from_config: bool = False) -> None:
+    """How a data job runs (none of it changes the output). ``from_config``: the flags
+    override the config's keys of the same name, which hold the defaults."""
+    g = p.add_argument_group("engine (the output is the same whatever these are)")
+    g.add_argument("--executor", choices=["local", "ray"], default=None if from_config else "local",
+                   help="local: this machine, streaming (default); ray: Ray Data on RAY_ADDRESS's cluster, "
+                   "else a local one")
+    g.add_argument("--workers", type=int, default=None,
+                   help="units of work in parallel (default: all cores; ray: the cluster's CPUs)")
+    g.add_argument("--memory-budget", default=None if from_config else "2GiB",
+                   help="memory the job may use, e.g. 512MiB, 8GiB (default: 2GiB; ray: per task)")
+    g.add_argument("--work-dir", default=None,
+                   help="spill directory, shared by every node with --executor ray (default: OUT/.ftscale-work)")
+    g.add_argument("--keep-work", action="store_true", default=None if from_config else False,
+                   help="keep the work directory after success")
+    g.add_argument("--threads", type=int, default=None,
+                   help="threads of each Rust call (default: FTSCALE_NUM_THREADS or all cores)")
+
+
+def _engine_options(args: argparse.Namespace) -> Any:
+    from ftscale.data.pipeline import EngineOptions, parse_bytes
+
+    for name in ("workers", "threads"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise ConfigError(f"--{name} must be >= 1, got {value}")
+    return EngineOptions(executor=args.executor, workers=args.workers,
+                         memory_budget_bytes=parse_bytes(args.memory_budget, "--memory-budget"),
+                         work_dir=args.work_dir, keep_work=args.keep_work, num_threads=args.threads)
+
+
 def _cmd_dedup(args: argparse.Namespace) -> int:
-    from ftscale.dedup_job import DedupOptions, run_dedup
+    from ftscale.data.dedup_run import DedupOptions, run_dedup
     from ftscale.progress import Stages
     from ftscale.summary import print_dedup_summary
 
@@ -70,7 +103,8 @@ def _cmd_dedup(args: argparse.Namespace) -> int:
         eval_text_field=args.eval_text_field, eval_messages_field=args.eval_messages_field,
         decontam_ngram=args.decontam_ngram, decontam_min_fraction=args.decontam_min_fraction,
         decontam_roles=args.decontam_roles.split(",") if args.decontam_roles else None,
-        audit=args.audit, max_record_bytes=args.max_record_bytes, num_threads=args.threads,
+        audit=args.audit, max_record_bytes=args.max_record_bytes, part_rows=args.part_rows,
+        engine=_engine_options(args),
     )
     stages = Stages(enabled=True)
     report = run_dedup(opts, stages)
@@ -87,6 +121,7 @@ def _add_prep(sub: Any) -> None:
                        "any config key, e.g. seq_len=4096 sources.0.kind=sft dedup.threshold=0.85.")
     p.add_argument("config")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
+    _add_engine_options(p, from_config=True)
     p.add_argument("--json", action="store_true", help="print the manifest as JSON on stdout")
     p.set_defaults(func=_cmd_prep)
 
@@ -97,7 +132,10 @@ def _cmd_prep(args: argparse.Namespace) -> int:
     from ftscale.progress import Stages
     from ftscale.summary import print_rows
 
-    cfg = load_config(PrepConfig, args.config, args.overrides)
+    flags = {"executor": args.executor, "workers": args.workers, "memory_budget": args.memory_budget,
+             "work_dir": args.work_dir, "keep_work": args.keep_work, "num_threads": args.threads}
+    overrides = [f"{k}={json.dumps(v)}" for k, v in flags.items() if v is not None]
+    cfg = load_config(PrepConfig, args.config, [*args.overrides, *overrides])
     stages = Stages(enabled=True)
     manifest = run_prep(cfg, stages)
     if args.json:

@@ -47,8 +47,8 @@ class DedupResult:
         return int((~self.keep).sum())
 
 
-def _texts_arg(texts: Any) -> list:
-    """The list form `_core` accepts: str items, or Arrow string chunks."""
+def texts_arg(texts: Any) -> list:
+    """The list form `_core` accepts: str items, or Arrow string chunks (read in place)."""
     try:
         import pyarrow as pa
     except ImportError:  # pragma: no cover - pyarrow is a dependency
@@ -109,7 +109,7 @@ def minhash(
     """
     _check_ngram(ngram, num_perm)
     sigs, _ = _core.minhash(
-        _texts_arg(texts), num_perm, ngram, seed, char_ngrams, nfkc, strip_punctuation, num_threads
+        texts_arg(texts), num_perm, ngram, seed, char_ngrams, nfkc, strip_punctuation, num_threads
     )
     return sigs
 
@@ -156,7 +156,7 @@ def near_duplicates(
     if not 0.0 < threshold <= 1.0:
         raise ConfigError(f"threshold must be in (0, 1], got {threshold}")
     out = _core.near_duplicates(
-        _texts_arg(texts), threshold, num_perm, ngram, seed, bands, rows, verify,
+        texts_arg(texts), threshold, num_perm, ngram, seed, bands, rows, verify,
         _uids_arg(uids), _scores_arg(scores), char_ngrams, nfkc, strip_punctuation,
         fp_weight, fn_weight, audit_pairs, num_threads,
     )
@@ -178,7 +178,7 @@ def exact_duplicates(
 ) -> DedupResult:
     """Exact-duplicate clusters of the normalised texts (128-bit hash; same keep rule)."""
     cluster = _core.exact_duplicates(
-        _texts_arg(texts), nfkc, lowercase, collapse_whitespace, strip_punctuation,
+        texts_arg(texts), nfkc, lowercase, collapse_whitespace, strip_punctuation,
         _uids_arg(uids), _scores_arg(scores), num_threads,
     )
     similarity = np.ones(len(cluster), dtype=np.float32)

@@ -80,7 +80,7 @@ def test_counts_are_conserved_and_outputs_consistent(tmp_path, capsys):
     sims = [planted_jaccard(rows, i) for i in range(0, 200, 5)]
     assert sum(s >= 0.85 for s in sims) <= counts["near_duplicate"] <= sum(s >= 0.7 for s in sims)
     assert counts["contaminated"] == 1
-    data = pq.read_table(out / "data" / "train.parquet")
+    data = pq.read_table(out / "data" / "train")
     decisions = pq.read_table(out / "removed" / "decisions.parquet").to_pylist()
     quarantine = pq.read_table(out / "quarantine" / "train.parquet")
     assert data.num_rows == counts["kept"] and quarantine.num_rows == len(BAD_LINES)
@@ -103,17 +103,23 @@ def test_counts_are_conserved_and_outputs_consistent(tmp_path, capsys):
     assert report["near_dedup"]["minhash_signature_version"] == ftscale.MINHASH_SIGNATURE_VERSION >= 2
 
 
-def test_output_identical_for_one_and_two_threads(tmp_path):
+def test_output_identical_for_any_threads_workers_and_budget(tmp_path):
     src = write_jsonl(tmp_path / "in.jsonl", make_docs(1), BAD_LINES)
     outs = []
-    for threads in ("1", "2"):
-        out = tmp_path / f"out{threads}"
-        assert run("dedup", str(src), "--out", str(out), "--threads", threads) == 0
+    for flags in (["--threads", "1", "--workers", "1"], ["--threads", "2", "--workers", "4", "--memory-budget", "256MiB"],
+                  ["--part-rows", "100"]):
+        out = tmp_path / f"out{len(outs)}"
+        assert run("dedup", str(src), "--out", str(out), *flags) == 0
         outs.append(out)
     files = sorted(p.relative_to(outs[0]) for p in outs[0].rglob("*") if p.is_file())
-    assert len(files) == 4
+    assert [str(f) for f in files] == ["data/in/part-00000.parquet", "quarantine/in.parquet", "removed/decisions.parquet",
+                                       "report.json"]
     for rel in files:
         assert (outs[0] / rel).read_bytes() == (outs[1] / rel).read_bytes(), rel
+    # --part-rows cuts the same records into more parts (the work directory is gone after success).
+    one, parts = pq.read_table(outs[0] / "data" / "in"), pq.read_table(outs[2] / "data" / "in")
+    assert one.equals(parts) and len(list((outs[2] / "data" / "in").iterdir())) == -(-one.num_rows // 100)
+    assert not (outs[0] / ".ftscale-work").exists()
 
 
 def test_repartitioned_input_keeps_the_same_records(tmp_path):
@@ -147,7 +153,7 @@ def test_chat_records_decontaminated_by_role(tmp_path, capsys):
                "question", "--decontaminate", str(evals), "--decontam-roles", "user", "--json") == 0
     report = json.loads(capsys.readouterr().out)
     assert report["sources"]["chat"]["contaminated"] == 1
-    data = pq.read_table(out / "data" / "chat.parquet").to_pylist()
+    data = pq.read_table(out / "data" / "chat").to_pylist()
     assert len(data) == 2 and data[0]["messages"][1]["content"] == secret
 
 

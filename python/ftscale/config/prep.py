@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from ftscale.config.base import require
 from ftscale.errors import ConfigError
+
+if TYPE_CHECKING:
+    from ftscale.data.pipeline import EngineOptions
 
 @dataclass(frozen=True)
 class TokenizerConfig:
@@ -77,6 +80,8 @@ class DecontamConfig:
 
 @dataclass(frozen=True)
 class PrepConfig:
+    """A prep job. ``engine_options()`` is how it runs, the rest is what it makes."""
+
     output: str
     tokenizer: TokenizerConfig
     sources: list[SourceConfig]
@@ -86,9 +91,16 @@ class PrepConfig:
     dedup: DedupConfig = field(default_factory=DedupConfig)
     decontaminate: DecontamConfig = field(default_factory=DecontamConfig)
     shard_rows: int = 20_000
-    num_threads: int | None = None
+    # How the job runs (none of these changes the output; `ftscale prep --executor ...` sets them):
+    executor: Literal["local", "ray"] = "local"
+    workers: int | None = None  # units in parallel (default: all cores / the Ray cluster's CPUs)
+    memory_budget: str = "2GiB"  # local: the whole job; ray: each task
+    work_dir: str | None = None  # spill directory (default: <output>/.ftscale-work)
+    keep_work: bool = False
+    num_threads: int | None = None  # threads of each Rust call
 
     def check(self, key: str) -> None:
+        self.engine_options().check()
         if self.seq_len < 8:
             raise ConfigError(f"seq_len: must be >= 8, got {self.seq_len}")
         if not 0.0 <= self.val_fraction < 1.0:
@@ -97,6 +109,7 @@ class PrepConfig:
             raise ConfigError(f"shard_rows: must be >= 1, got {self.shard_rows}")
         require(self, key, "seed", self.seed >= 0, ">= 0")
         require(self, key, "num_threads", self.num_threads is None or self.num_threads >= 1, ">= 1")
+        require(self, key, "workers", self.workers is None or self.workers >= 1, ">= 1")
         names = [s.name for s in self.sources]
         dup = sorted({n for n in names if names.count(n) > 1})
         if dup:
@@ -108,3 +121,10 @@ class PrepConfig:
                 if s.kind == "sft":
                     raise ConfigError(f"sources.{i}.kind: sft needs a chat template, and tokenizer.path "
                                       f"{self.tokenizer.path} is a .tiktoken file (cpt only)")
+
+    def engine_options(self) -> EngineOptions:
+        from ftscale.data.pipeline import EngineOptions, parse_bytes
+
+        return EngineOptions(executor=self.executor, workers=self.workers,
+                             memory_budget_bytes=parse_bytes(self.memory_budget, "memory_budget"),
+                             work_dir=self.work_dir, keep_work=self.keep_work, num_threads=self.num_threads)

@@ -1,8 +1,7 @@
 """`ftscale train`: start (or join) a Ray cluster and run the recipe on N Ray Train workers.
 
-Local by default (``ray.init(address="local")``); with ``RAY_ADDRESS`` set — as inside
-``ray job submit`` — it joins that cluster, so the same command works in both places.
-Relaunching a run with the same ``run_name`` and ``storage_path`` resumes from its latest
+Local by default; with ``RAY_ADDRESS`` set — as inside ``ray job submit`` — it joins that
+cluster (``ftscale.ray_cluster``), so the same command works in both places. Relaunching a run with the same ``run_name`` and ``storage_path`` resumes from its latest
 complete checkpoint; Ray Train also restarts failed workers from it (``max_failures``).
 """
 
@@ -15,6 +14,7 @@ from typing import Any
 
 from ftscale.config import TrainConfig, check_against_dataset, to_dict
 from ftscale.errors import FtscaleError
+from ftscale.ray_cluster import init_ray
 
 # No per-tensor progress bars while loading a model (one per worker would flood the log):
 # transformers' own bars follow the first variable, its GGUF loader's plain tqdm only the second.
@@ -39,20 +39,6 @@ def _absolute(cfg: TrainConfig) -> TrainConfig:
                                storage_path=str(Path(cfg.storage_path).expanduser().resolve()))
 
 
-def _init_ray() -> None:
-    import ray
-
-    if ray.is_initialized():
-        return
-    address = os.environ.get("RAY_ADDRESS")
-    ray.init(address=address or "local", ignore_reinit_error=True, log_to_driver=True,
-             runtime_env={"env_vars": WORKER_ENV})
-    if not address:
-        # Ray Train's helper processes look up "the" local cluster; with several clusters on
-        # one machine (tests, a second job) they must be told which one is ours.
-        os.environ["RAY_ADDRESS"] = ray.get_runtime_context().gcs_address
-
-
 def _root_cause(error: BaseException) -> str:
     """The last line of the worker traceback Ray wraps: usually the user-facing message."""
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
@@ -65,7 +51,7 @@ def launch(cfg: TrainConfig) -> dict[str, Any]:
 
     cfg = _absolute(cfg)
     check_against_dataset(cfg, read_manifest(cfg.data.path))
-    _init_ray()
+    init_ray(WORKER_ENV)
     import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer

@@ -8,10 +8,11 @@
 
 use std::path::PathBuf;
 
-use ftscale_core::audit::{pick, score_pairs, summarize, universe_of, AuditReport};
+use ftscale_core::audit::{loose_params, pick, score_pairs, summarize, universe_of, AuditReport};
 use ftscale_core::components::UnionFind as CoreUnionFind;
 use ftscale_core::decontam::{scan, DecontamParams, DecontamResult, EvalIndex as CoreEvalIndex};
 use ftscale_core::exact::{exact_hashes as core_exact_hashes, exact_representatives};
+use ftscale_core::keep::preference_ranks as core_preference_ranks;
 use ftscale_core::lsh::{band_keys as core_band_keys, check_params};
 use ftscale_core::neardup::{find_buckets as core_find_buckets, NearDupParams, Verifier};
 use ftscale_core::normalize::Normalization;
@@ -88,6 +89,22 @@ pub fn exact_keep<'py>(
     Ok(rep.into_iter().map(|r| r as i64).collect::<Vec<_>>().into_pyarray(py))
 }
 
+/// Keep-preference rank of every document (0 = kept first): highest score, then lowest uid.
+/// uids must be unique.
+#[pyfunction]
+#[pyo3(signature = (uids, scores=None, num_threads=None))]
+pub fn preference_ranks<'py>(
+    py: Python<'py>,
+    uids: PyReadonlyArray1<u64>,
+    scores: Option<PyReadonlyArray1<f64>>,
+    num_threads: Option<usize>,
+) -> PyResult<U32Array<'py>> {
+    let uids = uids.as_slice()?;
+    let scores = scores.as_ref().map(|s| s.as_slice()).transpose()?;
+    let rank = py.detach(|| pool::install(num_threads, || core_preference_ranks(uids, scores))).map_err(to_pyerr)?;
+    Ok(rank.into_pyarray(py))
+}
+
 /// LSH band keys of every signature row: uint64 array of shape (n, bands).
 #[pyfunction]
 #[pyo3(signature = (sigs, bands, rows, num_threads=None))]
@@ -120,6 +137,12 @@ pub fn find_buckets<'py>(
     let found = py.detach(|| pool::install(num_threads, || core_find_buckets(bands, keys, docs, rank))).map_err(to_pyerr)?;
     let offsets: Vec<i64> = found.offsets.iter().map(|&o| o as i64).collect();
     Ok((found.band.into_pyarray(py), offsets.into_pyarray(py), found.members.into_pyarray(py)))
+}
+
+/// The audit's loose banding `(bands, rows)` for a threshold.
+#[pyfunction]
+pub fn audit_loose_params(threshold: f64, num_perm: usize) -> PyResult<(usize, usize)> {
+    loose_params(threshold, num_perm).map_err(to_pyerr)
 }
 
 /// Audit universe pairs (unsorted, may repeat) of one loose-band partition.

@@ -235,9 +235,11 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(planning::plan_mixture, m)?)?;
     m.add_function(wrap_pyfunction!(engine::exact_hashes, m)?)?;
     m.add_function(wrap_pyfunction!(engine::exact_keep, m)?)?;
+    m.add_function(wrap_pyfunction!(engine::preference_ranks, m)?)?;
     m.add_function(wrap_pyfunction!(engine::band_keys, m)?)?;
     m.add_function(wrap_pyfunction!(engine::find_buckets, m)?)?;
     m.add_function(wrap_pyfunction!(engine::audit_universe, m)?)?;
+    m.add_function(wrap_pyfunction!(engine::audit_loose_params, m)?)?;
     m.add_function(wrap_pyfunction!(engine::verify_buckets, m)?)?;
     m.add_function(wrap_pyfunction!(engine::pair_similarities, m)?)?;
     m.add_function(wrap_pyfunction!(engine::audit_score, m)?)?;

@@ -1,0 +1,176 @@
+"""Running a step list: engine options, sizes from the memory budget, the units of work, the
+resumable work directory, the executor, the first pass and the global steps' reduces.
+
+``ftscale dedup`` and ``ftscale prep`` are two step lists over the same steps; both call
+``run_global`` and then write their outputs from the job it returns.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ftscale.data.faults import crash_at
+from ftscale.errors import ConfigError
+
+DEFAULT_MEMORY_BUDGET = 2 << 30
+MIN_MEMORY_BUDGET = 192 << 20
+# What the interpreter, pyarrow, numpy and the extension take before any data (measured
+# ~85 MiB); the rest of the budget is sized for data.
+RUNTIME_RESERVE = 112 << 20
+TARGET_UNIT_BYTES = 256 << 20  # a Parquet / Arrow file is split into units of about this much input
+KEY_ROW_BYTES = 22
+# Conservative input bytes per document for sizing partitions (short documents give more
+# key rows per byte); compressed JSONL expands ~4x.
+SIZING_BYTES_PER_DOC = 256
+COMPRESSED_EXPANSION = 4
+ENGINE_VERSION = 1  # part of the work directory's fingerprint
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    """How a data job runs; none of it changes what it writes."""
+
+    executor: str = "local"  # "local" or "ray"
+    workers: int | None = None  # local: threads (default: cores); ray: concurrent tasks (default: cluster CPUs)
+    memory_budget_bytes: int = DEFAULT_MEMORY_BUDGET
+    work_dir: str | None = None  # default: <output>/.ftscale-work
+    keep_work: bool = False
+    num_threads: int | None = None  # threads of each Rust call
+
+    def check(self) -> None:
+        if self.executor not in ("local", "ray"):
+            raise ConfigError(f"--executor must be local or ray, got {self.executor!r}")
+        if self.workers is not None and self.workers < 1:
+            raise ConfigError(f"--workers must be >= 1, got {self.workers}")
+        if self.memory_budget_bytes < MIN_MEMORY_BUDGET:
+            raise ConfigError(f"--memory-budget must be at least {MIN_MEMORY_BUDGET >> 20} MiB, got "
+                              f"{self.memory_budget_bytes} bytes")
+
+
+def parse_bytes(text: str | int, key: str) -> int:
+    """'2GiB', '512MiB', '1.5G', '4096' → bytes."""
+    if isinstance(text, int) and not isinstance(text, bool):
+        return text
+    units = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "kib": 2**10, "m": 10**6, "mb": 10**6, "mib": 2**20,
+             "g": 10**9, "gb": 10**9, "gib": 2**30, "t": 10**12, "tb": 10**12, "tib": 2**40}
+    raw = str(text).strip().lower().replace("_", "")
+    number = raw.rstrip("abcdefghijklmnopqrstuvwxyz")
+    try:
+        value = float(number) * units[raw[len(number):].strip()]
+    except (KeyError, ValueError):
+        value = math.nan
+    if not math.isfinite(value) or value <= 0:
+        raise ConfigError(f"{key}: expected a size like 2GiB, 512MiB or 4096 (bytes), got {text!r}")
+    return int(value)
+
+
+def workers_of(opts: EngineOptions) -> int:
+    return int(opts.workers or os.cpu_count() or 1)
+
+
+def sizes(opts: EngineOptions, input_bytes: int, key_rows_per_doc: int) -> tuple[int, int]:
+    """(input bytes per batch, key-row partitions) that keep a job inside its memory budget.
+
+    A unit in flight holds ~4x its batch (records, dedup texts, signatures, key rows) and
+    ``workers`` run at once: a batch gets budget / (8 · workers). A reduce task holds one
+    partition of key rows plus ~2x for sorting, ``workers`` at once, within half the budget.
+    """
+    budget, workers = opts.memory_budget_bytes - RUNTIME_RESERVE, workers_of(opts)
+    batch_bytes = int(min(max(budget // (8 * workers), 1 << 20), 256 << 20))
+    key_bytes = input_bytes / SIZING_BYTES_PER_DOC * KEY_ROW_BYTES * max(key_rows_per_doc, 1)
+    needed = math.ceil(key_bytes * 3 * workers / (budget / 2))
+    partitions = 1 << max(0, math.ceil(math.log2(max(needed, 2 * workers, 1))))
+    return batch_bytes, min(partitions, 1 << 14)
+
+
+def input_bytes_of(units: list[Any]) -> int:
+    total = 0
+    for u in units:
+        compressed = str(u.path).lower().endswith((".gz", ".zst"))
+        total += int(u.size_bytes) * (COMPRESSED_EXPANSION if compressed else 1)
+    return total
+
+
+def input_digest(paths: list[str]) -> list[list]:
+    """(path, size, mtime) of every input file: a changed input invalidates the work directory."""
+    files: list[list] = []
+    for p in paths:
+        root = Path(p)
+        walk = sorted(root.rglob("*")) if root.is_dir() else [root]
+        for f in walk:
+            if f.is_file():
+                st = f.stat()
+                files.append([str(f), st.st_size, st.st_mtime_ns])
+    return files
+
+
+def fingerprint(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def make_executor(opts: EngineOptions) -> Any:
+    if opts.executor == "ray":
+        from ftscale.data.executors.ray import RayExecutor
+
+        return RayExecutor(opts.workers, opts.memory_budget_bytes)
+    from ftscale.data.executors.local import LocalExecutor
+
+    return LocalExecutor(workers_of(opts), opts.memory_budget_bytes)
+
+
+def work_dir_for(output: Path, opts: EngineOptions) -> Path:
+    return Path(opts.work_dir) if opts.work_dir else output / ".ftscale-work"
+
+
+def remove_work_dir(work: Path, opts: EngineOptions) -> None:
+    if not opts.keep_work and work.exists():
+        shutil.rmtree(work, ignore_errors=True)
+
+
+@dataclass(frozen=True)
+class SourceInput:
+    """A source as the engine reads it."""
+
+    spec: Any  # steps.base.SourceSpec
+    read: Any  # io.ReadOptions
+    paths: list[str]
+
+
+def plan_job(sources: list[SourceInput], output: Path, opts: EngineOptions, settings: dict[str, Any],
+             key_rows_per_doc: int) -> Any:
+    """The job's units and work directory (reused when it belongs to the same job)."""
+    from ftscale.data.io import plan_units
+    from ftscale.data.job import Job, UnitTask
+    from ftscale.data.workdir import open_work_dir
+
+    opts.check()
+    units = [(s, u) for s, source in enumerate(sources)
+             for u in plan_units(source.spec.name, source.paths, target_unit_bytes=TARGET_UNIT_BYTES)]
+    batch_bytes, partitions = sizes(opts, input_bytes_of([u for _, u in units]), key_rows_per_doc)
+    inputs = [p for source in sources for p in source.paths]
+    fp = fingerprint({"engine": ENGINE_VERSION, "settings": settings, "inputs": input_digest(inputs),
+                      "partitions": partitions, "batch_bytes": batch_bytes})
+    work = open_work_dir(work_dir_for(output, opts), fp)
+    tasks = [UnitTask(index=i, source_index=s, unit=unit, source=sources[s].spec, read=sources[s].read, work=work,
+                      partitions=partitions, batch_bytes=batch_bytes, pass_name="read")
+             for i, (s, unit) in enumerate(units)]
+    return Job(sources=[s.spec for s in sources], tasks=tasks, executor=make_executor(opts), work=work,
+               num_threads=opts.num_threads)
+
+
+def run_global(job: Any, steps: list[Any], stages: Any, *, scores: bool = False) -> None:
+    """The first pass over every unit, then each global step's reduce, in order."""
+    with stages.stage("read", f"{len(job.tasks)} units of work, {job.executor.name} executor"):
+        job.first_pass(steps, scores=scores)
+    for step in steps:
+        if step.global_step:
+            crash_at(f"reduce:{step.name}")
+            with stages.stage(step.name, f"{job.alive.sum():,} records"):
+                step.reduce(job)

@@ -1,0 +1,246 @@
+"""The second pass of ``ftscale prep``: the records the global steps kept are tokenized, split
+into train and val by uid hash, and spilled per unit for the shard writer.
+
+- ``LoadKept`` streams a unit's spilled records, keeps those still alive and conforms them to
+  their source's unified schema;
+- ``Tokenize``: CPT documents become their token ids (+ EOS), all supervised; SFT
+  conversations are rendered with the tokenizer's own chat template with loss on assistant
+  tokens only (``ChatEncoder``); an over-long conversation is truncated or dropped (as the
+  source's ``overlong`` says), one without a supervised token left is quarantined;
+- ``SpillTokens``: per split, the flat token ids (int32) and loss masks (uint8), and a small
+  table per document (uid, length, supervised tokens, family); plus what tokenizing rejected.
+
+Held per unit: one batch of records and its tokens (4 + 1 bytes per token); the tokenizer once
+per process.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pyarrow as pa
+
+from ftscale.data.steps.base import Batch, Step, UnitContext
+from ftscale.data.steps.records import unit_batches, write_ipc
+from ftscale.data.workdir import ArrayAppender, read_meta
+from ftscale.errors import ConfigError
+
+if TYPE_CHECKING:
+    from ftscale.config import PrepConfig
+
+SPLITS = ("train", "val")
+VAL_SALT = np.uint64(0x56414C)  # "VAL": decorrelates the split from other uses of the uid
+DOCS_SCHEMA = pa.schema([("uid", pa.uint64()), ("length", pa.int32()), ("supervised", pa.int32()),
+                         ("family", pa.string())])
+RAW_MAX_CHARS = 10_000
+_TOKENIZERS: dict[tuple[str, str | None], Any] = {}  # per process: loaded once
+
+
+def val_mask(uids: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """Held-out records: a hash of (uid, seed) below ``fraction`` — never position-based."""
+    from ftscale.data.io import splitmix64_array
+
+    if fraction <= 0:
+        return np.zeros(len(uids), dtype=bool)
+    with np.errstate(over="ignore"):
+        h = splitmix64_array(uids.astype(np.uint64) ^ (np.uint64(seed) * VAL_SALT))
+    return (h >> np.uint64(11)).astype(np.float64) * 2.0**-53 < fraction
+
+
+def tokenizer_for(path: str, chat_template: str | None) -> Any:
+    """The prep tokenizer, loaded once per process."""
+    from ftscale.data.tokenize import load_tokenizer
+
+    key = (path, chat_template)
+    if key not in _TOKENIZERS:
+        _TOKENIZERS[key] = load_tokenizer(path, chat_template)
+    return _TOKENIZERS[key]
+
+
+class LoadKept(Step):
+    """A later pass's source: the unit's records still alive after the global steps."""
+
+    name = "load kept records"
+
+    def __init__(self, alive: np.ndarray, bases: np.ndarray, schemas: list[Any]) -> None:
+        self.alive = np.packbits(alive)  # 1 bit per document: what every worker receives
+        self.bases = bases
+        self.schemas = schemas  # io.SourceSchema per source
+
+    def run(self, batches: Iterator[Batch], ctx: UnitContext) -> Iterator[Batch]:
+        from ftscale.data.io import conform
+
+        meta = read_meta(ctx.root, "meta-read.json")
+        if meta is None:
+            raise AssertionError(f"unit {ctx.index} has no first pass")  # the executor runs passes in order
+        lo, hi = int(self.bases[ctx.index]), int(self.bases[ctx.index + 1])
+        flags = np.unpackbits(self.alive, count=hi)[lo:].astype(bool) if hi > lo else np.zeros(0, bool)
+        schema = self.schemas[ctx.source_index]
+        for first, table in unit_batches(ctx.root, meta):
+            keep = np.flatnonzero(flags[first:first + table.num_rows])
+            yield Batch(records=conform(table.take(pa.array(keep)), schema), first=first)
+
+
+class Tokenize(Step):
+    name = "tokenize"
+
+    def __init__(self, cfg: PrepConfig) -> None:
+        self.cfg = cfg
+
+    def run(self, batches: Iterator[Batch], ctx: UnitContext) -> Iterator[Batch]:
+        cfg, src = self.cfg, ctx.source.config
+        tok = tokenizer_for(cfg.tokenizer.path, cfg.tokenizer.chat_template)
+        encoder = None
+        if src.kind == "sft":
+            from ftscale.data.chat import ChatEncoder
+
+            if tok.hf is None:
+                raise ConfigError(f"sources.{src.name}: sft needs a tokenizer with a chat template "
+                                  "(a tokenizer directory or .gguf), not a .tiktoken file")
+            encoder = ChatEncoder(tok.hf, system_prompt=src.system_prompt)
+        for batch in batches:
+            records = batch.records
+            families = _families(records, src)
+            if encoder is None:
+                ids = tok.encode_batch(records.column(src.text_field).to_pylist())
+                if cfg.tokenizer.add_eos:
+                    ids = [np.append(x, np.int32(tok.eos_token_id)) for x in ids]
+                masks = [np.ones(len(x), dtype=np.uint8) for x in ids]
+                keep = np.arange(records.num_rows)
+                rejected: dict[int, tuple[str, str]] = {}
+                truncated = 0
+            else:
+                ids, masks, keep, rejected, truncated = _encode_chats(encoder, records, src, cfg.seq_len)
+            uids = records.column("uid").to_numpy()
+            batch.derived.update(ids=ids, masks=masks, uids=uids[keep], families=[families[i] for i in keep],
+                                 rejected=_rejected_table(records, src, rejected))
+            ctx.count("truncated", truncated)
+            yield batch
+
+
+def _families(records: pa.Table, src: Any) -> list[str | None]:
+    if not src.family_field:
+        return [None] * records.num_rows
+    if src.family_field not in records.column_names:
+        if records.num_rows:
+            raise ConfigError(f"sources.{src.name}.family_field: column {src.family_field!r} not found")
+        return []
+    return records.column(src.family_field).cast(pa.string()).to_pylist()
+
+
+def _encode_chats(encoder: Any, records: pa.Table, src: Any, seq_len: int) -> tuple[list, list, np.ndarray, dict, int]:
+    encoded, failures = encoder.encode_batch(records.column(src.messages_field).to_pylist())
+    rejected = {i: (reason, detail) for i, reason, detail in failures}
+    keep, ids, masks, truncated = [], [], [], 0
+    for i, enc in enumerate(encoded):
+        if enc is None:
+            continue
+        x, m = enc.input_ids, enc.loss_mask
+        if len(x) > seq_len:
+            if src.overlong == "drop":
+                rejected[i] = ("overlong", f"{len(x)} tokens > seq_len {seq_len}")
+                continue
+            x, m = x[:seq_len], m[:seq_len]
+            truncated += 1
+        if not m.any():
+            rejected[i] = ("no_supervised_tokens", "no assistant token left (truncated away?)")
+            continue
+        keep.append(i)
+        ids.append(np.asarray(x, dtype=np.int32))
+        masks.append(np.asarray(m, dtype=np.uint8))
+    return ids, masks, np.asarray(keep, dtype=np.int64), rejected, truncated
+
+
+def _rejected_table(records: pa.Table, src: Any, rejected: dict[int, tuple[str, str]]) -> pa.Table:
+    from ftscale.data.io import QUARANTINE_SCHEMA
+
+    rows = sorted(rejected)
+    if not rows:
+        return QUARANTINE_SCHEMA.empty_table()
+    picked = records.take(pa.array(rows))
+    raws = [json.dumps(m, ensure_ascii=False)[:RAW_MAX_CHARS] for m in picked.column(src.messages_field).to_pylist()]
+    return pa.table({
+        "uid": picked.column("uid"), "source": picked.column("source"), "file": picked.column("file"),
+        "row": picked.column("row"), "reason": pa.array([rejected[i][0] for i in rows], pa.string()),
+        "detail": pa.array([rejected[i][1] for i in rows], pa.string()), "raw": pa.array(raws, pa.string()),
+    }).cast(QUARANTINE_SCHEMA)
+
+
+class SpillTokens(Step):
+    """Split by uid hash and spill each split's tokens, masks and per-document table."""
+
+    name = "spill tokens"
+
+    def __init__(self, val_fraction: float, seed: int) -> None:
+        self.val_fraction = val_fraction
+        self.seed = seed
+
+    def run(self, batches: Iterator[Batch], ctx: UnitContext) -> Iterator[Batch]:
+        out = {s: _SplitSpill(ctx.dir, s) for s in SPLITS}
+        rejected = []
+        try:
+            for batch in batches:
+                d = batch.derived
+                is_val = val_mask(d["uids"], self.val_fraction, self.seed)
+                for split, mask in (("train", ~is_val), ("val", is_val)):
+                    idx = np.flatnonzero(mask)
+                    out[split].append(d["uids"][idx], [d["ids"][i] for i in idx], [d["masks"][i] for i in idx],
+                                      [d["families"][i] for i in idx])
+                if d["rejected"].num_rows:
+                    rejected.append(d["rejected"])
+                yield batch
+        finally:
+            for spill in out.values():
+                spill.close()
+        if rejected:
+            write_ipc(pa.concat_tables(rejected), ctx.dir / "rejected.arrow")
+        ctx.meta.update({s: out[s].summary() for s in SPLITS},
+                        rejected=sum(t.num_rows for t in rejected),
+                        rejected_by_reason=_by_reason(rejected))
+
+
+def _by_reason(tables: list[pa.Table]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for t in tables:
+        for reason in t.column("reason").to_pylist():
+            out[reason] = out.get(reason, 0) + 1
+    return dict(sorted(out.items()))
+
+
+class _SplitSpill:
+    """One split of a unit: tokens.i32, masks.u8, docs-NNNNN.arrow (per batch)."""
+
+    def __init__(self, directory: Path, split: str) -> None:
+        self.directory = directory
+        self.split = split
+        self.tokens = ArrayAppender(directory / f"{split}.tokens.i32", np.int32)
+        self.masks = ArrayAppender(directory / f"{split}.masks.u8", np.uint8)
+        self.docs: list[pa.Table] = []
+        self.files: list[str] = []
+        self.rows = 0
+        self.supervised = 0
+
+    def append(self, uids: np.ndarray, ids: list[np.ndarray], masks: list[np.ndarray], families: list) -> None:
+        if not len(uids):
+            return
+        lengths = np.array([len(x) for x in ids], dtype=np.int32)
+        supervised = np.array([int(m.sum()) for m in masks], dtype=np.int32)
+        self.tokens.append(np.concatenate(ids))
+        self.masks.append(np.concatenate(masks))
+        name = f"{self.split}.docs-{len(self.files):05d}.arrow"
+        write_ipc(pa.table({"uid": pa.array(uids, pa.uint64()), "length": lengths, "supervised": supervised,
+                            "family": pa.array(families, pa.string())}, schema=DOCS_SCHEMA), self.directory / name)
+        self.files.append(name)
+        self.rows += len(uids)
+        self.supervised += int(supervised.sum())
+
+    def close(self) -> None:
+        self.tokens.close()
+        self.masks.close()
+
+    def summary(self) -> dict[str, Any]:
+        return {"rows": self.rows, "tokens": self.tokens.count, "supervised": self.supervised, "docs": self.files}
