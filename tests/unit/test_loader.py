@@ -275,6 +275,21 @@ def test_resident_state_per_document_and_piece(dataset):
     assert ld.plan(1) is not plan and ld.plan(0) is not plan, "only one plan is kept"
 
 
+def test_few_open_store_files_give_the_same_batches(dataset, monkeypatch):
+    import ftscale.data.loader as loader_module
+
+    root, _ = dataset
+    ref = make(root, B=4)
+    expected = [next(ref) for _ in range(5)]
+    monkeypatch.setattr(loader_module, "MAX_OPEN_STORES", 2)
+    ld = make(root, B=4)
+    for want in expected:
+        assert _same(next(ld), want)
+        assert sum(store._fd is not None for store in ld._stores) <= 2 < len(ld._stores)
+    ld.close()
+    assert all(store._fd is None for store in ld._stores)
+
+
 # --------------------------------------------------------------------------------------------
 # coverage, sharding across ranks, global order
 

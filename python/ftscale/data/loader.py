@@ -317,6 +317,7 @@ class PackedLoader:
         self._doc_start = np.empty(total_docs, dtype=_index_dtype(max((s.tokens for _, s in shards), default=0)))
         for k, store in enumerate(self._stores):
             offsets = store.offsets()
+            store.close()  # reopened on demand, at most MAX_OPEN_STORES at a time
             lengths = np.diff(offsets)
             if len(lengths) and lengths.max() > np.iinfo(np.uint32).max:
                 raise DataError(f"token store {store.path}: a document of {int(lengths.max())} tokens exceeds "
