@@ -532,7 +532,7 @@ class PackedLoader:
     def _gather(self, pdoc: np.ndarray, pstart: np.ndarray, plen: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Token ids (int32) and loss mask (uint8) of the given pieces, back to back, read from
         their stores: two positional reads per piece (ids, mask), grouped by store."""
-        tok = np.empty(int(plen.sum()), dtype=np.int32)
+        tok = np.empty(int(plen.sum()), dtype="<i4")  # the store's byte order
         msk = np.empty(len(tok), dtype=np.uint8)
         shard = np.searchsorted(self._shard_base, pdoc, side="right") - 1
         start = self._doc_start[pdoc].astype(np.int64) + pstart
