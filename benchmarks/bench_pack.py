@@ -30,11 +30,12 @@ Packing (seq_len 4096 and 2048), same input for both tools, same overflow semant
   ``map_kwargs={"batch_size": None}`` (one global BFD over the whole set).
 * fill = packed tokens / (rows x seq_len); rows/s = packed rows produced per second.
 
-PackedLoader: a prepared dataset (one CPT source, zstd Parquet shards + manifest with
-sha256s, as ``ftscale prep`` writes) built in a temporary directory from the first
-``--loader-docs`` documents; one process, seq_len 4096, micro-batch 8, world size 1. Timed
-separately: opening (sha256 + Parquet decode), the epoch plan, and iterating the epoch
-(real tokens per second in the yielded torch batches; best of 3 passes).
+PackedLoader: a prepared dataset (one CPT source, zstd Parquet shards + token stores +
+manifest with sha256s, as ``ftscale prep`` writes) built in a temporary directory from the
+first ``--loader-docs`` documents; one process, seq_len 4096, micro-batch 8, world size 1.
+Timed separately: opening (store headers and offsets) with the first epoch plan, the epoch
+plan, and iterating the epoch (real tokens per second in the yielded torch batches, read
+from the stores through the warm page cache; best of 3 passes).
 
 Timing: time.perf_counter; ftscale figures are the best of 5 after a warm-up; TRL figures
 are the best of ``--trl-repeat`` (default 2) after a small warm-up call (a TRL run takes
@@ -50,7 +51,6 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import argparse  # noqa: E402
 import gc  # noqa: E402
-import hashlib  # noqa: E402
 import importlib.util  # noqa: E402
 import json  # noqa: E402
 import platform  # noqa: E402
@@ -220,38 +220,25 @@ def make_hf_dataset(flat: np.ndarray, offsets: np.ndarray, n: int):
 
 def write_prepared(root: Path, flat: np.ndarray, offsets: np.ndarray, n: int, eos: int, pad: int,
                    shard_rows: int = 20_000) -> None:
-    import pyarrow as pa
-
-    from ftscale.data.atomic import write_json, write_parquet
-    from ftscale.data.format import MANIFEST, MANIFEST_VERSION, SHARD_SCHEMA, shard_name
+    from ftscale.data.format import MANIFEST, Manifest, SourceEntry, StageCounts, shard_name
+    from ftscale.data.store import write_shard
 
     shards = []
     for k, lo in enumerate(range(0, n, shard_rows)):
         hi = min(n, lo + shard_rows)
-        off = (offsets[lo:hi + 1] - offsets[lo]).astype(np.int32)
         vals = flat[offsets[lo]:offsets[hi]]
-        table = pa.Table.from_arrays([
-            pa.array(np.arange(lo, hi, dtype=np.uint64)),
-            pa.ListArray.from_arrays(pa.array(off), pa.array(vals)),
-            pa.ListArray.from_arrays(pa.array(off), pa.array(np.ones(len(vals), dtype=np.uint8))),
-            pa.array(np.diff(off).astype(np.int32)),
-            pa.nulls(hi - lo, type=pa.string()),
-        ], schema=SHARD_SCHEMA)
-        rel = f"shards/kjv/{shard_name(k)}"
-        write_parquet(table, root / rel)
-        shards.append({"path": rel, "rows": hi - lo, "tokens": int(len(vals)),
-                       "sha256": hashlib.sha256((root / rel).read_bytes()).hexdigest()})
+        shards.append(write_shard(root, f"shards/kjv/{shard_name(k)}", np.arange(lo, hi, dtype=np.uint64),
+                                  np.diff(offsets[lo:hi + 1]), vals, np.ones(len(vals), dtype=np.uint8),
+                                  [None] * (hi - lo)))
     tokens = int(offsets[n])
-    manifest = {
-        "format_version": MANIFEST_VERSION, "created_by": "benchmarks/bench_pack.py", "seq_len": LOADER_SEQ_LEN,
-        "seed": 0, "config": {}, "config_fingerprint": "", "tokenizer": {
-            "path": SMOL_GGUF, "fingerprint": "", "eos_token_id": eos, "pad_token_id": pad, "bos_token_id": None,
-            "vocab_size": None, "chat_template": None},
-        "sources": {"kjv": {"kind": "cpt", "counts": {"kept": n, "train_docs": n, "val_docs": 0},
-                            "tokens": {"train": tokens, "val": 0, "supervised_train": tokens},
-                            "supervised_share": 1.0, "train": shards, "val": []}},
-    }
-    write_json(manifest, root / MANIFEST)
+    entry = SourceEntry(kind="cpt", counts=StageCounts(read=n, quarantined=0, exact_duplicate=0, near_duplicate=0,
+                                                       contaminated=0, kept=n, train_docs=n),
+                        train=tuple(shards), val=(), train_tokens=tokens, val_tokens=0, supervised_train_tokens=tokens,
+                        supervised_share=1.0)
+    manifest = Manifest(seq_len=LOADER_SEQ_LEN, seed=0, sources={"kjv": entry}, created_by="benchmarks/bench_pack.py",
+                        tokenizer={"path": SMOL_GGUF, "fingerprint": "", "eos_token_id": eos, "pad_token_id": pad,
+                                   "bos_token_id": None, "vocab_size": None, "chat_template": None})
+    (root / MANIFEST).write_text(json.dumps(manifest.to_json(), indent=2))
 
 
 def bench_loader(flat, offsets, n: int, eos: int, pad: int) -> dict:

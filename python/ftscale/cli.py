@@ -139,11 +139,11 @@ def _cmd_prep(args: argparse.Namespace) -> int:
     stages = Stages(enabled=True)
     manifest = run_prep(cfg, stages)
     if args.json:
-        print(json.dumps({**manifest, "timings_s": stages.seconds}, indent=2))
+        print(json.dumps({**manifest.to_json(), "timings_s": stages.seconds}, indent=2))
         return 0
     print_rows(f"ftscale prep → {cfg.output}", summarize(manifest), stages.seconds)
-    for name, entry in manifest["sources"].items():
-        for w in entry.get("warnings", []):
+    for name, entry in manifest.sources.items():
+        for w in entry.warnings:
             stages.print(f"[yellow]warning[/yellow] {name}: {w}")
     return 0
 

@@ -21,6 +21,7 @@ from typing import Any, Iterable
 from urllib.parse import quote
 
 from ftscale.data.atomic import atomic_path
+from ftscale.data.format import SourceEntry, StageCounts
 from ftscale.errors import InputError
 
 METRICS_FILE = "metrics.jsonl"
@@ -284,14 +285,14 @@ def render_dataset(dataset_dir: str | Path, out_dir: str | Path | None = None) -
     root = Path(dataset_dir)
     manifest = read_manifest(root)
     out = Path(out_dir) if out_dir is not None else root / REPORT_DIR
-    sources = manifest["sources"]
-    tokenizer = manifest.get("tokenizer") or {}
-    meta = (f"{root} · seq_len {manifest['seq_len']:,} tokens · seed {manifest['seed']} · tokenizer "
-            f"{tokenizer.get('path', '?')} (vocabulary {tokenizer.get('vocab_size', 0):,} tokens)")
+    sources = manifest.sources
+    tokenizer = manifest.tokenizer
+    meta = (f"{root} · seq_len {manifest.seq_len:,} tokens · seed {manifest.seed} · tokenizer "
+            f"{tokenizer.get('path', '?')} (vocabulary {tokenizer.get('vocab_size') or 0:,} tokens)")
     body = [_section("Records per stage", _stage_table(sources)),
             _section("Tokens per source", _token_table(sources))]
     reasons = [[name, reason, f"{n:,}"] for name, e in sources.items()
-               for reason, n in sorted(e["counts"].get("quarantined_by_reason", {}).items())]
+               for reason, n in sorted(e.counts.quarantined_by_reason.items())]
     if reasons:
         body.append(_section("Quarantine reasons", _table(["source", "reason", "records"], reasons, numeric_from=2)))
     prep_report = root / "report.json"
@@ -301,41 +302,35 @@ def render_dataset(dataset_dir: str | Path, out_dir: str | Path | None = None) -
     warnings = _dataset_warnings(sources)
     body.append(_section("Warnings", "<ul>" + "".join(f"<li>{_esc(w)}</li>" for w in warnings) + "</ul>"
                          if warnings else "<p>none</p>"))
-    body.append(_section("Plots", _figures(_dataset_plots(sources, manifest["seq_len"], out))))
+    body.append(_section("Plots", _figures(_dataset_plots(sources, manifest.seq_len, out))))
     return _write_page(out, f"Prepared dataset {root.resolve().name}", meta, body)
 
 
-def _stage_table(sources: dict[str, Any]) -> str:
+def _stage_table(sources: dict[str, SourceEntry]) -> str:
     headers = ["source", "kind", "input"] + [label for _, label, _ in STAGES] + ["conserved", "train docs",
                                                                                  "val docs"]
-    rows, totals = [], dict.fromkeys(["read", *(k for k, _, _ in STAGES), "train_docs", "val_docs"], 0)
-    for name, e in sources.items():
-        c = e["counts"]
-        for k in totals:
-            totals[k] += c[k]
-        rows.append([name, e["kind"], f"{c['read']:,}", *(f"{c[k]:,}" for k, _, _ in STAGES),
-                     "yes" if _conserved(c) else "NO", f"{c['train_docs']:,}", f"{c['val_docs']:,}"])
-    rows.append(["total", "", f"{totals['read']:,}", *(f"{totals[k]:,}" for k, _, _ in STAGES),
-                 "yes" if _conserved(totals) else "NO", f"{totals['train_docs']:,}", f"{totals['val_docs']:,}"])
+
+    def cells(c: StageCounts) -> list[str]:
+        return [f"{c.read:,}", *(f"{getattr(c, k):,}" for k, _, _ in STAGES),
+                "NO" if c.violations() else "yes", f"{c.train_docs:,}", f"{c.val_docs:,}"]
+
+    rows = [[name, e.kind, *cells(e.counts)] for name, e in sources.items()]
+    rows.append(["total", "", *cells(sum((e.counts for e in sources.values()), StageCounts.zero()))])
     note = ("<p>Records (documents or conversations). Each record leaves at the first stage that removes it: "
             "input = quarantined + exact dups + near dups + contaminated + kept; kept = train docs + val docs.</p>")
     return note + _table(headers, rows, numeric_from=2)
 
 
-def _conserved(c: dict[str, int]) -> bool:
-    return c["read"] == sum(c[k] for k, _, _ in STAGES) and c["kept"] == c["train_docs"] + c["val_docs"]
-
-
-def _token_table(sources: dict[str, Any]) -> str:
-    total_train_tokens = sum(e["tokens"]["train"] for e in sources.values())
+def _token_table(sources: dict[str, SourceEntry]) -> str:
+    total_train_tokens = sum(e.train_tokens for e in sources.values())
     rows = []
     for name, e in sources.items():
-        t, c = e["tokens"], e["counts"]
-        docs = c["train_docs"] + c["val_docs"]
-        rows.append([name, e["kind"], f"{t['train']:,}", f"{t['val']:,}",
-                     _percent(t["train"] / total_train_tokens) if total_train_tokens else "–",
-                     f"{t['supervised_train']:,}", _percent(e["supervised_share"]),
-                     f"{(t['train'] + t['val']) / docs:,.1f}" if docs else "–", f"{c.get('truncated', 0):,}"])
+        c = e.counts
+        docs = c.train_docs + c.val_docs
+        rows.append([name, e.kind, f"{e.train_tokens:,}", f"{e.val_tokens:,}",
+                     _percent(e.train_tokens / total_train_tokens) if total_train_tokens else "–",
+                     f"{e.supervised_train_tokens:,}", _percent(e.supervised_share),
+                     f"{(e.train_tokens + e.val_tokens) / docs:,.1f}" if docs else "–", f"{c.truncated:,}"])
     return _table(["source", "kind", "train tokens", "val tokens", "share of train tokens", "supervised tokens",
                    "supervised share", "mean tokens/doc", "truncated docs"], rows, numeric_from=2)
 
@@ -356,27 +351,26 @@ def _dedup_html(report: dict[str, Any]) -> str:
     return _table(["stage", "result"], rows) if rows else "<p>near dedup and decontamination were off</p>"
 
 
-def _dataset_warnings(sources: dict[str, Any]) -> list[str]:
+def _dataset_warnings(sources: dict[str, SourceEntry]) -> list[str]:
     warnings = []
     for name, e in sources.items():
-        c = e["counts"]
-        warnings += [f"{name}: {w}" for w in e.get("warnings", [])]
-        if not _conserved(c):
-            warnings.append(f"{name}: the stage counts do not add up to the input ({c['read']:,} records)")
-        if not c["kept"]:
+        c = e.counts
+        warnings += [f"{name}: {w}" for w in e.warnings]
+        warnings += [f"{name}: the stage counts do not add up: {v}" for v in c.violations()]
+        if not c.kept:
             warnings.append(f"{name}: no record was kept")
-        elif not c["val_docs"]:
+        elif not c.val_docs:
             warnings.append(f"{name}: no val documents, so training evaluates no val loss for it")
     return warnings
 
 
-def _dataset_plots(sources: dict[str, Any], seq_len: int, out: Path) -> list[tuple[str, str]]:
+def _dataset_plots(sources: dict[str, SourceEntry], seq_len: int, out: Path) -> list[tuple[str, str]]:
     plt = _pyplot()
     names = [_plain(n) for n in sources]
     fig, ax = plt.subplots(figsize=(7, 1.2 + 0.45 * len(names)), dpi=100)
     left = [0.0] * len(names)
     for key, label, colour in STAGES:
-        shares = [e["counts"][key] / e["counts"]["read"] if e["counts"]["read"] else 0.0 for e in sources.values()]
+        shares = [getattr(e.counts, key) / e.counts.read if e.counts.read else 0.0 for e in sources.values()]
         ax.barh(names, shares, left=left, color=colour, label=label)
         left = [a + b for a, b in zip(left, shares)]
     ax.set_xlim(0, 1)
@@ -385,10 +379,10 @@ def _dataset_plots(sources: dict[str, Any], seq_len: int, out: Path) -> list[tup
     ax.legend(fontsize=8, ncol=len(STAGES), loc="lower center", bbox_to_anchor=(0.5, 1.0), frameon=False)
     plots = [_save(plt, fig, out / "stages.png", "Where each source's input records went")]
     for name, e in sources.items():
-        hist = e.get("lengths_histogram")
+        hist = e.lengths_histogram
         if not hist:
             continue
-        fig, ax = _axes(plt, f"{_plain(name)}: {sum(hist['counts']):,} kept documents ({e['kind']})", "documents")
+        fig, ax = _axes(plt, f"{_plain(name)}: {sum(hist['counts']):,} kept documents ({e.kind})", "documents")
         edges = hist["edges"]
         ax.bar(edges[:-1], hist["counts"], width=[b - a for a, b in zip(edges, edges[1:])], align="edge",
                color="#4C72B0")

@@ -130,12 +130,19 @@ def test_numbers_in_exponent_notation_are_numbers() -> None:
 
 
 def prepared(root: Path, sources: dict[str, str], seq_len: int = 128) -> Path:
-    """A manifest (all validate reads of a prepared dataset)."""
-    shard = [{"path": "x", "rows": 1, "tokens": 10, "sha256": ""}]
+    """A manifest (all validate reads of a prepared dataset; the shard files are not needed)."""
+    from ftscale.data.format import Manifest, Shard, SourceEntry, StageCounts
+    from ftscale.data.store import store_bytes
+
+    shard = Shard(path="x.parquet", rows=1, tokens=10, sha256="0" * 64, store="x.tokens",
+                  store_bytes=store_bytes(1, 10), store_sha256="0" * 64)
+    counts = StageCounts(read=1, quarantined=0, exact_duplicate=0, near_duplicate=0, contaminated=0, kept=1,
+                         train_docs=1)
+    entries = {n: SourceEntry(kind=k, counts=counts, train=(shard,), val=(), train_tokens=10, val_tokens=0,
+                              supervised_train_tokens=10, supervised_share=1.0) for n, k in sources.items()}
     root.mkdir(parents=True)
-    (root / "manifest.json").write_text(json.dumps({
-        "format_version": 1, "seq_len": seq_len,
-        "sources": {n: {"kind": k, "train": shard, "val": []} for n, k in sources.items()}}))
+    manifest = Manifest(seq_len=seq_len, seed=0, sources=entries, tokenizer={})
+    (root / "manifest.json").write_text(json.dumps(manifest.to_json()))
     return root
 
 

@@ -7,7 +7,6 @@ position, and a document's tokens are consecutive integers.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 from collections import Counter
@@ -18,8 +17,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from ftscale.data.format import IGNORE_INDEX, MANIFEST, SHARD_SCHEMA, shard_name
+from ftscale.data.format import (IGNORE_INDEX, MANIFEST, Manifest, Shard, SourceEntry, StageCounts, read_manifest,
+                                 shard_name, verify_dataset)
 from ftscale.data.loader import PackedLoader
+from ftscale.data.store import write_shard
 from ftscale.errors import ConfigError, DataError
 
 EOS = 2
@@ -59,24 +60,14 @@ def _sft_docs(n: int, rng: np.random.Generator, base: int) -> list[tuple[np.ndar
     return docs
 
 
-def _write_shards(root: Path, sub: str, name: str, docs, families, per_shard: int) -> list[dict]:
+def _write_shards(root: Path, sub: str, name: str, docs, families, per_shard: int) -> list[Shard]:
     entries = []
     for k, lo in enumerate(range(0, len(docs), per_shard)):
         chunk = docs[lo:lo + per_shard]
-        lens = np.array([len(d[0]) for d in chunk], dtype=np.int32)
-        offsets = np.concatenate(([0], np.cumsum(lens))).astype(np.int32)
-        table = pa.Table.from_arrays([
-            pa.array(np.arange(lo, lo + len(chunk), dtype=np.uint64) + (1_000_000 if name == "chat" else 0)),
-            pa.ListArray.from_arrays(pa.array(offsets), pa.array(np.concatenate([d[0] for d in chunk]))),
-            pa.ListArray.from_arrays(pa.array(offsets), pa.array(np.concatenate([d[1] for d in chunk]))),
-            pa.array(lens),
-            pa.array(families[lo:lo + per_shard], type=pa.string()),
-        ], schema=SHARD_SCHEMA)
-        rel = f"{sub}/{name}/{shard_name(k)}"
-        (root / rel).parent.mkdir(parents=True, exist_ok=True)
-        pq.write_table(table, root / rel)
-        entries.append({"path": rel, "rows": len(chunk), "tokens": int(lens.sum()),
-                        "sha256": hashlib.sha256((root / rel).read_bytes()).hexdigest()})
+        uids = np.arange(lo, lo + len(chunk), dtype=np.uint64) + (1_000_000 if name == "chat" else 0)
+        entries.append(write_shard(root, f"{sub}/{name}/{shard_name(k)}", uids, [len(d[0]) for d in chunk],
+                                   np.concatenate([d[0] for d in chunk]), np.concatenate([d[1] for d in chunk]),
+                                   families[lo:lo + per_shard]))
     return entries
 
 
@@ -89,21 +80,25 @@ def build_dataset(root: Path, *, n_cpt: int = 160, n_sft: int = 200, n_val: int 
     }
     sources = {}
     for name, kind in (("web", "cpt"), ("chat", "sft")):
-        entry = {"kind": kind, "counts": {}, "tokens": {}, "supervised_share": None}
+        shards = {}
         for split, sub in (("train", "shards"), ("val", "val")):
             docs = all_docs[name][split]
             fams = [None] * len(docs) if kind == "cpt" else [f"task{i % 3}" for i in range(len(docs))]
-            entry[split] = _write_shards(root, sub, name, docs, fams, per_shard=70) if docs else []
-            entry["tokens"][split] = int(sum(len(d[0]) for d in docs))
-        sources[name] = entry
-    manifest = {
-        "format_version": 1, "created_by": "test", "seq_len": SEQ_LEN, "seed": 0, "config": {},
-        "config_fingerprint": "0" * 64,
-        "tokenizer": {"path": "none", "fingerprint": "0", "eos_token_id": EOS, "pad_token_id": PAD,
-                      "bos_token_id": None, "vocab_size": 1 << 20, "chat_template": None},
-        "sources": sources,
-    }
-    (root / MANIFEST).write_text(json.dumps(manifest, indent=2))
+            shards[split] = tuple(_write_shards(root, sub, name, docs, fams, per_shard=70)) if docs else ()
+        train, val = all_docs[name]["train"], all_docs[name]["val"]
+        kept = len(train) + len(val)
+        supervised = int(sum(int(d[1].sum()) for d in train))
+        train_tokens = sum(s.tokens for s in shards["train"])
+        sources[name] = SourceEntry(
+            kind=kind, counts=StageCounts(read=kept, quarantined=0, exact_duplicate=0, near_duplicate=0,
+                                          contaminated=0, kept=kept, train_docs=len(train), val_docs=len(val)),
+            train=shards["train"], val=shards["val"], train_tokens=train_tokens,
+            val_tokens=sum(s.tokens for s in shards["val"]), supervised_train_tokens=supervised,
+            supervised_share=supervised / train_tokens)
+    manifest = Manifest(seq_len=SEQ_LEN, seed=0, sources=sources, created_by="test", tokenizer={
+        "path": "none", "fingerprint": "0", "eos_token_id": EOS, "pad_token_id": PAD, "bos_token_id": None,
+        "vocab_size": 1 << 20, "chat_template": None})
+    (root / MANIFEST).write_text(json.dumps(manifest.to_json(), indent=2))
     return all_docs
 
 
@@ -211,6 +206,90 @@ def test_sft_conversations_are_truncated_not_split(dataset):
     assert ld.plan(0).stats["sft_pieces_truncated"] > 0
 
 
+def _parquet_documents(root: Path, sources: list[str], split: str) -> list[tuple[list[int], list[int]]]:
+    """(ids, mask) of every document of the sources, in the loader's document order, read
+    from the Parquet shards (not from the token stores the loader reads)."""
+    manifest = read_manifest(root)
+    docs = []
+    for _, shard in manifest.shards(split, sources):
+        table = pq.read_table(root / shard.path, columns=["input_ids", "loss_mask"])
+        docs += zip(table.column("input_ids").to_pylist(), table.column("loss_mask").to_pylist())
+    return docs
+
+
+def _expected_rows(plan, rows, docs, seq_len: int) -> dict:
+    """The rows of ``plan``, laid out one token at a time in plain Python (module docstring)."""
+    ids, labels, positions, segments = [], [], [], []
+    for k in rows:
+        row_ids, row_labels, row_pos = [], [], []
+        lo, hi = (int(plan.row_offsets[k]), int(plan.row_offsets[k + 1])) if k < plan.num_rows else (0, 0)
+        for p in range(lo, hi):
+            doc_ids, doc_mask = docs[int(plan.piece_doc[p])]
+            start, n = int(plan.piece_start[p]), int(plan.piece_len[p])
+            for j in range(start, start + n):
+                row_ids.append(doc_ids[j])
+                row_labels.append(doc_ids[j] if doc_mask[j] and j > start else IGNORE_INDEX)
+                row_pos.append(j - start)
+            segments.append(n)
+        pad = seq_len - len(row_ids)
+        if pad:
+            segments.append(pad)
+        ids.append(row_ids + [PAD] * pad)
+        labels.append(row_labels + [IGNORE_INDEX] * pad)
+        positions.append(row_pos + list(range(pad)))
+    return {"input_ids": ids, "labels": labels, "position_ids": positions,
+            "cu_seqlens": np.concatenate(([0], np.cumsum(segments))).tolist()}
+
+
+@pytest.mark.parametrize("W", [1, 2])
+def test_batches_equal_batches_rebuilt_from_the_parquet_shards(dataset, W):
+    root, _ = dataset
+    L, B = 128, 3
+    docs = _parquet_documents(root, ["web", "chat"], "train")
+    for r in range(W):
+        ld = make(root, {"web": 1.0, "chat": 2.0}, seq_len=L, B=B, W=W, rank=r)
+        plan = ld.plan(0)
+        for step in range(6):
+            batch = next(ld)
+            expected = _expected_rows(plan, [step * W * B + r + W * b for b in range(B)], docs, L)
+            for key, value in expected.items():
+                assert batch[key].tolist() == value, f"rank {r} step {step}: {key}"
+            assert batch["num_tokens"] == int(batch["attention_mask"].sum())
+        assert ld.epoch == 0
+
+
+def test_resident_state_per_document_and_piece(dataset):
+    """The arrays a loader keeps (module docstring): 8 B per document, plus the current plan's
+    4 B + 1 B per piece and 4 B per row; no token is held."""
+    root, _ = dataset
+    ld = make(root)
+    plan = ld.plan(0)
+    docs, pieces = len(ld._doc_len), int(plan.row_offsets[-1])
+    assert ld._doc_len.dtype == np.uint32 and ld._doc_start.dtype == np.uint32
+    assert plan.piece_doc.dtype == np.uint32 and plan.piece_part.dtype == np.uint8
+    assert plan.row_offsets.dtype == np.uint32 and len(plan.piece_doc) == pieces
+    held = ld._doc_len.nbytes + ld._doc_start.nbytes + sum(
+        a.nbytes for a in (plan.piece_doc, plan.piece_part, plan.row_offsets))
+    assert held == 8 * docs + 5 * pieces + 4 * (plan.num_rows + 1)
+    next(ld)
+    assert ld.plan(1) is not plan and ld.plan(0) is not plan, "only one plan is kept"
+
+
+def test_few_open_store_files_give_the_same_batches(dataset, monkeypatch):
+    import ftscale.data.loader as loader_module
+
+    root, _ = dataset
+    ref = make(root, B=4)
+    expected = [next(ref) for _ in range(5)]
+    monkeypatch.setattr(loader_module, "MAX_OPEN_STORES", 2)
+    ld = make(root, B=4)
+    for want in expected:
+        assert _same(next(ld), want)
+        assert sum(store._fd is not None for store in ld._stores) <= 2 < len(ld._stores)
+    ld.close()
+    assert all(store._fd is None for store in ld._stores)
+
+
 # --------------------------------------------------------------------------------------------
 # coverage, sharding across ranks, global order
 
@@ -256,12 +335,12 @@ def test_plan_is_independent_of_rank_and_world_size(dataset):
     root, _ = dataset
     p1 = make(root, W=1, rank=0).plan(1)
     p3 = make(root, W=3, rank=2, B=4).plan(1)
-    for k in ("piece_start", "piece_len", "row_offsets", "row_pieces"):
+    for k in ("piece_doc", "piece_start", "piece_len", "row_offsets"):
         assert np.array_equal(getattr(p1, k), getattr(p3, k))
     p0 = make(root).plan(0)
-    assert p0.num_rows != p1.num_rows or not np.array_equal(p0.row_pieces, p1.row_pieces), "epochs must differ"
+    assert p0.num_rows != p1.num_rows or not np.array_equal(p0.piece_doc, p1.piece_doc), "epochs must differ"
     other_seed = make(root, seed=8).plan(1)
-    assert not np.array_equal(other_seed.row_pieces, p1.row_pieces)
+    assert not np.array_equal(other_seed.piece_doc, p1.piece_doc)
 
 
 def test_rows_are_shuffled_not_longest_first(dataset):
@@ -269,7 +348,7 @@ def test_rows_are_shuffled_not_longest_first(dataset):
     plan = make(root).plan(0)
     # BFD places the longest piece of a row first and creates rows longest-first: without the
     # shuffle the first pieces' lengths would be non-increasing along the row sequence.
-    first_len = plan.piece_len[plan.row_pieces[plan.row_offsets[:-1]]]
+    first_len = plan.piece_len[plan.row_offsets[:-1].astype(np.int64)]
     assert abs(np.corrcoef(np.arange(plan.num_rows), first_len)[0, 1]) < 0.3
     assert int(plan.row_tokens().sum()) == int(plan.piece_len.sum())
 
@@ -393,7 +472,7 @@ def test_mixture_proportions_over_an_epoch(dataset):
     assert stats["chat"]["repetition"] > 1.0  # 90k chat tokens from ~26k unique: repeated
     # dict order does not matter
     swapped = make(root, {"chat": 3.0, "web": 1.0}, B=2, tokens_per_epoch=120_000)
-    assert np.array_equal(swapped.plan(0).row_pieces, ld.plan(0).row_pieces)
+    assert np.array_equal(swapped.plan(0).piece_doc, ld.plan(0).piece_doc)
 
 
 def test_natural_mix_and_single_source(dataset):
@@ -456,28 +535,40 @@ def test_val_split(dataset):
 
 
 def test_tampered_shard_raises_data_error(tmp_path):
+    """Checksums are verified once (``verify_dataset``, run by the train driver, or
+    ``verify=True``); every loader still checks each store's header and size."""
     root = tmp_path / "ds"
     build_dataset(root, n_cpt=30, n_sft=30)
-    make(root)  # opens fine
-    manifest = json.loads((root / MANIFEST).read_text())
-    shard = root / manifest["sources"]["chat"]["train"][0]["path"]
-    # an edited shard: same schema, one token changed, valid Parquet
+    assert verify_dataset(root) > 0
+    manifest = read_manifest(root)
+    chat, web = manifest.sources["chat"].train[0], manifest.sources["web"].train[0]
+    # an edited store: same size, one token id changed
+    store = root / chat.store
+    data = bytearray(store.read_bytes())
+    data[-chat.tokens * 5 + 3] ^= 0x01  # a byte of the first token id
+    store.write_bytes(bytes(data))
+    with pytest.raises(DataError, match=f"{store.name} does not match the manifest"):
+        verify_dataset(root)
+    with pytest.raises(DataError, match=store.name):
+        make(root, verify=True)
+    verify_dataset(root, ["web"])  # only the named sources are hashed
+    make(root, {"web": 1.0}, verify=True)
+    # an edited Parquet shard (valid Parquet, one token changed) is caught as well
+    shutil.rmtree(root)
+    build_dataset(root, n_cpt=30, n_sft=30)
+    shard = root / chat.path
     table = pq.read_table(shard)
     ids = table.column("input_ids").to_pylist()
     ids[0][0] += 1
     pq.write_table(table.set_column(1, "input_ids", pa.array(ids, type=pa.list_(pa.int32()))), shard)
     with pytest.raises(DataError, match=shard.name):
-        make(root)
-    # a web-only mixture does not read the chat shards
-    make(root, {"web": 1.0})
-    # a torn shard
-    shutil.rmtree(root)
-    build_dataset(root, n_cpt=30, n_sft=30)
-    web = root / manifest["sources"]["web"]["train"][0]["path"]
-    data = web.read_bytes()
-    web.write_bytes(data[: len(data) // 2])
-    with pytest.raises(DataError, match="part-00000"):
+        verify_dataset(root, splits=("train",))
+    # a torn store: every rank refuses it, without hashing
+    web_store = root / web.store
+    web_store.write_bytes(web_store.read_bytes()[: web.store_bytes // 2])
+    with pytest.raises(DataError, match="part-00000.tokens is .* bytes, the manifest says"):
         make(root, {"web": 1.0})
+    make(root, {"chat": 1.0})  # a chat-only mixture does not open the web stores
 
 
 def test_bad_configuration_raises_config_error(dataset):

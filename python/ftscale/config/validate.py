@@ -11,6 +11,9 @@ from ftscale.config.prep import PrepConfig
 from ftscale.config.train import TrainConfig
 from ftscale.errors import ConfigError
 
+if typing.TYPE_CHECKING:
+    from ftscale.data.format import Manifest
+
 PREP_KEYS = ("sources", "tokenizer", "output")
 TRAIN_KEYS = ("model",)
 
@@ -77,20 +80,20 @@ def _prep_warnings(cfg: PrepConfig) -> list[str]:
     return warnings
 
 
-def check_against_dataset(cfg: TrainConfig, manifest: dict[str, Any]) -> None:
+def check_against_dataset(cfg: TrainConfig, manifest: Manifest) -> None:
     """ConfigError when the prepared dataset cannot serve ``cfg``: a mixture naming a source
     it lacks (or one without train documents), or a seq_len above the one its SFT sources
     were truncated to. Run by ``ftscale validate`` and before ``ftscale train`` starts Ray."""
-    sources = manifest["sources"]
+    sources = manifest.sources
     for name in cfg.data.mixture or {}:
         if name not in sources:
             raise ConfigError(f"data.mixture.{name}: {cfg.data.path} has no source {name!r}; it has "
                               f"{', '.join(sources)}")
-        if not sources[name]["train"]:
+        if not sources[name].train:
             raise ConfigError(f"data.mixture.{name}: source {name!r} has no train documents in {cfg.data.path}")
-    sft = [n for n, e in sources.items() if e["kind"] == "sft" and n in (cfg.data.mixture or sources)]
-    if sft and cfg.seq_len > manifest["seq_len"]:
-        raise ConfigError(f"seq_len: {cfg.seq_len} exceeds the prepared seq_len {manifest['seq_len']} (SFT "
+    sft = [n for n, e in sources.items() if e.kind == "sft" and n in (cfg.data.mixture or sources)]
+    if sft and cfg.seq_len > manifest.seq_len:
+        raise ConfigError(f"seq_len: {cfg.seq_len} exceeds the prepared seq_len {manifest.seq_len} (SFT "
                           f"source(s) {', '.join(sft)} were truncated to it); re-run prep or lower seq_len")
 
 
@@ -108,7 +111,7 @@ def _train_warnings(cfg: TrainConfig) -> list[str]:
         return warnings
     manifest = read_manifest(cfg.data.path)
     check_against_dataset(cfg, manifest)
-    if cfg.eval_every and not any(e["val"] for e in manifest["sources"].values()):
+    if cfg.eval_every and not any(e.val for e in manifest.sources.values()):
         warnings.append(f"eval_every: {cfg.data.path} has no val documents, so evaluations report nothing "
                         "(prep with val_fraction > 0)")
     return warnings

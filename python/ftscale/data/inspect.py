@@ -21,29 +21,35 @@ def loss_spans(mask: np.ndarray) -> list[tuple[int, int, bool]]:
 
 
 def print_samples(dataset_dir: str, source: str, n: int, split: str = "train") -> None:
+    """Print the first ``n`` documents of a source's first shard: tokens from the token store,
+    uids from the Parquet shard."""
     import pyarrow.parquet as pq
     from rich.console import Console
     from rich.text import Text
 
     from ftscale.data.format import read_manifest
+    from ftscale.data.store import open_store
     from ftscale.data.tokenize import load_tokenizer
 
     manifest = read_manifest(dataset_dir)
-    if source not in manifest["sources"]:
-        raise ConfigError(f"--source {source!r} is not in {dataset_dir}; it has: {', '.join(manifest['sources'])}")
-    shards = manifest["sources"][source][split]
+    if source not in manifest.sources:
+        raise ConfigError(f"--source {source!r} is not in {dataset_dir}; it has: {', '.join(manifest.sources)}")
+    shards = manifest.sources[source].shards(split)
     if not shards:
         raise ConfigError(f"source {source!r} has no {split} documents")
-    tok = load_tokenizer(manifest["tokenizer"]["path"], manifest["config"]["tokenizer"].get("chat_template"))
-    table = pq.read_table(Path(dataset_dir) / shards[0]["path"]).slice(0, n)
+    tok = load_tokenizer(str(manifest.tokenizer.get("path")),
+                         (manifest.config.get("tokenizer") or {}).get("chat_template"))
+    shard = shards[0]
+    store = open_store(Path(dataset_dir) / shard.store, shard.rows, shard.tokens, shard.store_bytes)
+    offsets = store.offsets()[:n + 1]
+    uids = pq.read_table(Path(dataset_dir) / shard.path, columns=["uid"]).column("uid").to_pylist()[:n]
     console = Console()
     console.print(f"[bold]{source}[/bold] ({split}): [green on grey15]green[/] = supervised (loss), dim = context")
-    for row in table.to_pylist():
-        ids = np.asarray(row["input_ids"])
-        mask = np.asarray(row["loss_mask"])
+    for uid, doc_start, doc_end in zip(uids, offsets[:-1].tolist(), offsets[1:].tolist()):
+        ids, mask = store.read(doc_start, doc_end - doc_start)
         text = Text()
         for start, end, supervised in loss_spans(mask):
             piece = tok.decode(ids[start:end].tolist())
             text.append(piece, style="bold green on grey15" if supervised else "dim")
-        console.rule(f"uid {row['uid']} · {len(ids)} tokens · {int(mask.sum())} supervised")
+        console.rule(f"uid {uid} · {len(ids)} tokens · {int(mask.sum())} supervised")
         console.print(text)

@@ -1,9 +1,30 @@
 """Training data loader: mixture + packing at load time over a prepared dataset.
 
-``PackedLoader`` reads the shards of one split of a prepared dataset (``ftscale.data.format``),
-verifies every shard against the manifest's sha256, and keeps all tokens of the selected
-sources in memory as one flat ``int32`` array plus one ``uint8`` loss-mask array and
-per-document offsets (4 + 1 bytes per token).
+``PackedLoader`` reads one split of a prepared dataset (``ftscale.data.format``) from its token
+stores (``ftscale.data.store``). Opening a loader reads each store's 64-byte header and its
+document offsets, never its tokens; a micro-batch reads just its own pieces with positional
+reads. The token pages stay in the page cache, shared by every rank of the node, and out of
+each rank's resident set. Checksums are verified once per launch by ``verify_dataset`` (run
+by ``ftscale train``'s driver), not by every rank; a rank checks each store's header and size.
+
+Resident memory of a rank, per document of the selected sources (integer arrays in the
+smallest unsigned dtype that holds their values; no token is held):
+
+* 4 B length (uint32) + 4 B start within its shard's store (uint32; uint64 only when a
+  shard holds more than 2^32 tokens) — 8 B per document;
+* + 4 B family id per document, only with ``family_cap``;
+* the current epoch's plan: per piece 4 B document index + 1 B piece number within its
+  document (2 B or 4 B when a document has more than 255 / 65,535 pieces of seq_len
+  tokens), and per packed row 4 B offset. A piece is a document or a seq_len slice of one;
+  with the default ``tokens_per_epoch`` (one pass) there is one piece per document unless
+  documents are longer than seq_len. Only one plan is kept; the plan of another epoch is
+  rebuilt from the lengths when asked for.
+
+That is ~13 B per document (measured in tests/unit/test_loader_memory.py: 12.7 B per
+document steady, whatever the tokens per document). While a plan is built, the Rust
+planners and the row permutation hold ~35 B per piece more for a moment (peak measured
+46 B per document); they are handed back to the OS before the first batch. Fixed costs:
+one open file per store (at most ``MAX_OPEN_STORES``) and the batch being assembled.
 
 Epoch plan — a pure function of (dataset, mixture, seed, epoch, seq_len, strategy,
 tokens_per_epoch, temperature, max_repeat, family_cap), never of rank or world size:
@@ -36,44 +57,87 @@ piece and for the padding run of a row (padding counts as its own segment, also 
 
 from __future__ import annotations
 
-import hashlib
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
 
-from ftscale.data.format import IGNORE_INDEX, MANIFEST, read_manifest
+from ftscale.data.format import IGNORE_INDEX, SPLITS, read_manifest, verify_dataset
+from ftscale.data.store import Store, open_store
 from ftscale.errors import ConfigError, DataError
 
 STATE_VERSION = 1
-SPLITS = ("train", "val")
 _PERM_STREAM = 0x726F7773  # "rows": keeps the row permutation's seed stream apart from others
+# Open store files per rank, least recently used closed first: thousands of shards stay
+# below the usual soft limit of 1,024 descriptors per process.
+MAX_OPEN_STORES = 64
+
+
+def _uint_for(max_value: int) -> type:
+    """The smallest unsigned dtype (8 to 64 bits) holding ``max_value``."""
+    for dtype in (np.uint8, np.uint16, np.uint32):
+        if max_value <= np.iinfo(dtype).max:
+            return dtype
+    return np.uint64
+
+
+def _index_dtype(count: int) -> type:
+    """uint32 for indices below ``count`` (the planners' own index type), uint64 past 2^32."""
+    return np.uint32 if count <= 2**32 else np.uint64
 
 
 @dataclass(frozen=True)
 class EpochPlan:
     """The global row sequence of one epoch.
 
-    Pieces are slices of documents: token ``piece_start[i] .. piece_start[i] + piece_len[i]``
-    of the loader's flat token array, taken from source ``piece_source[i]``. Row ``k`` (in
-    global order, after the shuffle) holds pieces ``row_pieces[row_offsets[k]:row_offsets[k+1]]``
-    in that order.
+    Pieces are stored in global row order: row ``k`` (after the shuffle) holds pieces
+    ``row_offsets[k] .. row_offsets[k+1]``, in that order. Piece ``i`` is tokens
+    ``piece_start[i] .. piece_start[i] + piece_len[i]`` of document ``piece_doc[i]`` (the
+    loader's document index: selected sources in manifest order, shards in order).
     """
 
     epoch: int
     num_rows: int
-    piece_start: np.ndarray  # int64
-    piece_len: np.ndarray  # int64
-    piece_source: np.ndarray  # int32, index into PackedLoader.sources
-    row_offsets: np.ndarray  # int64, num_rows + 1
-    row_pieces: np.ndarray  # int64
+    seq_len: int
+    row_offsets: np.ndarray  # uint32 (uint64 past 2^32 pieces), num_rows + 1
+    piece_doc: np.ndarray  # uint32 (uint64 past 2^32 documents)
+    piece_part: np.ndarray  # uint8/16/32: the piece starts at token piece_part * seq_len of its document
+    doc_len: np.ndarray = field(repr=False)  # uint32, the loader's document lengths (shared, not a copy)
     stats: dict = field(default_factory=dict)
+
+    @property
+    def piece_start(self) -> np.ndarray:
+        """First token of every piece within its document (int64)."""
+        return self.piece_part.astype(np.int64) * self.seq_len
+
+    @property
+    def piece_len(self) -> np.ndarray:
+        """Tokens of every piece (int64): a seq_len slice, or what is left of the document."""
+        return np.minimum(self.doc_len[self.piece_doc].astype(np.int64) - self.piece_start, self.seq_len)
 
     def row_tokens(self) -> np.ndarray:
         """Filled token slots of every row (global order)."""
-        return np.add.reduceat(self.piece_len[self.row_pieces], self.row_offsets[:-1]) if self.num_rows else \
+        return np.add.reduceat(self.piece_len, self.row_offsets[:-1].astype(np.int64)) if self.num_rows else \
             np.zeros(0, dtype=np.int64)
+
+
+def _return_freed_memory() -> None:
+    """Hand the heap's free blocks back to the OS (glibc ``malloc_trim``; a no-op elsewhere).
+
+    Building a plan frees ~35 B per piece of transient arrays; glibc keeps freed blocks
+    below its dynamic mmap threshold (up to 32 MiB) in the heap, so without a trim a rank's
+    resident memory stayed at the plan-building peak: measured at 1 M documents, 48 B per
+    document resident before the trim, 13 B after (= the arrays the loader holds); ~0.1 ms
+    once per epoch."""
+    import ctypes
+
+    try:
+        trim = ctypes.CDLL(None).malloc_trim  # the process's own symbols: glibc's, where it is the libc
+    except (OSError, AttributeError):  # not glibc (musl, macOS): nothing to do
+        return
+    trim(0)
 
 
 def _excl_cumsum(a: np.ndarray) -> np.ndarray:
@@ -86,21 +150,24 @@ def _excl_cumsum(a: np.ndarray) -> np.ndarray:
 
 def _ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
     """Concatenation of ``arange(s, s + n)`` for every (s, n), without a Python loop."""
+    starts, lengths = starts.astype(np.int64, copy=False), lengths.astype(np.int64, copy=False)
     total = int(lengths.sum())
     return np.repeat(starts - _excl_cumsum(lengths), lengths) + np.arange(total, dtype=np.int64)
 
 
-def _sha256_file(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
 class PackedLoader:
     """Packed micro-batches of a prepared dataset for one rank; an infinite iterator unless
-    ``max_epochs`` is given. See the module docstring for the plan and the row layout.
+    ``max_epochs`` is given. See the module docstring for the plan, the row layout and the
+    memory it holds.
 
     ``drop_last=False`` (for validation: every document once) keeps the ragged tail: the last
     step of an epoch is filled up with empty rows (all padding, no loss tokens), so every rank
     still runs the same number of steps, ``ceil(rows / (world_size x micro_batch_size))``.
+
+    ``verify=True`` hashes the selected shards and stores against the manifest first
+    (``verify_dataset``). Off by default: ``ftscale train`` verifies once in its driver before
+    the workers start, and every rank re-hashing the dataset is the cost this layout removes;
+    turn it on when using the loader on its own.
 
     Each item is a dict: ``input_ids``, ``labels``, ``position_ids``, ``attention_mask``
     (int64 ``[B, L]``), ``cu_seqlens`` (int32, 1-D, piece and padding boundaries over the
@@ -127,6 +194,7 @@ class PackedLoader:
         pad_token_id: int | None = None,
         max_epochs: int | None = None,
         drop_last: bool = True,
+        verify: bool = False,
     ) -> None:
         from ftscale.pack import STRATEGIES
 
@@ -164,13 +232,15 @@ class PackedLoader:
 
         self.manifest = read_manifest(self.dataset_dir)
         self.sources, weights = self._select_sources(mixture)
-        self._load(self.sources)
+        if verify:
+            verify_dataset(self.dataset_dir, self.sources, (split,))
+        self._open(self.sources)
         self.weights = weights
         if mixture is None:  # natural mix: proportional to the tokens each source has
             self.weights = [float(t) for t in self.source_tokens]
-        self.tokens_per_epoch = int(tokens_per_epoch) if tokens_per_epoch is not None else int(self._doc_len.sum())
+        self.tokens_per_epoch = int(tokens_per_epoch) if tokens_per_epoch is not None else sum(self.source_tokens)
 
-        tok = self.manifest.get("tokenizer") or {}
+        tok = self.manifest.tokenizer
         if pad_token_id is None:
             pad_token_id = tok.get("pad_token_id")
             if pad_token_id is None:
@@ -179,7 +249,7 @@ class PackedLoader:
 
         self.epoch = 0
         self.rows_consumed = 0
-        self._plans: dict[int, EpochPlan] = {}
+        self._plan: EpochPlan | None = None
         if self.drop_last and self.plan(0).num_rows < self.rows_per_step:
             raise ConfigError(
                 f"epoch 0 packs into {self.plan(0).num_rows} rows of {self.seq_len} tokens, fewer than one step "
@@ -191,9 +261,10 @@ class PackedLoader:
     # opening
 
     def _select_sources(self, mixture: dict[str, float] | None) -> tuple[list[str], list[float]]:
-        available = list(self.manifest["sources"])
+        entries = self.manifest.sources
+        available = list(entries)
         if mixture is None:
-            names = [n for n in available if self.manifest["sources"][n].get(self.split)]
+            names = [n for n in available if entries[n].shards(self.split)]
             if not names:
                 raise ConfigError(
                     f"the dataset has no {self.split} shards in any source; "
@@ -203,7 +274,7 @@ class PackedLoader:
         else:
             if not isinstance(mixture, dict) or not mixture:
                 raise ConfigError("mixture must map source names to weights (or be None for the natural mix)")
-            unknown = [n for n in mixture if n not in self.manifest["sources"]]
+            unknown = [n for n in mixture if n not in entries]
             if unknown:
                 raise ConfigError(
                     f"mixture names unknown source(s) {', '.join(map(repr, unknown))}; the dataset has "
@@ -215,16 +286,16 @@ class PackedLoader:
             # Manifest order, not dict order: the plan must not depend on how the mixture was spelt.
             names = [n for n in available if n in mixture]
             weights = [float(mixture[n]) for n in names]
-            empty = [n for n in names if not self.manifest["sources"][n].get(self.split)]
+            empty = [n for n in names if not any(s.rows for s in entries[n].shards(self.split))]
             if empty:
                 hint = "re-run prep with val_fraction > 0 or " if self.split == "val" else ""
                 raise ConfigError(
                     f"source(s) {', '.join(map(repr, empty))} have no {self.split} documents; "
                     f"{hint}remove them from the mixture"
                 )
-        ds_seq_len = self.manifest.get("seq_len")
-        sft = [n for n in names if self.manifest["sources"][n].get("kind") == "sft"]
-        if sft and ds_seq_len is not None and self.seq_len > int(ds_seq_len):
+        ds_seq_len = self.manifest.seq_len
+        sft = [n for n in names if entries[n].kind == "sft"]
+        if sft and self.seq_len > ds_seq_len:
             raise ConfigError(
                 f"seq_len {self.seq_len} is larger than the dataset's seq_len {ds_seq_len}: SFT source(s) "
                 f"{', '.join(map(repr, sft))} were truncated to {ds_seq_len} tokens at prep; set seq_len <= "
@@ -232,161 +303,146 @@ class PackedLoader:
             )
         return names, weights
 
-    def _load(self, names: list[str]) -> None:
-        import pyarrow as pa
-        import pyarrow.compute as pc
-        import pyarrow.parquet as pq
-
-        entries = []  # (source index, shard entry)
-        for si, name in enumerate(names):
-            for shard in self.manifest["sources"][name][self.split]:
-                entries.append((si, shard))
-        try:
-            total_tokens = sum(int(s["tokens"]) for _, s in entries)
-            total_docs = sum(int(s["rows"]) for _, s in entries)
-        except (KeyError, TypeError, ValueError) as e:
-            raise DataError(f"{self.dataset_dir / MANIFEST}: shard entry without rows/tokens ({e}); re-run prep") from e
-        tokens = np.empty(total_tokens, dtype=np.int32)
-        mask = np.empty(total_tokens, dtype=np.uint8)
-        doc_len = np.empty(total_docs, dtype=np.int64)
-        doc_source = np.empty(total_docs, dtype=np.int32)
-        families: list[list[Any]] = [[] for _ in names]
-        tpos = dpos = 0
-        for si, shard in entries:
-            path = self.dataset_dir / shard["path"]
-            try:
-                data = path.read_bytes()
-            except OSError as e:
-                raise DataError(f"shard {path} cannot be read ({e.strerror or e}); re-run `ftscale prep`") from e
-            digest = _sha256_file(data)
-            if digest != shard.get("sha256"):
-                raise DataError(
-                    f"shard {path} does not match the manifest (sha256 {digest[:16]}..., manifest "
-                    f"{str(shard.get('sha256'))[:16]}...): the file was modified or torn after prep; "
-                    f"restore it or re-run `ftscale prep`"
-                )
-            try:
-                table = pq.read_table(pa.BufferReader(data), columns=["input_ids", "loss_mask", "length", "family"])
-            except Exception as e:  # noqa: BLE001 - any Arrow failure means an unusable shard
-                raise DataError(f"shard {path} is not a readable Parquet shard ({e}); re-run `ftscale prep`") from e
-            del data
-            ids = table.column("input_ids")
-            msk = table.column("loss_mask")
-            n = table.num_rows
-            if ids.null_count or msk.null_count:
-                raise DataError(f"shard {path}: null input_ids or loss_mask; re-run `ftscale prep`")
-            lens = pc.list_value_length(ids).to_numpy(zero_copy_only=False).astype(np.int64)
-            mlens = pc.list_value_length(msk).to_numpy(zero_copy_only=False).astype(np.int64)
-            declared = table.column("length").to_numpy(zero_copy_only=False).astype(np.int64)
-            if not (np.array_equal(lens, mlens) and np.array_equal(lens, declared)):
-                raise DataError(
-                    f"shard {path}: input_ids, loss_mask and length disagree on document lengths; re-run `ftscale prep`"
-                )
-            ntok = int(lens.sum())
-            if n != int(shard["rows"]) or ntok != int(shard["tokens"]):
-                raise DataError(
-                    f"shard {path}: {n} rows / {ntok} tokens, manifest says {shard['rows']} / {shard['tokens']}; "
-                    f"re-run `ftscale prep`"
-                )
-            if n and lens.min() < 1:
-                raise DataError(f"shard {path}: has an empty document; re-run `ftscale prep` (it drops them)")
-            tokens[tpos:tpos + ntok] = pc.list_flatten(ids).to_numpy(zero_copy_only=False)
-            mask[tpos:tpos + ntok] = pc.list_flatten(msk).to_numpy(zero_copy_only=False)
-            doc_len[dpos:dpos + n] = lens
-            doc_source[dpos:dpos + n] = si
-            if self.family_cap is not None:  # only the family cap needs them
-                families[si].extend(table.column("family").to_pylist())
-            tpos += ntok
-            dpos += n
-        self._tokens = tokens
-        self._mask = mask
-        self._doc_len = doc_len
-        self._doc_off = _excl_cumsum(doc_len)
-        self._doc_source = doc_source
-        counts = np.bincount(doc_source, minlength=len(names))
-        self._src_base = _excl_cumsum(counts)
-        self._src_count = counts
-        self.source_tokens = [int(x) for x in np.bincount(doc_source, weights=doc_len, minlength=len(names))]
-        empty = [n for n, c in zip(names, counts) if c == 0]
+    def _open(self, names: list[str]) -> None:
+        """Open every store of the selected sources (header + size checks) and keep, per
+        document, its length and its start within its store, read from the stores' offsets."""
+        shards = self.manifest.shards(self.split, names)
+        self._stores: list[Store] = [open_store(self.dataset_dir / s.store, s.rows, s.tokens, s.store_bytes)
+                                     for _, s in shards]
+        self._open_fds: OrderedDict[int, None] = OrderedDict()
+        rows = np.array([s.rows for _, s in shards], dtype=np.int64)
+        self._shard_base = np.concatenate(([0], np.cumsum(rows))).astype(np.int64)  # first document of each shard
+        total_docs = int(self._shard_base[-1])
+        self._doc_len = np.empty(total_docs, dtype=np.uint32)
+        self._doc_start = np.empty(total_docs, dtype=_index_dtype(max((s.tokens for _, s in shards), default=0)))
+        for k, store in enumerate(self._stores):
+            offsets = store.offsets()
+            store.close()  # reopened on demand, at most MAX_OPEN_STORES at a time
+            lengths = np.diff(offsets)
+            if len(lengths) and lengths.max() > np.iinfo(np.uint32).max:
+                raise DataError(f"token store {store.path}: a document of {int(lengths.max())} tokens exceeds "
+                                f"2^32 - 1; re-run `ftscale prep`")
+            lo, hi = self._shard_base[k], self._shard_base[k + 1]
+            self._doc_len[lo:hi] = lengths
+            self._doc_start[lo:hi] = offsets[:-1]
+        self._doc_index = _index_dtype(total_docs)
+        docs = [sum(s.rows for n, s in shards if n == name) for name in names]
+        self._src_base = np.concatenate(([0], np.cumsum(docs))).astype(np.int64)
+        self.source_tokens = [sum(s.tokens for n, s in shards if n == name) for name in names]
+        empty = [n for n, c in zip(names, docs) if c == 0]
         if empty:
             raise ConfigError(
                 f"source(s) {', '.join(map(repr, empty))} have no {self.split} documents; remove them from the mixture"
             )
-        self._is_sft = np.array([self.manifest["sources"][n].get("kind") == "sft" for n in names], dtype=bool)
-        # Family ids (only used with family_cap): dense ids by first occurrence; null is its own family.
-        self._families: list[np.ndarray | None] = []
-        for fam in families:
-            if self.family_cap is None or all(f is None for f in fam):
-                self._families.append(None)
-                continue
-            ids_of: dict[Any, int] = {}
-            self._families.append(np.fromiter((ids_of.setdefault(f, len(ids_of)) for f in fam),
-                                              dtype=np.uint32, count=len(fam)))
+        self._is_sft = np.array([self.manifest.sources[n].kind == "sft" for n in names], dtype=bool)
+        self._families = [self._read_families([s for n, s in shards if n == name]) if self.family_cap is not None
+                          else None for name in names]
+
+    def _read_families(self, shards: list) -> np.ndarray | None:
+        """Dense family ids of one source's documents (by first occurrence; null is its own
+        family), from the Parquet shards' ``family`` column; None when the source has none."""
+        import pyarrow.parquet as pq
+
+        ids_of: dict[Any, int] = {}
+        parts = []
+        for shard in shards:
+            path = self.dataset_dir / shard.path
+            try:
+                column = pq.read_table(path, columns=["family"]).column("family").to_pylist()
+            except Exception as e:  # noqa: BLE001 - any Arrow failure means an unusable shard
+                raise DataError(f"shard {path} cannot be read for its family column ({e}); re-run `ftscale prep`") \
+                    from e
+            if len(column) != shard.rows:
+                raise DataError(f"shard {path}: {len(column)} rows, the manifest says {shard.rows}; re-run "
+                                "`ftscale prep`")
+            parts.append(np.fromiter((ids_of.setdefault(f, len(ids_of)) for f in column), dtype=np.uint32,
+                                     count=len(column)))
+        if set(ids_of) <= {None}:
+            return None
+        return np.concatenate(parts)
+
+    def _store(self, shard: int) -> Store:
+        """The store of shard ``shard``, its descriptor among the ``MAX_OPEN_STORES`` kept open."""
+        fds = self._open_fds
+        if shard in fds:
+            fds.move_to_end(shard)
+        else:
+            fds[shard] = None
+            if len(fds) > MAX_OPEN_STORES:
+                self._stores[fds.popitem(last=False)[0]].close()
+        return self._stores[shard]
+
+    def close(self) -> None:
+        """Close the store files (they reopen on the next batch)."""
+        for shard in self._open_fds:
+            self._stores[shard].close()
+        self._open_fds.clear()
 
     # ----------------------------------------------------------------------------------------
     # planning
 
     def plan(self, epoch: int) -> EpochPlan:
-        """The global row sequence of ``epoch`` (cached: the current and the next epoch)."""
+        """The global row sequence of ``epoch``; only the latest one asked for is kept."""
         epoch = int(epoch)
-        cached = self._plans.get(epoch)
-        if cached is not None:
-            return cached
-        plan = self._make_plan(epoch)
-        for e in [e for e in self._plans if e < self.epoch or e > self.epoch + 1]:
-            del self._plans[e]
-        self._plans[epoch] = plan
-        return plan
+        if self._plan is None or self._plan.epoch != epoch:
+            self._plan = None  # free the old plan before building the next one
+            self._plan = self._make_plan(epoch)
+            _return_freed_memory()
+        return self._plan
 
     def _make_plan(self, epoch: int) -> EpochPlan:
         from ftscale.errors import FtscaleError
         from ftscale.pack import MixtureSource, apply_overlong, pack, plan_mixture
 
         L = self.seq_len
-        srcs = []
-        for si, name in enumerate(self.sources):
-            lo, n = int(self._src_base[si]), int(self._src_count[si])
-            srcs.append(MixtureSource(
-                name=name, lengths=self._doc_len[lo:lo + n], weight=self.weights[si],
-                families=self._families[si] if self.family_cap is not None else None,
-            ))
+        srcs = [MixtureSource(name=name, lengths=self._doc_len[self._src_base[si]:self._src_base[si + 1]],
+                              weight=self.weights[si], families=self._families[si])
+                for si, name in enumerate(self.sources)]
         try:
             mix = plan_mixture(srcs, self.tokens_per_epoch, seed=self.seed, epoch=epoch,
                                temperature=self.temperature, max_repeat=self.max_repeat, family_cap=self.family_cap)
         except FtscaleError as e:
             raise ConfigError(f"mixture cannot be planned: {e}") from e
-        gdoc = self._src_base[mix.pick_source.astype(np.int64)] + mix.pick_doc.astype(np.int64)
-        pieces = apply_overlong(self._doc_len[gdoc], L, "split")
-        pdoc = gdoc[pieces.doc.astype(np.int64)]
-        pstart = pieces.start.astype(np.int64)
-        plen = pieces.length.astype(np.int64)
+        pick_doc = self._src_base.astype(self._doc_index)[mix.pick_source] + mix.pick_doc.astype(self._doc_index)
+        pick_sft = self._is_sft[mix.pick_source] if self._is_sft.any() else None
+        mixture_stats = mix.sources
+        del mix
+        pieces = apply_overlong(self._doc_len[pick_doc], L, "split")
+        docs_split = int(pieces.stats.get("docs_split", 0))
+        piece_doc = pick_doc[pieces.doc]
+        piece_start, plen = pieces.start, pieces.length
         truncated_sft = 0
-        if self._is_sft.any():
-            keep = ~self._is_sft[self._doc_source[pdoc]] | (pstart == 0)
-            truncated_sft = int((~keep).sum())
+        if pick_sft is not None:
+            keep = ~pick_sft[pieces.doc] | (piece_start == 0)
+            truncated_sft = int(len(keep) - np.count_nonzero(keep))
             if truncated_sft:
-                pdoc, pstart, plen = pdoc[keep], pstart[keep], plen[keep]
+                piece_doc, piece_start, plen = piece_doc[keep], piece_start[keep], plen[keep]
+        del pieces, pick_doc, pick_sft
         packed = pack(plen, L, self.strategy)
         n_rows = int(packed.num_bins)
+        total_tokens = int(plen.sum(dtype=np.int64))
+        del plen
         counts = np.diff(packed.row_offsets.astype(np.int64))
         rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([self.seed, epoch, _PERM_STREAM])))
         perm = rng.permutation(n_rows)
         new_counts = counts[perm]
-        row_offsets = np.concatenate(([0], np.cumsum(new_counts))).astype(np.int64)
-        row_pieces = packed.row_docs.astype(np.int64)[_ranges(packed.row_offsets[:-1].astype(np.int64)[perm],
-                                                              new_counts)]
+        order = packed.row_docs[_ranges(packed.row_offsets[:-1][perm], new_counts)]  # pieces in global row order
         stats = {
-            "tokens": int(plen.sum()),
-            "pieces": int(len(plen)),
+            "tokens": total_tokens,
+            "pieces": int(len(order)),
             "rows": n_rows,
             "fill": float(packed.efficiency),
-            "docs_split": int(pieces.stats.get("docs_split", 0)),
+            "docs_split": docs_split,
             "sft_pieces_truncated": truncated_sft,
-            "mixture": mix.sources,
+            "mixture": mixture_stats,
         }
+        del packed, counts, perm
+        part = piece_start // np.uint32(L)
+        row_offsets = np.zeros(n_rows + 1, dtype=_index_dtype(len(order) + 1))
+        row_offsets[1:] = np.cumsum(new_counts)
         return EpochPlan(
-            epoch=epoch, num_rows=n_rows, piece_start=self._doc_off[pdoc] + pstart, piece_len=plen,
-            piece_source=self._doc_source[pdoc], row_offsets=row_offsets, row_pieces=row_pieces, stats=stats,
+            epoch=epoch, num_rows=n_rows, seq_len=L, row_offsets=row_offsets, piece_doc=piece_doc[order],
+            piece_part=part[order].astype(_uint_for(int(part.max(initial=0)))), doc_len=self._doc_len, stats=stats,
         )
 
     # ----------------------------------------------------------------------------------------
@@ -432,7 +488,8 @@ class PackedLoader:
         if epoch < 0 or rows < 0:
             raise ConfigError(f"loader state has negative epoch/rows_consumed: {state!r}")
         self.epoch, self.rows_consumed = epoch, rows
-        self._plans = {e: p for e, p in self._plans.items() if e in (epoch, epoch + 1)}
+        if self._plan is not None and self._plan.epoch != epoch:
+            self._plan = None
 
     def skip_rows(self, n: int) -> None:
         """Skip ``n`` global rows (call it on every rank alike). Rows past the end of the epoch
@@ -472,21 +529,37 @@ class PackedLoader:
         self.rows_consumed += step
         return batch
 
+    def _gather(self, pdoc: np.ndarray, pstart: np.ndarray, plen: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Token ids (int32) and loss mask (uint8) of the given pieces, back to back, read from
+        their stores: two positional reads per piece (ids, mask), grouped by store."""
+        tok = np.empty(int(plen.sum()), dtype="<i4")  # the store's byte order
+        msk = np.empty(len(tok), dtype=np.uint8)
+        shard = np.searchsorted(self._shard_base, pdoc, side="right") - 1
+        start = self._doc_start[pdoc].astype(np.int64) + pstart
+        out_at = _excl_cumsum(plen)
+        by_shard = np.argsort(shard, kind="stable")
+        shards, first = np.unique(shard[by_shard], return_index=True)
+        for k, lo, hi in zip(shards.tolist(), first.tolist(), [*first[1:].tolist(), len(by_shard)]):
+            sel = by_shard[lo:hi]
+            self._store(k).read_pieces(start[sel], plen[sel], tok, msk, out_at[sel])
+        return tok, msk
+
     def assemble(self, plan: EpochPlan, rows: np.ndarray) -> dict[str, Any]:
         """NumPy arrays of the given global rows of ``plan`` (see ``collate`` for the keys)."""
         L = self.seq_len
         rows = np.asarray(rows, dtype=np.int64)
         B = len(rows)
         # Rows past the end of the plan (only with drop_last=False) come out empty: all padding.
-        first = plan.row_offsets[np.minimum(rows, plan.num_rows)]
-        cnt = plan.row_offsets[np.minimum(rows + 1, plan.num_rows)] - first
-        pieces = plan.row_pieces[_ranges(first, cnt)]
-        plen = plan.piece_len[pieces]
+        row_offsets = plan.row_offsets
+        first = row_offsets[np.minimum(rows, plan.num_rows)].astype(np.int64)
+        cnt = row_offsets[np.minimum(rows + 1, plan.num_rows)].astype(np.int64) - first
+        pieces = _ranges(first, cnt)
+        pdoc = plan.piece_doc[pieces]
+        pstart = plan.piece_part[pieces].astype(np.int64) * L
+        plen = np.minimum(self._doc_len[pdoc].astype(np.int64) - pstart, L)
         pcum = _excl_cumsum(plen)  # start of each piece in the concatenated token stream
         T = int(plen.sum())
-        src = _ranges(plan.piece_start[pieces], plen)
-        tok = self._tokens[src]
-        msk = self._mask[src]
+        tok, msk = self._gather(pdoc, pstart, plen)
 
         prow = np.repeat(np.arange(B, dtype=np.int64), cnt)
         fill = np.bincount(prow, weights=plen, minlength=B).astype(np.int64)
@@ -541,4 +614,4 @@ class PackedLoader:
                 f"rows_consumed={self.rows_consumed})")
 
 
-__all__ = ["EpochPlan", "PackedLoader", "STATE_VERSION"]
+__all__ = ["EpochPlan", "MAX_OPEN_STORES", "PackedLoader", "STATE_VERSION"]

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from ftscale.data.format import read_manifest
+from ftscale.data.format import Manifest, read_manifest
 from ftscale.errors import ConfigError
 
 
@@ -28,15 +28,16 @@ def parse_weights(text: str) -> dict[str, float]:
     return weights
 
 
-def source_lengths(dataset_dir: str | Path, manifest: dict[str, Any], name: str, split: str = "train") -> np.ndarray:
-    """Token length of every document of one source split, in shard order."""
-    import pyarrow.parquet as pq
+def source_lengths(dataset_dir: str | Path, manifest: Manifest, name: str, split: str = "train") -> np.ndarray:
+    """Token length of every document of one source split (uint32), in shard order, from the
+    token stores' offsets."""
+    from ftscale.data.store import open_store
 
-    if name not in manifest["sources"]:
-        raise ConfigError(f"source {name!r} is not in {dataset_dir}; it has: {', '.join(manifest['sources'])}")
-    parts = [pq.read_table(Path(dataset_dir) / s["path"], columns=["length"]).column("length").to_numpy()
-             for s in manifest["sources"][name][split]]
-    return np.concatenate(parts).astype(np.uint32) if parts else np.zeros(0, np.uint32)
+    if name not in manifest.sources:
+        raise ConfigError(f"source {name!r} is not in {dataset_dir}; it has: {', '.join(manifest.sources)}")
+    parts = [open_store(Path(dataset_dir) / s.store, s.rows, s.tokens, s.store_bytes).lengths()
+             for s in manifest.sources[name].shards(split)]
+    return np.concatenate(parts) if parts else np.zeros(0, np.uint32)
 
 
 def describe_mixture(dataset_dir: str, weights: dict[str, float], tokens: int, *, seed: int = 0, epoch: int = 0,

@@ -14,6 +14,7 @@ uninterrupted run, whatever the thread count.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass, field
@@ -23,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from ftscale.config import PrepConfig, SourceConfig, to_dict
+from ftscale.data.format import Manifest, Shard, SourceEntry, StageCounts
 from ftscale.errors import ConfigError, DataError
 from ftscale.paths import expand_paths
 
@@ -59,14 +61,6 @@ def _fingerprint(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def val_mask(uids: np.ndarray, fraction: float, seed: int) -> np.ndarray:
     """Held-out records: a hash of (uid, seed) below ``fraction`` — never position-based."""
     from ftscale.data.io import splitmix64_array
@@ -78,7 +72,7 @@ def val_mask(uids: np.ndarray, fraction: float, seed: int) -> np.ndarray:
     return (h >> np.uint64(11)).astype(np.float64) * 2.0**-53 < fraction
 
 
-def run_prep(cfg: PrepConfig, stages: Any) -> dict[str, Any]:
+def run_prep(cfg: PrepConfig, stages: Any) -> Manifest:
     """Run prep; returns the manifest (also written to ``output/manifest.json``)."""
     from ftscale.data.atomic import ensure_dir, write_json, write_parquet
     from ftscale.data.format import MANIFEST, MANIFEST_VERSION
@@ -107,14 +101,14 @@ def run_prep(cfg: PrepConfig, stages: Any) -> dict[str, Any]:
     outcome = dedup_and_decontaminate(records, _dedup_options(cfg, eval_paths), stages)
     counts = stage_counts(records, [r.counts for r in reads], outcome)
 
-    manifest_sources: dict[str, Any] = {}
+    manifest_sources: dict[str, SourceEntry] = {}
     start = 0
     for i, (src, read) in enumerate(zip(cfg.sources, reads)):
         table = records.tables[i]
         alive = outcome.alive[start:start + table.num_rows]
         start += table.num_rows
-        done = progress["sources"].get(src.name)
-        if done is not None and _shards_intact(out, done):
+        done = _finished_source(out, progress, src.name)
+        if done is not None:
             stages.print(f"[dim]{src.name}: shards intact from an earlier run; skipped[/dim]")
             manifest_sources[src.name] = done
             continue
@@ -122,9 +116,9 @@ def run_prep(cfg: PrepConfig, stages: Any) -> dict[str, Any]:
         with stages.stage("tokenize", f"{src.name} ({kept.num_rows:,} {src.kind} records)"):
             tokenized = _tokenize(src, kept, tok, cfg)
         with stages.stage("write shards", src.name):
-            entry = _write_source(out, src, cfg, tokenized, read, counts[src.name], write_parquet)
+            entry = _write_source(out, src, cfg, tokenized, read, StageCounts(**counts[src.name]), write_parquet)
         manifest_sources[src.name] = entry
-        progress["sources"][src.name] = entry
+        progress["sources"][src.name] = entry.to_json()
         write_json(progress, out / PROGRESS)
 
     write_parquet(outcome.decisions, out / "dedup" / "decisions.parquet")
@@ -132,19 +126,11 @@ def run_prep(cfg: PrepConfig, stages: Any) -> dict[str, Any]:
         for name, entry in manifest_sources.items():
             _plot_lengths(out, name, entry)
     report = {"format_version": MANIFEST_VERSION, **outcome.report,
-              "sources": {n: e["counts"] for n, e in manifest_sources.items()}}
+              "sources": {n: e.counts.to_json() for n, e in manifest_sources.items()}}
     write_json(report, out / "report.json")
-    manifest = {
-        "format_version": MANIFEST_VERSION,
-        "created_by": "ftscale prep",
-        "seq_len": cfg.seq_len,
-        "seed": cfg.seed,
-        "config": settings,
-        "config_fingerprint": fingerprint,
-        "tokenizer": tok.describe(),
-        "sources": manifest_sources,
-    }
-    write_json(manifest, out / MANIFEST)
+    manifest = Manifest(seq_len=cfg.seq_len, seed=cfg.seed, sources=manifest_sources, tokenizer=tok.describe(),
+                        config=settings, config_fingerprint=fingerprint, created_by="ftscale prep")
+    write_json(manifest.to_json(), out / MANIFEST)
     (out / PROGRESS).unlink(missing_ok=True)
     return manifest
 
@@ -173,12 +159,23 @@ def _load_progress(out: Path, fingerprint: str) -> dict[str, Any]:
     return {"fingerprint": fingerprint, "sources": {}}
 
 
-def _shards_intact(out: Path, entry: dict[str, Any]) -> bool:
-    for shard in entry["train"] + entry["val"]:
-        p = out / shard["path"]
-        if not p.is_file() or _sha256(p) != shard["sha256"]:
-            return False
-    return True
+def _finished_source(out: Path, progress: dict[str, Any], name: str) -> SourceEntry | None:
+    """The entry of a source an earlier run finished, if its files are still intact."""
+    from ftscale.data.format import sha256_file
+
+    done = progress["sources"].get(name)
+    if done is None:
+        return None
+    try:
+        entry = SourceEntry.from_json(done, out, f"{out / PROGRESS}: sources.{name}")
+    except DataError:  # written by another ftscale version: redo the source
+        return None
+    for shard in entry.train + entry.val:
+        for rel, digest in ((shard.path, shard.sha256), (shard.store, shard.store_sha256)):
+            p = out / rel
+            if not p.is_file() or sha256_file(p) != digest:
+                return None
+    return entry
 
 
 def _tokenize(src: SourceConfig, kept: Any, tok: Any, cfg: PrepConfig) -> Tokenized:
@@ -243,46 +240,37 @@ def _tokenize_chat(src: SourceConfig, kept: Any, tok: Any, cfg: PrepConfig, uids
     return Tokenized(uids[keep_idx], ids, masks, [families[i] for i in keep_idx], quarantine, truncated, warnings)
 
 
-def _shard_table(uids: np.ndarray, ids: list, masks: list, families: list) -> Any:
+def _write_split_shards(out: Path, directory: str, src: SourceConfig, t: Tokenized, idx: np.ndarray,
+                        shard_rows: int) -> tuple[Shard, ...]:
+    """The documents ``idx`` of one split as shards of ``shard_rows`` (Parquet + token store each)."""
+    from ftscale.data.format import shard_name
+    from ftscale.data.store import write_shard
+
+    shards = []
+    for k, lo in enumerate(range(0, len(idx), shard_rows)):
+        sel = idx[lo:lo + shard_rows]
+        lengths = np.array([len(t.input_ids[i]) for i in sel], dtype=np.int64)
+        shards.append(write_shard(out, f"{directory}/{src.name}/{shard_name(k)}", t.uids[sel], lengths,
+                                  np.concatenate([t.input_ids[i] for i in sel]).astype(np.int32),
+                                  np.concatenate([t.loss_masks[i] for i in sel]).astype(np.uint8),
+                                  [t.families[i] for i in sel]))
+    return tuple(shards)
+
+
+def _write_source(out: Path, src: SourceConfig, cfg: PrepConfig, t: Tokenized, read: Any, counts: StageCounts,
+                  write_parquet: Any) -> SourceEntry:
     import pyarrow as pa
 
-    from ftscale.data.format import SHARD_SCHEMA
-
-    lengths = np.array([len(x) for x in ids], dtype=np.int32)
-    offsets = np.concatenate([[0], np.cumsum(lengths, dtype=np.int64)]).astype(np.int32 if lengths.sum() < 2**31 else np.int64)
-    flat_ids = np.concatenate(ids).astype(np.int32) if ids else np.zeros(0, np.int32)
-    flat_mask = np.concatenate(masks).astype(np.uint8) if masks else np.zeros(0, np.uint8)
-    list_type = pa.ListArray if offsets.dtype == np.int32 else pa.LargeListArray
-    ids_arr = list_type.from_arrays(pa.array(offsets), pa.array(flat_ids)).cast(SHARD_SCHEMA.field("input_ids").type)
-    mask_arr = list_type.from_arrays(pa.array(offsets), pa.array(flat_mask)).cast(SHARD_SCHEMA.field("loss_mask").type)
-    return pa.Table.from_arrays([pa.array(uids, pa.uint64()), ids_arr, mask_arr, pa.array(lengths),
-                                 pa.array(families, pa.string())], schema=SHARD_SCHEMA)
-
-
-def _write_source(out: Path, src: SourceConfig, cfg: PrepConfig, t: Tokenized, read: Any, counts: dict,
-                  write_parquet: Any) -> dict[str, Any]:
-    import pyarrow as pa
-
-    from ftscale.data.format import SHARDS_DIR, VAL_DIR, shard_name
+    from ftscale.data.format import SHARDS_DIR, VAL_DIR
 
     # Remove shards of an earlier, different run so that no stale part survives.
     for d in (out / SHARDS_DIR / src.name, out / VAL_DIR / src.name):
         if d.is_dir():
-            for old in d.glob("part-*.parquet"):
+            for old in [*d.glob("part-*.parquet"), *d.glob("part-*.tokens")]:
                 old.unlink()
     is_val = val_mask(t.uids, cfg.val_fraction, cfg.seed)
-    entry: dict[str, Any] = {"kind": src.kind, "train": [], "val": []}
-    for split, directory, mask in (("train", SHARDS_DIR, ~is_val), ("val", VAL_DIR, is_val)):
-        idx = np.flatnonzero(mask)
-        for k, lo in enumerate(range(0, len(idx), cfg.shard_rows)):
-            sel = idx[lo:lo + cfg.shard_rows]
-            table = _shard_table(t.uids[sel], [t.input_ids[i] for i in sel], [t.loss_masks[i] for i in sel],
-                                 [t.families[i] for i in sel])
-            rel = Path(directory) / src.name / shard_name(k)
-            write_parquet(table, out / rel, row_group_size=4096)
-            tokens = int(sum(len(t.input_ids[i]) for i in sel))
-            entry[split].append({"path": rel.as_posix(), "rows": len(sel), "tokens": tokens,
-                                 "sha256": _sha256(out / rel)})
+    train = _write_split_shards(out, SHARDS_DIR, src, t, np.flatnonzero(~is_val), cfg.shard_rows)
+    val = _write_split_shards(out, VAL_DIR, src, t, np.flatnonzero(is_val), cfg.shard_rows)
     quarantine = read.quarantine
     if t.quarantine_rows.get("uid"):
         extra = pa.table({"uid": pa.array(t.quarantine_rows["uid"], pa.uint64()),
@@ -294,28 +282,21 @@ def _write_source(out: Path, src: SourceConfig, cfg: PrepConfig, t: Tokenized, r
                           "raw": pa.array(t.quarantine_rows["raw"], pa.string())}).cast(quarantine.schema)
         quarantine = pa.concat_tables([quarantine, extra])
     write_parquet(quarantine, out / "quarantine" / f"{src.name}.parquet")
-    c = dict(counts)
     moved = len(t.quarantine_rows.get("uid", []))
-    c["quarantined"] += moved
-    by_reason = dict(c["quarantined_by_reason"])
+    by_reason = dict(counts.quarantined_by_reason)
     for reason in t.quarantine_rows.get("reason", []):
         by_reason[reason] = by_reason.get(reason, 0) + 1
-    c["quarantined_by_reason"] = by_reason
-    c["kept"] -= moved
-    c["truncated"] = t.truncated
-    c["train_docs"] = int((~is_val).sum())
-    c["val_docs"] = int(is_val.sum())
-    train_tokens = sum(s["tokens"] for s in entry["train"])
+    counts = dataclasses.replace(counts, quarantined=counts.quarantined + moved, quarantined_by_reason=by_reason,
+                                 kept=counts.kept - moved, truncated=t.truncated, train_docs=int((~is_val).sum()),
+                                 val_docs=int(is_val.sum()))
+    counts.check(src.name)
+    train_tokens = sum(s.tokens for s in train)
     supervised = int(sum(int(t.loss_masks[i].sum()) for i in np.flatnonzero(~is_val)))
-    entry["counts"] = c
-    entry["tokens"] = {"train": train_tokens, "val": sum(s["tokens"] for s in entry["val"]),
-                       "supervised_train": supervised}
-    entry["supervised_share"] = supervised / train_tokens if train_tokens else 0.0
-    entry["lengths_histogram"] = _histogram([len(x) for x in t.input_ids], cfg.seq_len)
-    entry["warnings"] = t.warnings
-    if c["read"] != c["kept"] + c["quarantined"] + c["exact_duplicate"] + c["near_duplicate"] + c["contaminated"]:
-        raise AssertionError(f"count conservation broken for source {src.name}: {c}")  # a bug, not user error
-    return entry
+    return SourceEntry(
+        kind=src.kind, counts=counts, train=train, val=val, train_tokens=train_tokens,
+        val_tokens=sum(s.tokens for s in val), supervised_train_tokens=supervised,
+        supervised_share=supervised / train_tokens if train_tokens else 0.0,
+        lengths_histogram=_histogram([len(x) for x in t.input_ids], cfg.seq_len), warnings=tuple(t.warnings))
 
 
 def _histogram(lengths: list[int], seq_len: int) -> dict[str, list]:
@@ -324,7 +305,7 @@ def _histogram(lengths: list[int], seq_len: int) -> dict[str, list]:
     return {"edges": edges.tolist(), "counts": counts.tolist()}
 
 
-def _plot_lengths(out: Path, name: str, entry: dict[str, Any]) -> None:
+def _plot_lengths(out: Path, name: str, entry: SourceEntry) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -332,27 +313,27 @@ def _plot_lengths(out: Path, name: str, entry: dict[str, Any]) -> None:
 
     from ftscale.data.atomic import atomic_path
 
-    hist = entry["lengths_histogram"]
+    hist = entry.lengths_histogram or {"edges": [0, 1], "counts": [0]}
     fig, ax = plt.subplots(figsize=(6, 3.2), dpi=100)
     edges = np.array(hist["edges"])
     ax.bar(edges[:-1], hist["counts"], width=np.diff(edges), align="edge", color="#4C72B0")
     ax.set_xlabel("tokens per document")
     ax.set_ylabel("documents")
-    ax.set_title(f"{name}: {sum(hist['counts']):,} documents ({entry['kind']})")
+    ax.set_title(f"{name}: {sum(hist['counts']):,} documents ({entry.kind})")
     fig.tight_layout()
     with atomic_path(out / "plots" / f"{name}_lengths.png") as tmp:
         fig.savefig(tmp, format="png", metadata={"Software": None})
     plt.close(fig)
 
 
-def summarize(manifest: dict[str, Any]) -> list[dict[str, Any]]:
+def summarize(manifest: Manifest) -> list[dict[str, Any]]:
     """One row per source for the CLI summary table."""
     rows = []
-    for name, e in manifest["sources"].items():
-        c = e["counts"]
-        rows.append({"source": name, "kind": e["kind"], "read": c["read"], "quarantined": c["quarantined"],
-                     "dups": c["exact_duplicate"] + c["near_duplicate"], "leaked": c["contaminated"],
-                     "train docs": c["train_docs"], "val docs": c["val_docs"], "train tokens": e["tokens"]["train"],
-                     "loss share": round(e["supervised_share"], 3)})
+    for name, e in manifest.sources.items():
+        c = e.counts
+        rows.append({"source": name, "kind": e.kind, "read": c.read, "quarantined": c.quarantined,
+                     "dups": c.exact_duplicate + c.near_duplicate, "leaked": c.contaminated,
+                     "train docs": c.train_docs, "val docs": c.val_docs, "train tokens": e.train_tokens,
+                     "loss share": round(e.supervised_share, 3)})
     return rows
 

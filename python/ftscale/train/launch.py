@@ -47,10 +47,16 @@ def _root_cause(error: BaseException) -> str:
 
 def launch(cfg: TrainConfig) -> dict[str, Any]:
     """Run training; returns a summary (run dir, last checkpoint, final metrics, export dir)."""
-    from ftscale.data.format import read_manifest
+    from ftscale.data.format import read_manifest, verify_dataset
 
     cfg = _absolute(cfg)
     check_against_dataset(cfg, read_manifest(cfg.data.path))
+    # Checksums once, here, before any worker starts; the workers' loaders check store headers
+    # and sizes only. What the run reads: the mixture's train shards and, when it evaluates,
+    # every source's val shards.
+    verify_dataset(cfg.data.path, list(cfg.data.mixture) if cfg.data.mixture else None, ("train",))
+    if cfg.eval_every:
+        verify_dataset(cfg.data.path, None, ("val",))
     init_ray(WORKER_ENV)
     import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig

@@ -233,8 +233,8 @@ class Recipe:
         out: dict[str, float] = {}
         self.engine.eval()
         sums = []
-        for name, entry in sorted(self.manifest["sources"].items()):
-            if not entry["val"]:
+        for name, entry in sorted(self.manifest.sources.items()):
+            if not entry.val:
                 continue
             loader = PackedLoader(self.cfg.data.path, {name: 1.0}, self.cfg.seq_len, self.cfg.micro_batch_size,
                                   self.rank, self.world_size, self.cfg.seed, split="val", max_epochs=1,
@@ -298,7 +298,7 @@ class Recipe:
             if self.rank == 0:
                 run = {"config": to_dict(self.cfg), "step": self.step, "world_size": self.world_size,
                        "loader": self.loader.state_dict(), "metrics": metrics,
-                       "tokenizer": self.manifest["tokenizer"], "method": self.cfg.method}
+                       "tokenizer": self.manifest.tokenizer, "method": self.cfg.method}
                 (Path(tmp) / RUN_FILE).write_text(json.dumps(run, indent=2, default=str))
                 base_config = getattr(self.model_config, "to_dict", lambda: {})()
                 (Path(tmp) / "model_config.json").write_text(json.dumps(base_config, indent=2, default=str))
