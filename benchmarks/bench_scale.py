@@ -3,10 +3,13 @@
 
     python benchmarks/bench_scale.py [--docs 1M] [--seed S] [--workdir DIR] [--format parquet|jsonl.zst]
         [--skip-datatrove] [--skip-prep] [--skip-loader] [--ftscale-args "--memory-budget 1GiB"]
+        [--datatrove-tokenizers spacy,whitespace] [--keep-outputs]
 
 One synthetic web-like corpus (benchmarks/scale_corpus.py: Zipf words, ~1 KB per document,
 5 % planted near/format copies of known Jaccard, shards of 100,000 documents), cached in
-``--workdir`` by (docs, seed, format). Every contender runs as a subprocess, measured by
+``--workdir`` (default ``$TMPDIR/ftscale-bench-scale``) by (docs, seed, shard size, format); each
+contender's outputs are deleted once scored unless ``--keep-outputs`` (datatrove's signatures
+alone take ~1.1 KB per document). Every contender runs as a subprocess, measured by
 benchmarks/proc_tree.py: wall time, peak RSS summed over the whole process tree (sampled every
 50 ms; PSS beside it, and the kernel's largest single process as a cross-check), CPU seconds.
 
@@ -22,7 +25,7 @@ benchmarks/proc_tree.py: wall time, peak RSS summed over the whole process tree 
   document and per token.
 
 Near-dup quality is doc-level precision / recall / F1 of the removed documents against the
-planted pairs (``scale_corpus.removal_scores``: a removal is right when its >= 0.8 group keeps a
+planted pairs (``scale_scoring.removal_scores``: a removal is right when its >= 0.8 group keeps a
 member). Docs/s per core divides by the cores the tool was given (threads or workers). Results,
 versions, machine, targets and verdicts (issue 10) go to benchmarks/results/scale.json.
 """
@@ -49,6 +52,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 import proc_tree  # noqa: E402
 import scale_corpus  # noqa: E402
+import scale_scoring  # noqa: E402
 
 THRESHOLD = 0.8
 NUM_PERM = 128
@@ -157,6 +161,7 @@ def fmt_rate(x: float) -> str:
 def figures(m: dict, items: int, cores: int) -> dict:
     """The measured run ``m`` of a contender that processed ``items`` with ``cores`` cores."""
     return {**m, "cores": cores, "per_s": items / m["wall_s"], "per_s_per_core": items / m["wall_s"] / cores,
+            "per_cpu_s": items / m["cpu_s"] if m["cpu_s"] else None,
             "peak_tree_rss_gb": m["peak_tree_rss_bytes"] / GB, "cpu_cores_busy": m["cpu_s"] / m["wall_s"]}
 
 
@@ -178,7 +183,8 @@ def log_tail(path: Path, lines: int = 15) -> str:
 # contenders
 
 
-def run_ftscale_dedup(corpus_dir: Path, meta: dict, runs: Path, extra: list[str], timeout_s: float) -> dict:
+def run_ftscale_dedup(corpus_dir: Path, meta: dict, runs: Path, extra: list[str], timeout_s: float,
+                      keep: bool = True) -> dict:
     import pyarrow.parquet as pq
 
     out = runs / "ftscale_dedup"
@@ -210,12 +216,14 @@ def run_ftscale_dedup(corpus_dir: Path, meta: dict, runs: Path, extra: list[str]
     totals = report.get("totals") or {}
     if totals and totals.get("kept", 0) + len(removed) + totals.get("quarantined", 0) != meta["docs"]:
         raise RuntimeError(f"ftscale dedup: kept + removed + quarantined != {meta['docs']}: {totals}")
-    res.update(scale_corpus.score_removed(corpus_dir, removed, THRESHOLD))
+    res.update(scale_scoring.score_removed(corpus_dir, removed, THRESHOLD))
+    if not keep:
+        shutil.rmtree(out)
     return res
 
 
 def run_datatrove(corpus_dir: Path, meta: dict, runs: Path, python: str, tokenizer: str, bands: int, rows: int,
-                  workers: int, timeout_s: float) -> dict:
+                  workers: int, timeout_s: float, keep: bool = True) -> dict:
     import pyarrow.parquet as pq
 
     work = runs / f"datatrove_{tokenizer}"
@@ -237,7 +245,9 @@ def run_datatrove(corpus_dir: Path, meta: dict, runs: Path, python: str, tokeniz
     if kept + len(removed) != meta["docs"]:
         raise RuntimeError(f"datatrove ({tokenizer}): kept {kept} + removed {len(removed)} != {meta['docs']}")
     res["kept"] = kept
-    res.update(scale_corpus.score_removed(corpus_dir, removed, THRESHOLD))
+    res.update(scale_scoring.score_removed(corpus_dir, removed, THRESHOLD))
+    if not keep:
+        shutil.rmtree(work)
     return res
 
 
@@ -379,15 +389,95 @@ def verdict(ok: bool) -> str:
     return "MET" if ok else "MISSED"
 
 
-def main() -> None:
+def dedup_section(args, corpus_dir: Path, meta: dict, runs: Path, bands: int, rows: int, res: dict) -> None:
+    print(f"\n== near/exact dedup, threshold {THRESHOLD}, {NUM_PERM} permutations, word {NGRAM}-grams, "
+          f"{bands} bands x {rows} rows ==")
+    extra = shlex.split(args.ftscale_args)
+    ft = res["ftscale_dedup"] = run_ftscale_dedup(corpus_dir, meta, runs, extra, args.timeout_s, args.keep_outputs)
+    print(f"ftscale dedup: {fmt_rate(ft['per_s'])} docs/s ({fmt_rate(ft['per_s_per_core'])} per core, "
+          f"{ft['cores']} threads), {ft['peak_tree_rss_gb']:.2f} GB peak RSS, {ft['wall_s']:.1f} s; F1 {ft['f1']:.4f} "
+          f"(P {ft['precision']:.4f} / R {ft['recall']:.4f})")
+    if args.skip_datatrove:
+        return
+    check = subprocess.run([args.datatrove_python, str(HERE / "scale_datatrove.py"), "check",
+                            str(corpus_dir / "shards"), "--format", args.fmt], capture_output=True, text=True)
+    res["datatrove_shingling_check"] = (json.loads(check.stdout.strip().splitlines()[-1])
+                                        if check.returncode == 0 else {"error": check.stderr[-2000:]})
+    dts = res["datatrove"] = {}
+    for tok in [t for t in args.datatrove_tokenizers.split(",") if t]:
+        dt = dts[tok] = run_datatrove(corpus_dir, meta, runs, args.datatrove_python, tok, bands, rows,
+                                      args.workers, args.timeout_s, args.keep_outputs)
+        ratio = dt["ftscale_per_core_ratio"] = ft["per_s_per_core"] / dt["per_s_per_core"]
+        cpu_ratio = dt["ftscale_per_cpu_s_ratio"] = ft["per_cpu_s"] / dt["per_cpu_s"]
+        stages = ", ".join(f"{k} {s:.0f} s" for k, s in dt["driver"]["seconds"].items())
+        print(f"ftscale dedup: {fmt_rate(ft['per_s_per_core'])} docs/s per core, {ft['peak_tree_rss_gb']:.2f} GB | "
+              f"datatrove ({tok} words, {dt['cores']} workers): {fmt_rate(dt['per_s_per_core'])} docs/s per core, "
+              f"{dt['peak_tree_rss_gb']:.2f} GB ({dt['peak_tree_pss_bytes'] / GB:.2f} GB PSS, {stages}) | "
+              f"ratio {ratio:.0f}x")
+        print(f"dedup docs per CPU-second | ftscale: {fmt_rate(ft['per_cpu_s'])} | datatrove ({tok}): "
+              f"{fmt_rate(dt['per_cpu_s'])} | ratio {cpu_ratio:.0f}x (less sensitive to other load on the machine)")
+        print(f"near-dup F1 | ftscale: {ft['f1']:.4f} (P {ft['precision']:.4f} / R {ft['recall']:.4f}) | "
+              f"datatrove ({tok}): {dt['f1']:.4f} (P {dt['precision']:.4f} / R {dt['recall']:.4f}) | "
+              f"difference {ft['f1'] - dt['f1']:+.4f}")
+
+
+def prep_section(args, corpus_dir: Path, meta: dict, runs: Path, res: dict) -> None:
+    tok_dir = smollm2_tokenizer_dir(args.workdir / "smollm2_tokenizer")
+    pr = res["ftscale_prep"] = run_prep(corpus_dir, meta, runs, tok_dir, args.timeout_s)
+    before = ISSUE_10_BEFORE["prep_250k_docs"]
+    print(f"\nftscale prep: {fmt_rate(pr['per_s'])} tokens/s ({pr['tokens'] / 1e6:.1f} M tokens, "
+          f"{pr['wall_s']:.0f} s), {pr['peak_tree_rss_gb']:.2f} GB peak RSS ({pr['bytes_per_token']:.1f} B/token) | "
+          f"before the rewrite (issue 10, 250k docs): {fmt_rate(before['tokens_per_s'])} tokens/s, "
+          f"{before['peak_rss_gb']:.2f} GB | ratio {pr['per_s'] / before['tokens_per_s']:.2f}x")
+    if not args.skip_loader:
+        ld = res["loader"] = run_loader(pr, runs, args.timeout_s)
+        for r, e in ld["ranks"].items():
+            print(f"PackedLoader rank {r}/{LOADER_WORLD_SIZE}: peak RSS {e['worker']['peak_rss_bytes'] / GB:.2f} GB, "
+                  f"growth over imports {e['growth_bytes'] / MIB:.0f} MiB = {e['bytes_per_doc']:.0f} B/doc, "
+                  f"{e['bytes_per_token']:.2f} B/token ({ld['train_docs']:,} docs, {ld['train_tokens'] / 1e6:.1f} M "
+                  f"tokens) | target 16 B/doc + 256 MiB = {e['target_bytes'] / MIB:.0f} MiB | before (issue 10): "
+                  f"{ISSUE_10_BEFORE['loader_rank0_of_2_182m_tokens']['bytes_per_token']} B/token")
+    if not args.keep_outputs:
+        shutil.rmtree(pr["dataset_dir"])
+
+
+def judge(res: dict, docs: int) -> dict:
+    """Issue 10's targets against this run's figures."""
+    out = {}
+    ft = res["ftscale_dedup"]
+    rss_target = TARGETS["dedup_peak_rss_gb_at_1m"] if docs <= 1_000_000 else TARGETS["dedup_peak_rss_gb_at_10m"]
+    out["dedup_peak_rss"] = (f"{ft['peak_tree_rss_gb']:.2f} GB <= {rss_target} GB: "
+                             f"{verdict(ft['peak_tree_rss_gb'] <= rss_target)}")
+    dt = res.get("datatrove", {}).get("spacy")  # datatrove as a user gets it: its English tokenizer
+    if dt:
+        ok = dt["ftscale_per_core_ratio"] >= TARGETS["dedup_docs_per_s_per_core_vs_datatrove"] and ft["f1"] >= dt["f1"]
+        out["dedup_speed_and_f1_vs_datatrove_default"] = (
+            f"{dt['ftscale_per_core_ratio']:.0f}x >= 50x per core, F1 {ft['f1']:.4f} >= {dt['f1']:.4f}: {verdict(ok)}")
+    pr = res.get("ftscale_prep")
+    if pr:
+        out["prep_peak_rss"] = (f"{pr['peak_tree_rss_gb']:.2f} GB <= {TARGETS['prep_peak_rss_gb']} GB: "
+                                f"{verdict(pr['peak_tree_rss_gb'] <= TARGETS['prep_peak_rss_gb'])}")
+        tps = ISSUE_10_BEFORE["prep_250k_docs"]["tokens_per_s"]
+        out["prep_tokens_per_s"] = (f"{fmt_rate(pr['per_s'])} >= {fmt_rate(tps)}: {verdict(pr['per_s'] >= tps)}"
+                                    + (" (the before-figure is from 250k docs; start-up weighs more below that)"
+                                       if docs < 250_000 else ""))
+    if "loader" in res:
+        worst = max(res["loader"]["ranks"].values(), key=lambda e: e["growth_bytes"])
+        out["loader_rss_per_rank"] = (f"{worst['growth_bytes'] / MIB:.0f} MiB <= {worst['target_bytes'] / MIB:.0f} "
+                                      f"MiB: {verdict(worst['growth_bytes'] <= worst['target_bytes'])}")
+    return out
+
+
+def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--docs", type=parse_count, default=1_000_000, help="documents (default 1M; e.g. 20k, 10M)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--format", dest="fmt", choices=scale_corpus.FORMATS, default="parquet")
     ap.add_argument("--shard-docs", type=parse_count, default=None,
                     help="documents per shard (default 100k, fewer when needed to give every datatrove worker a shard)")
-    ap.add_argument("--workdir", type=Path, default=None,
-                    help="corpus cache and run outputs (default: a new temporary directory, removed at the end)")
+    ap.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "ftscale-bench-scale",
+                    help="corpus cache and run outputs (default: $TMPDIR/ftscale-bench-scale)")
+    ap.add_argument("--keep-outputs", action="store_true", help="keep every contender's outputs in the workdir")
     ap.add_argument("--json", type=Path, default=DEFAULT_JSON, help=f"results (default {DEFAULT_JSON})")
     ap.add_argument("--ftscale-args", default="", help='extra ftscale dedup flags, e.g. "--memory-budget 1GiB"')
     ap.add_argument("--datatrove-python", default=sys.executable,
@@ -401,7 +491,11 @@ def main() -> None:
     ap.add_argument("--skip-loader", action="store_true")
     ap.add_argument(_LOADER_FLAG, nargs=3, metavar=("DATASET", "RANK", "STEPS"), help=argparse.SUPPRESS)
     ap.add_argument(_TOKENIZER_FLAG, type=Path, metavar="DIR", help=argparse.SUPPRESS)
-    args = ap.parse_args()
+    return ap.parse_args()
+
+
+def main() -> None:
+    args = parse_args()
     if args._tokenizer_worker:
         tokenizer_worker(args._tokenizer_worker)
         return
@@ -413,120 +507,55 @@ def main() -> None:
     import ftscale
 
     t_start = time.perf_counter()
-    own_workdir = args.workdir is None
-    workdir = Path(tempfile.mkdtemp(prefix="ftscale-bench-scale-")) if own_workdir else args.workdir
     shard_docs = args.shard_docs or min(100_000, -(-args.docs // args.workers))
     spec = scale_corpus.CorpusSpec(args.docs, args.seed, shard_docs, args.fmt)
-    corpus_dir = workdir / "corpus" / spec.key()
-    runs = fresh(workdir / "runs" / spec.key())
-    extra = shlex.split(args.ftscale_args)
+    corpus_dir = args.workdir / "corpus" / spec.key()
+    runs = fresh(args.workdir / "runs" / spec.key())
     bands, rows = ftscale.lsh_params(THRESHOLD, NUM_PERM)
     res: dict = {"machine": machine_info(), "versions": package_versions(sys.executable),
                  "params": {"threshold": THRESHOLD, "num_perm": NUM_PERM, "ngram": NGRAM, "bands": bands,
                             "rows": rows, "docs": args.docs, "seed": args.seed, "format": args.fmt,
-                            "ftscale_args": extra, "datatrove_workers": args.workers,
-                            "datatrove_python": args.datatrove_python},
+                            "shard_docs": shard_docs, "ftscale_args": shlex.split(args.ftscale_args),
+                            "datatrove_workers": args.workers, "datatrove_python": args.datatrove_python},
                  "targets": TARGETS, "issue_10_before": ISSUE_10_BEFORE}
+    dt_versions = res["versions"]
     if args.datatrove_python != sys.executable and not args.skip_datatrove:
-        res["versions_datatrove_python"] = package_versions(args.datatrove_python)
-    m = res["machine"]
+        dt_versions = res["versions_datatrove_python"] = package_versions(args.datatrove_python)
+    m, v = res["machine"], res["versions"]
     print(f"machine: {m['cpu_model']}, {m['usable_cores']} usable cores, {m['memory_bytes'] / GB:.0f} GB, "
           f"load avg {m['loadavg_start'][0]:.2f}; python {m['python']}")
-    v = res["versions"]
-    print(f"versions: ftscale {v['ftscale']} ({(v.get('ftscale_git_commit') or '?')[:10]}), datatrove "
-          f"{(res.get('versions_datatrove_python') or v)['datatrove']}, spacy {(res.get('versions_datatrove_python') or v)['spacy']}")
+    print(f"versions: ftscale {v['ftscale']} ({(v.get('ftscale_git_commit') or '?')[:10]}), "
+          f"datatrove {dt_versions['datatrove']}, spacy {dt_versions['spacy']}")
 
     t0 = time.perf_counter()
-    meta = scale_corpus.build(spec, corpus_dir, log=lambda s: print(s, flush=True))
-    res["corpus"] = {k: val for k, val in meta.items() if k != "shards"}
-    res["corpus"]["shards"] = len(meta["shards"])
-    res["corpus"]["ready_s"] = time.perf_counter() - t0
-    res["corpus"]["accidental_pairs_check"] = scale_corpus.check_no_accidental_pairs(corpus_dir)
-    c = res["corpus"]
+    meta = scale_corpus.build(spec, corpus_dir, log=lambda line: print(line, flush=True))
+    c = res["corpus"] = {k: val for k, val in meta.items() if k != "shards"}
+    c["shards"] = len(meta["shards"])
+    c["ready_s"] = time.perf_counter() - t0
+    acc = c["accidental_pairs_check"] = scale_corpus.check_no_accidental_pairs(corpus_dir)
     print(f"corpus: {c['docs']:,} docs, {c['text_bytes'] / GB:.2f} GB of text in {c['shards']} {args.fmt} shards; "
           f"{c['copies']:,} planted copies ({c['format_copies']:,} case/whitespace) in {c['clusters']:,} clusters; "
-          f"{c['truth_pairs_ge_0.8']:,} of {c['truth_pairs']:,} truth pairs >= {THRESHOLD}; "
-          f"accidental pairs >= 0.5 in the first {c['accidental_pairs_check']['sample_docs']:,} docs: "
-          f"{c['accidental_pairs_check']['accidental_pairs']} ({c['ready_s']:.0f} s)")
+          f"{c['truth_pairs_ge_0.8']:,} of {c['truth_pairs']:,} truth pairs >= {THRESHOLD}; accidental pairs "
+          f">= 0.5 in the first {acc['sample_docs']:,} docs: {acc['accidental_pairs']} ({c['ready_s']:.0f} s)")
 
-    # ---------------------------------------------------------------- dedup
-    print(f"\n== near/exact dedup, threshold {THRESHOLD}, {NUM_PERM} permutations, word {NGRAM}-grams, "
-          f"{bands} bands x {rows} rows ==")
-    ft = res["ftscale_dedup"] = run_ftscale_dedup(corpus_dir, meta, runs, extra, args.timeout_s)
-    print(f"ftscale dedup: {fmt_rate(ft['per_s'])} docs/s ({fmt_rate(ft['per_s_per_core'])} per core, "
-          f"{ft['cores']} threads), {ft['peak_tree_rss_gb']:.2f} GB peak RSS, {ft['wall_s']:.1f} s; F1 {ft['f1']:.4f} "
-          f"(P {ft['precision']:.4f} / R {ft['recall']:.4f})")
-    dts = {}
-    if not args.skip_datatrove:
-        check = subprocess.run([args.datatrove_python, str(HERE / "scale_datatrove.py"), "check",
-                                str(corpus_dir / "shards"), "--format", args.fmt],
-                               capture_output=True, text=True)
-        res["datatrove_shingling_check"] = (json.loads(check.stdout.strip().splitlines()[-1])
-                                            if check.returncode == 0 else {"error": check.stderr[-2000:]})
-        for tok in [t for t in args.datatrove_tokenizers.split(",") if t]:
-            dt = dts[tok] = run_datatrove(corpus_dir, meta, runs, args.datatrove_python, tok, bands, rows,
-                                          args.workers, args.timeout_s)
-            ratio = ft["per_s_per_core"] / dt["per_s_per_core"]
-            dt["ftscale_per_core_ratio"] = ratio
-            stages = ", ".join(f"{k} {s:.0f} s" for k, s in dt["driver"]["seconds"].items())
-            print(f"ftscale dedup: {fmt_rate(ft['per_s_per_core'])} docs/s per core, {ft['peak_tree_rss_gb']:.2f} GB | "
-                  f"datatrove ({tok} words, {dt['cores']} workers): {fmt_rate(dt['per_s_per_core'])} docs/s per core, "
-                  f"{dt['peak_tree_rss_gb']:.2f} GB ({dt['peak_tree_pss_bytes'] / GB:.2f} GB PSS, {stages}) | "
-                  f"ratio {ratio:.0f}x")
-            print(f"near-dup F1 | ftscale: {ft['f1']:.4f} (P {ft['precision']:.4f} / R {ft['recall']:.4f}) | "
-                  f"datatrove ({tok}): {dt['f1']:.4f} (P {dt['precision']:.4f} / R {dt['recall']:.4f}) | "
-                  f"difference {ft['f1'] - dt['f1']:+.4f}")
-        res["datatrove"] = dts
-
-    # ---------------------------------------------------------------- prep + loader
+    dedup_section(args, corpus_dir, meta, runs, bands, rows, res)
     if not args.skip_prep:
-        tok_dir = smollm2_tokenizer_dir(workdir / "smollm2_tokenizer")
-        pr = res["ftscale_prep"] = run_prep(corpus_dir, meta, runs, tok_dir, args.timeout_s)
-        before = ISSUE_10_BEFORE["prep_250k_docs"]
-        print(f"\nftscale prep: {fmt_rate(pr['per_s'])} tokens/s ({pr['tokens'] / 1e6:.1f} M tokens, "
-              f"{pr['wall_s']:.0f} s), {pr['peak_tree_rss_gb']:.2f} GB peak RSS ({pr['bytes_per_token']:.1f} B/token) | "
-              f"before the rewrite (issue 10, 250k docs): {fmt_rate(before['tokens_per_s'])} tokens/s, "
-              f"{before['peak_rss_gb']:.2f} GB | ratio {pr['per_s'] / before['tokens_per_s']:.2f}x")
-        if not args.skip_loader:
-            ld = res["loader"] = run_loader(pr, runs, args.timeout_s)
-            for r, e in ld["ranks"].items():
-                print(f"PackedLoader rank {r}/{LOADER_WORLD_SIZE}: peak RSS {e['worker']['peak_rss_bytes'] / GB:.2f} GB, "
-                      f"growth over imports {e['growth_bytes'] / MIB:.0f} MiB = {e['bytes_per_doc']:.0f} B/doc, "
-                      f"{e['bytes_per_token']:.2f} B/token ({ld['train_docs']:,} docs, {ld['train_tokens'] / 1e6:.1f} M tokens) | "
-                      f"target 16 B/doc + 256 MiB = {e['target_bytes'] / MIB:.0f} MiB | "
-                      f"before (issue 10): {ISSUE_10_BEFORE['loader_rank0_of_2_182m_tokens']['bytes_per_token']} B/token")
-
-    # ---------------------------------------------------------------- verdicts
-    verdicts = {}
-    rss_target = TARGETS["dedup_peak_rss_gb_at_1m"] if args.docs <= 1_000_000 else TARGETS["dedup_peak_rss_gb_at_10m"]
-    verdicts["dedup_peak_rss"] = f"{ft['peak_tree_rss_gb']:.2f} GB <= {rss_target} GB: {verdict(ft['peak_tree_rss_gb'] <= rss_target)}"
-    if "spacy" in dts:
-        dt = dts["spacy"]
-        ok = dt["ftscale_per_core_ratio"] >= TARGETS["dedup_docs_per_s_per_core_vs_datatrove"] and ft["f1"] >= dt["f1"]
-        verdicts["dedup_speed_and_f1_vs_datatrove_default"] = (
-            f"{dt['ftscale_per_core_ratio']:.0f}x >= 50x per core, F1 {ft['f1']:.4f} >= {dt['f1']:.4f}: {verdict(ok)}")
-    if "ftscale_prep" in res:
-        pr = res["ftscale_prep"]
-        verdicts["prep_peak_rss"] = f"{pr['peak_tree_rss_gb']:.2f} GB <= 2 GB: {verdict(pr['peak_tree_rss_gb'] <= 2.0)}"
-        tps = ISSUE_10_BEFORE["prep_250k_docs"]["tokens_per_s"]
-        verdicts["prep_tokens_per_s"] = f"{fmt_rate(pr['per_s'])} >= {fmt_rate(tps)}: {verdict(pr['per_s'] >= tps)}"
-    if "loader" in res:
-        worst = max(res["loader"]["ranks"].values(), key=lambda e: e["growth_bytes"])
-        verdicts["loader_rss_per_rank"] = (f"{worst['growth_bytes'] / MIB:.0f} MiB <= {worst['target_bytes'] / MIB:.0f} "
-                                           f"MiB: {verdict(worst['growth_bytes'] <= worst['target_bytes'])}")
-    res["verdicts"] = verdicts
+        prep_section(args, corpus_dir, meta, runs, res)
+    res["verdicts"] = judge(res, args.docs)
     print("\ntargets (issue 10):")
-    for k, val in verdicts.items():
+    for k, val in res["verdicts"].items():
         print(f"  {k}: {val}")
 
-    res["machine"]["loadavg_end"] = list(os.getloadavg())
+    res["machine"]["loadavg_end"] = le = list(os.getloadavg())
     res["wall_s"] = time.perf_counter() - t_start
+    if max(m["loadavg_start"][0], le[0]) > 1.5 * m["usable_cores"]:
+        print(f"\nnote: load average {m['loadavg_start'][0]:.2f} at the start, {le[0]:.2f} at the end on "
+              f"{m['usable_cores']} cores: other processes competed for them; wall-clock figures are noisy, "
+              f"docs per CPU-second less so")
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(res, indent=2, default=float) + "\n")
-    print(f"\nwall time {res['wall_s']:.0f} s; results written to {args.json}"
-          + ("" if own_workdir else f"; corpus and outputs kept in {workdir}"))
-    if own_workdir:
-        shutil.rmtree(workdir, ignore_errors=True)
+    print(f"\nwall time {res['wall_s']:.0f} s; results written to {args.json}; corpus cached in {corpus_dir}"
+          + (f", outputs in {runs}" if args.keep_outputs else ""))
 
 
 if __name__ == "__main__":

@@ -26,30 +26,29 @@ from pathlib import Path
 PSS_EVERY = 10  # PSS on every 10th sample (~0.5 s at the default interval)
 
 
-def tree_memory(pid: int, *, pss: bool = False) -> tuple[int, int, int, int]:
-    """(sum of RSS bytes, sum of PSS bytes or 0, largest RSS of one process, process count)
-    over ``pid`` and its descendants."""
+def tree_sample(pid: int, *, pss: bool = False) -> dict:
+    """One look at ``pid`` and its descendants: rss and pss (sums, bytes; pss 0 unless asked),
+    largest (one process's RSS), processes, and cpu: {(pid, start time): user + system seconds}."""
     import psutil
 
+    out = {"rss": 0, "pss": 0, "largest": 0, "processes": 0, "cpu": {}}
     try:
         root = psutil.Process(pid)
         procs = [root, *root.children(recursive=True)]
     except psutil.Error:
-        return 0, 0, 0, 0
-    rss = pss_sum = largest = count = 0
+        return out
     for p in procs:
         try:
-            if pss:
-                info = p.memory_full_info()
-                pss_sum += info.pss
-            else:
-                info = p.memory_info()
-            rss += info.rss
-            largest = max(largest, info.rss)
-            count += 1
+            info = p.memory_full_info() if pss else p.memory_info()
+            times = p.cpu_times()
+            out["cpu"][(p.pid, p.create_time())] = times.user + times.system
         except psutil.Error:  # exited between listing and reading, or not ours
             continue
-    return rss, pss_sum, largest, count
+        out["pss"] += info.pss if pss else 0
+        out["rss"] += info.rss
+        out["largest"] = max(out["largest"], info.rss)
+        out["processes"] += 1
+    return out
 
 
 def _reset_own_peak() -> int:
@@ -68,8 +67,12 @@ def run_measured(cmd: list[str], *, env: dict | None = None, cwd: str | Path | N
                  interval_s: float = 0.05) -> dict:
     """Run ``cmd`` (stdout and stderr to ``log_path`` or discarded) and return its figures:
     rc, wall_s, peak_tree_rss_bytes, peak_tree_pss_bytes, peak_process_rss_bytes (sampled),
-    kernel_maxrss_bytes (ru_maxrss), max_processes, cpu_s (user + system of the child and its
-    reaped descendants), samples, timed_out. On timeout the whole process group is killed."""
+    kernel_maxrss_bytes (ru_maxrss), max_processes, cpu_s (user + system seconds: the larger of
+    the kernel's figure for the child and its reaped descendants, and the sum of the last sampled
+    CPU time of every process seen: a process that is never reaped by its parent, such as a
+    multiprocessing forkserver's workers, is missing from the first, and the last < interval_s
+    of each process from the second), samples, timed_out. On timeout the whole process group
+    is killed."""
     out = open(log_path, "wb") if log_path else subprocess.DEVNULL
     try:
         caller_rss = _reset_own_peak()
@@ -77,16 +80,18 @@ def run_measured(cmd: list[str], *, env: dict | None = None, cwd: str | Path | N
         proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=out, stderr=subprocess.STDOUT,
                                 start_new_session=True)
         peak = {"rss": 0, "pss": 0, "one": 0, "procs": 0, "samples": 0}
+        cpu_seen: dict = {}
         stop = threading.Event()
 
         def sample() -> None:
             while not stop.is_set():
                 with_pss = peak["samples"] % PSS_EVERY == 0
-                rss, pss, one, n = tree_memory(proc.pid, pss=with_pss)
-                peak["rss"] = max(peak["rss"], rss)
-                peak["pss"] = max(peak["pss"], pss)
-                peak["one"] = max(peak["one"], one)
-                peak["procs"] = max(peak["procs"], n)
+                now = tree_sample(proc.pid, pss=with_pss)
+                peak["rss"] = max(peak["rss"], now["rss"])
+                peak["pss"] = max(peak["pss"], now["pss"])
+                peak["one"] = max(peak["one"], now["largest"])
+                peak["procs"] = max(peak["procs"], now["processes"])
+                cpu_seen.update(now["cpu"])
                 peak["samples"] += 1
                 stop.wait(interval_s)
 
@@ -123,7 +128,9 @@ def run_measured(cmd: list[str], *, env: dict | None = None, cwd: str | Path | N
         "kernel_maxrss_bytes": usage.ru_maxrss * 1024,  # Linux reports KiB
         "caller_rss_at_launch_bytes": caller_rss,
         "max_processes": peak["procs"],
-        "cpu_s": usage.ru_utime + usage.ru_stime,
+        "cpu_s": max(usage.ru_utime + usage.ru_stime, sum(cpu_seen.values())),
+        "cpu_s_kernel": usage.ru_utime + usage.ru_stime,
+        "cpu_s_sampled": sum(cpu_seen.values()),
         "samples": peak["samples"],
         "timed_out": timed_out.is_set(),
     }

@@ -26,10 +26,10 @@ Ground truth (``truth.parquet``): every pair inside every cluster (source-copy a
 with its exact Jaccard computed from the two documents' 5-gram sets (5-grams of word ids, equal
 to 5-grams of ``text.lower().split()`` because the vocabulary is lowercase and whitespace-free).
 Pairs across clusters are not listed because random Zipf documents essentially never reach
-Jaccard 0.6: two random 5-grams coincide with probability ``(sum_k p_k**2)**5`` ~= 1e-8 for this
-vocabulary (``sum_k p_k**2`` ~= 0.03), so two ~170-shingle documents share ~170**2 * 1e-8 ~= 3e-4
-shingles on average, and a pair at >= 0.6 needs ~75 % of them shared. Even the shortest documents
-(``min_words`` = 20, 16 shingles) would need ~12 shared shingles. ``check_no_accidental_pairs``
+Jaccard 0.6: two random 5-grams coincide with probability ``(sum_k p_k**2)**5`` ~= 2e-8 for this
+vocabulary (``sum_k p_k**2`` ~= 0.029), so two ~240-shingle documents (the mean) share
+~240**2 * 2e-8 ~= 1e-3 shingles on average, while a pair at >= 0.6 needs 75 % of them shared.
+Even the shortest documents (``min_words`` = 20, 16 shingles) would need 12 shared shingles. ``check_no_accidental_pairs``
 verifies it on a sample with benchmarks/corpus.py's exact ``exact_pairs``.
 
 Layout of ``out_dir``: ``shards/shard_00000.parquet`` ... (columns ``id`` int64 = global
@@ -52,7 +52,7 @@ from pathlib import Path
 import numpy as np
 
 NGRAM = 5
-GENERATOR_VERSION = 1  # bump when the same spec would produce other documents
+GENERATOR_VERSION = 2  # bump when the same spec would produce other documents
 CONSONANTS = "bdfgklmnprstvz"  # no c/h/j/q/w/x/y: keeps English tokenizer exceptions ("cant") out
 VOWELS = "aeiou"
 CLUSTER_COPIES = (1, 2, 3)
@@ -124,9 +124,15 @@ def zipf_cdf(size: int, exponent: float) -> np.ndarray:
     return cdf
 
 
-def draw_words(rng: np.random.Generator, cdf: np.ndarray, n: int) -> np.ndarray:
-    """``n`` Zipf-distributed word ids (uint16), by inverse-CDF sampling."""
-    return np.searchsorted(cdf, rng.random(n), side="right").astype(np.uint16)
+def draw_words(rng: np.random.Generator, cdf: np.ndarray, n: int, chunk: int = 1 << 20) -> np.ndarray:
+    """``n`` Zipf-distributed word ids (uint16), by inverse-CDF sampling. In chunks: the
+    float64 draws and int64 indices take 16 bytes per word, the result 2 (the same numbers as
+    one call: the generator's stream does not depend on how it is sliced)."""
+    out = np.empty(n, dtype=np.uint16)
+    for lo in range(0, n, chunk):
+        hi = min(lo + chunk, n)
+        out[lo:hi] = np.searchsorted(cdf, rng.random(hi - lo), side="right")
+    return out
 
 
 def shingle_set(ids) -> set:
@@ -220,30 +226,29 @@ class Layout:
 
 
 def plan_layout(spec: CorpusSpec) -> Layout:
+    """Cluster sizes, then ``clusters + copies`` distinct random positions dealt out to the
+    clusters; the earliest position of each cluster is its source."""
     rng = np.random.default_rng(np.random.SeedSequence([spec.seed, spec.docs, 0x6C6179]))
     n_copies = int(round(spec.dup_fraction * spec.docs))
-    sizes: list[int] = []
-    total = 0
-    while total < n_copies:
-        c = min(int(rng.choice(CLUSTER_COPIES, p=CLUSTER_COPIES_P)), n_copies - total)
-        sizes.append(c)
-        total += c
-    positions = rng.choice(spec.docs, size=len(sizes) + total, replace=False)
-    ids, srcs = [], []
-    at = 0
-    for c in sizes:
-        group = np.sort(positions[at:at + c + 1])
-        at += c + 1
-        srcs.append(np.full(c, group[0], dtype=np.int64))
-        ids.append(group[1:])
-    copy_ids = np.concatenate(ids) if ids else np.zeros(0, np.int64)
-    copy_source = np.concatenate(srcs) if srcs else np.zeros(0, np.int64)
-    kind = (rng.random(len(copy_ids)) < spec.format_share).astype(np.uint8)
+    sizes = rng.choice(CLUSTER_COPIES, size=max(n_copies, 1), p=CLUSTER_COPIES_P)
+    n_clusters = int(np.searchsorted(np.cumsum(sizes), n_copies)) + 1 if n_copies else 0
+    sizes = sizes[:n_clusters]
+    if n_clusters:
+        sizes[-1] -= int(sizes.sum()) - n_copies  # the last cluster is cut to hit n_copies exactly
+    positions = rng.choice(spec.docs, size=n_clusters + n_copies, replace=False).astype(np.int64)
+    cluster = np.repeat(np.arange(n_clusters), sizes + 1)
+    order = np.lexsort((positions, cluster))  # by cluster, then position
+    positions, cluster = positions[order], cluster[order]
+    first = np.ones(len(cluster), dtype=bool)
+    first[1:] = cluster[1:] != cluster[:-1]
+    source_of = positions[first][cluster]  # each member's source: its cluster's earliest position
+    copy_ids, copy_source = positions[~first], source_of[~first]
+    kind = (rng.random(n_copies) < spec.format_share).astype(np.uint8)
     lo, hi = spec.near_jaccard
-    target = np.where(kind == 1, 1.0, rng.uniform(lo, hi, len(copy_ids)))
-    order = np.argsort(copy_ids, kind="stable")
+    target = np.where(kind == 1, 1.0, rng.uniform(lo, hi, n_copies))
+    by_id = np.argsort(copy_ids, kind="stable")
     src_ids, counts = np.unique(copy_source, return_counts=True)
-    return Layout(copy_ids[order].astype(np.int64), copy_source[order], kind[order], target[order],
+    return Layout(copy_ids[by_id], copy_source[by_id], kind[by_id], target[by_id],
                   dict(zip(src_ids.tolist(), counts.tolist())))
 
 
@@ -458,83 +463,6 @@ def check_no_accidental_pairs(out_dir: Path, sample_docs: int = 20_000, threshol
     return {"sample_docs": len(texts), "threshold": threshold, "exact_pairs": len(found),
             "planted_pairs": len(planted), "accidental_pairs": len(found - planted),
             "planted_missed": len(planted - found)}
-
-
-# --------------------------------------------------------------------------------------------
-# Scoring a dedup tool's removals
-
-
-def removal_scores(removed_ids: np.ndarray, n_docs: int, id_a: np.ndarray, id_b: np.ndarray,
-                   sim: np.ndarray, threshold: float = 0.8) -> dict:
-    """Doc-level precision / recall / F1 of a set of removed documents.
-
-    Which member of a duplicate group a tool keeps is its own rule (ftscale: lowest uid;
-    datatrove: the root of its union-find), so truth is defined per group, not per document:
-    the groups are the connected components of the graph whose edges are the ground-truth pairs
-    with Jaccard >= ``threshold``. A group of ``s`` documents holds ``s - 1`` positives (a perfect
-    tool keeps exactly one, any one).
-
-    * A removed document is a true positive when its group still has a kept member: it has a
-      partner at >= threshold that is kept, or one that is removed but itself linked at >=
-      threshold to a kept one, and so on (a tool clusters transitively, as both tools do).
-    * It is a false positive when it is in no group (no partner at >= threshold: a copy below
-      the threshold, or an unrelated document) or when its whole group was removed (the
-      content is lost).
-    * recall = TP / sum(s - 1); a group with ``k >= 1`` kept members misses ``k - 1``.
-    """
-    removed = np.zeros(n_docs, dtype=bool)
-    removed[np.asarray(removed_ids, dtype=np.int64)] = True
-    keep = np.asarray(sim) >= threshold
-    a, b = np.asarray(id_a)[keep].tolist(), np.asarray(id_b)[keep].tolist()
-    parent: dict[int, int] = {}
-
-    def find(x: int) -> int:
-        root = x
-        while parent.get(root, root) != root:
-            root = parent[root]
-        while x != root:  # path compression
-            parent[x], x = root, parent[x]
-        return root
-
-    for x, y in zip(a, b):
-        rx, ry = find(x), find(y)
-        if rx != ry:
-            parent[max(rx, ry)] = min(rx, ry)
-    members = np.array(sorted(set(a) | set(b)), dtype=np.int64)
-    roots = np.array([find(int(m)) for m in members], dtype=np.int64)
-    _, group = np.unique(roots, return_inverse=True)
-    n_groups = int(group.max()) + 1 if len(group) else 0
-    size = np.bincount(group, minlength=n_groups)
-    gone = np.bincount(group, weights=removed[members], minlength=n_groups).astype(np.int64)
-    has_kept = gone < size
-    tp = int(gone[has_kept].sum())
-    positives = int((size - 1).sum())
-    predicted = int(removed.sum())
-    in_group = np.zeros(n_docs, dtype=bool)
-    in_group[members] = True
-    in_any_pair = np.zeros(n_docs, dtype=bool)
-    in_any_pair[np.asarray(id_a, dtype=np.int64)] = True
-    in_any_pair[np.asarray(id_b, dtype=np.int64)] = True
-    precision = tp / predicted if predicted else 1.0
-    recall = tp / positives if positives else 1.0
-    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-    return {
-        "precision": precision, "recall": recall, "f1": f1, "tp": tp, "fp": predicted - tp,
-        "fn": positives - tp, "removed": predicted, "positives": positives, "groups": n_groups,
-        "fp_below_threshold_copies": int((removed & ~in_group & in_any_pair).sum()),
-        "fp_unrelated": int((removed & ~in_any_pair).sum()),
-        "fp_whole_group_removed": int(gone[~has_kept].sum()),
-    }
-
-
-def score_removed(out_dir: Path, removed_ids: np.ndarray, threshold: float = 0.8) -> dict:
-    """``removal_scores`` against this corpus's ``truth.parquet``."""
-    import pyarrow.parquet as pq
-
-    meta = json.loads((Path(out_dir) / "corpus.json").read_text())
-    t = pq.read_table(Path(out_dir) / "truth.parquet", columns=["id_a", "id_b", "jaccard"])
-    return removal_scores(removed_ids, meta["docs"], t["id_a"].to_numpy(), t["id_b"].to_numpy(),
-                          t["jaccard"].to_numpy(), threshold)
 
 
 def main() -> None:

@@ -28,6 +28,7 @@ def _load(name: str):
 sc = _load("scale_corpus")
 proc_tree = _load("proc_tree")
 kjv = _load("corpus")  # shingles() and exact_pairs() need no KJV text
+scoring = _load("scale_scoring")
 
 
 @pytest.fixture(scope="module")
@@ -82,6 +83,16 @@ def test_sizes_and_ids(small):
         assert t.lower().split() == [w for w in t.lower().split() if w.isalpha() and w.isascii()]
 
 
+@pytest.mark.parametrize("docs", [1, 10, 3000])
+def test_layout_places_each_source_before_its_copies(docs):
+    lay = sc.plan_layout(sc.CorpusSpec(docs, seed=3))
+    assert len(lay.copy_ids) == round(0.05 * docs)
+    assert np.all(np.diff(lay.copy_ids) > 0) and np.all(lay.copy_source < lay.copy_ids)
+    assert not set(lay.copy_ids.tolist()) & set(lay.copies_left)  # a source is no copy
+    assert sum(lay.copies_left.values()) == len(lay.copy_ids)
+    assert set(lay.copies_left.values()) <= set(sc.CLUSTER_COPIES)
+
+
 def test_jsonl_zst_variant_has_the_same_documents(small, tmp_path):
     spec, out, _ = small
     jspec = sc.CorpusSpec(4000, seed=7, shard_docs=1500, dup_fraction=0.1, fmt="jsonl.zst")
@@ -129,7 +140,7 @@ def test_removal_scores_on_hand_made_cases():
     j = np.array([0.9, 0.85, 0.7, 0.75, 0.95])
 
     def score(removed):
-        return sc.removal_scores(np.array(removed, dtype=np.int64), 10, a, b, j, 0.8)
+        return scoring.removal_scores(np.array(removed, dtype=np.int64), 10, a, b, j, 0.8)
 
     perfect = score([1, 2, 8])
     assert (perfect["tp"], perfect["fp"], perfect["fn"], perfect["f1"]) == (3, 0, 0, 1.0)
@@ -169,6 +180,30 @@ def test_tree_sampler_sums_memory_over_descendants(tmp_path):
     assert m["kernel_maxrss_bytes"] >= 120 * 2**20  # the kernel saw a grandchild's block too
     assert m["peak_tree_pss_bytes"] > 0
     assert m["wall_s"] >= 1.5
+
+
+def test_cpu_time_counts_a_descendant_nobody_reaps(tmp_path):
+    # The grandchild burns 0.6 s of CPU, says so, and outlives its parent, which exits without
+    # waiting for it (as a multiprocessing forkserver's workers do): the kernel never adds its
+    # CPU time to the child's; the sampler saw it.
+    burn = textwrap.dedent("""
+        import time
+        t0 = time.process_time()
+        while time.process_time() - t0 < 0.6:
+            pass
+        print("done", flush=True)
+        time.sleep(1.0)
+    """)
+    parent = textwrap.dedent(f"""
+        import subprocess, sys, time
+        p = subprocess.Popen([sys.executable, "-c", {burn!r}], stdout=subprocess.PIPE)
+        p.stdout.readline()
+        time.sleep(0.3)
+    """)
+    m = proc_tree.run_measured([sys.executable, "-c", parent], log_path=tmp_path / "log")
+    assert m["rc"] == 0
+    assert m["cpu_s_kernel"] < 0.5  # the parent's own start-up only
+    assert m["cpu_s"] == m["cpu_s_sampled"] >= 0.6
 
 
 def test_run_measured_reports_failures_and_timeouts(tmp_path):
