@@ -192,14 +192,15 @@ def run_ftscale_dedup(corpus_dir: Path, meta: dict, runs: Path, extra: list[str]
         shutil.rmtree(out)
     log = runs / "ftscale_dedup.log"
     cmd = [sys.executable, "-m", "ftscale.cli", "dedup", str(corpus_dir / "shards"), "--out", str(out),
-           "--threshold", str(THRESHOLD), "--num-perm", str(NUM_PERM), "--ngram", str(NGRAM), *extra]
-    m = proc_tree.run_measured(cmd, log_path=log, timeout_s=timeout_s)
+           "--threshold", str(THRESHOLD), "--num-perm", str(NUM_PERM), "--ngram", str(NGRAM), "--json", *extra]
+    stdout = runs / "ftscale_dedup.json"  # the report with per-stage seconds (--json)
+    m = proc_tree.run_measured(cmd, log_path=log, stdout_path=stdout, timeout_s=timeout_s)
     if m["rc"] != 0:
         raise RuntimeError(f"ftscale dedup failed (rc {m['rc']}): {log_tail(log)}")
     threads = int(extra[extra.index("--threads") + 1]) if "--threads" in extra else usable_cores()
     res = figures(m, meta["docs"], threads)
     res["command"] = shlex.join(cmd)
-    report = json.loads((out / "report.json").read_text())
+    report = json.loads(stdout.read_text())
     res["report_totals"] = report.get("totals")
     res["report_timings_s"] = report.get("timings_s")
     res["near_dedup"] = report.get("near_dedup")
@@ -293,16 +294,18 @@ def run_prep(corpus_dir: Path, meta: dict, runs: Path, tokenizer_dir: Path, time
         "dedup": {"threshold": THRESHOLD, "num_perm": NUM_PERM, "ngram": NGRAM},
     }, sort_keys=False))
     log = runs / "prep.log"
-    cmd = [sys.executable, "-m", "ftscale.cli", "prep", str(cfg)]
-    m = proc_tree.run_measured(cmd, log_path=log, timeout_s=timeout_s)
+    cmd = [sys.executable, "-m", "ftscale.cli", "prep", str(cfg), "--json"]
+    stdout = runs / "prep.json"  # the manifest with per-stage seconds (--json)
+    m = proc_tree.run_measured(cmd, log_path=log, stdout_path=stdout, timeout_s=timeout_s)
     if m["rc"] != 0:
         raise RuntimeError(f"ftscale prep failed (rc {m['rc']}): {log_tail(log)}")
-    manifest = json.loads((out / "manifest.json").read_text())
+    manifest = json.loads(stdout.read_text())
     src = manifest["sources"]["web"]
     tokens = int(src["tokens"]["train"]) + int(src["tokens"]["val"])
     res = figures(m, tokens, usable_cores())
     res.update({"command": shlex.join(cmd), "dataset_dir": str(out), "tokens": tokens,
                 "train_tokens": int(src["tokens"]["train"]), "counts": src.get("counts"),
+                "timings_s": manifest.get("timings_s"),
                 "docs_per_s": meta["docs"] / m["wall_s"], "bytes_per_token": m["peak_tree_rss_bytes"] / tokens})
     return res
 
@@ -394,9 +397,10 @@ def dedup_section(args, corpus_dir: Path, meta: dict, runs: Path, bands: int, ro
           f"{bands} bands x {rows} rows ==")
     extra = shlex.split(args.ftscale_args)
     ft = res["ftscale_dedup"] = run_ftscale_dedup(corpus_dir, meta, runs, extra, args.timeout_s, args.keep_outputs)
+    stages = ", ".join(f"{k} {v:.1f} s" for k, v in (ft["report_timings_s"] or {}).items())
     print(f"ftscale dedup: {fmt_rate(ft['per_s'])} docs/s ({fmt_rate(ft['per_s_per_core'])} per core, "
-          f"{ft['cores']} threads), {ft['peak_tree_rss_gb']:.2f} GB peak RSS, {ft['wall_s']:.1f} s; F1 {ft['f1']:.4f} "
-          f"(P {ft['precision']:.4f} / R {ft['recall']:.4f})")
+          f"{ft['cores']} threads), {ft['peak_tree_rss_gb']:.2f} GB peak RSS, {ft['wall_s']:.1f} s ({stages}); "
+          f"F1 {ft['f1']:.4f} (P {ft['precision']:.4f} / R {ft['recall']:.4f})")
     if args.skip_datatrove:
         return
     check = subprocess.run([args.datatrove_python, str(HERE / "scale_datatrove.py"), "check",

@@ -63,9 +63,10 @@ def _reset_own_peak() -> int:
 
 
 def run_measured(cmd: list[str], *, env: dict | None = None, cwd: str | Path | None = None,
-                 log_path: Path | None = None, timeout_s: float | None = None,
-                 interval_s: float = 0.05) -> dict:
-    """Run ``cmd`` (stdout and stderr to ``log_path`` or discarded) and return its figures:
+                 log_path: Path | None = None, stdout_path: Path | None = None,
+                 timeout_s: float | None = None, interval_s: float = 0.05) -> dict:
+    """Run ``cmd`` (stderr to ``log_path`` or discarded; stdout there too, or to ``stdout_path``)
+    and return its figures:
     rc, wall_s, peak_tree_rss_bytes, peak_tree_pss_bytes, peak_process_rss_bytes (sampled),
     kernel_maxrss_bytes (ru_maxrss), max_processes, cpu_s (user + system seconds: the larger of
     the kernel's figure for the child and its reaped descendants, and the sum of the last sampled
@@ -73,12 +74,12 @@ def run_measured(cmd: list[str], *, env: dict | None = None, cwd: str | Path | N
     multiprocessing forkserver's workers, is missing from the first, and the last < interval_s
     of each process from the second), samples, timed_out. On timeout the whole process group
     is killed."""
-    out = open(log_path, "wb") if log_path else subprocess.DEVNULL
+    err = open(log_path, "wb") if log_path else subprocess.DEVNULL
+    out = open(stdout_path, "wb") if stdout_path else err
     try:
         caller_rss = _reset_own_peak()
         t0 = time.perf_counter()
-        proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+        proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=out, stderr=err, start_new_session=True)
         peak = {"rss": 0, "pss": 0, "one": 0, "procs": 0, "samples": 0}
         cpu_seen: dict = {}
         stop = threading.Event()
@@ -117,8 +118,9 @@ def run_measured(cmd: list[str], *, env: dict | None = None, cwd: str | Path | N
         stop.set()
         sampler.join()
     finally:
-        if log_path:
-            out.close()
+        for f in {id(err): err, id(out): out}.values():
+            if hasattr(f, "close"):
+                f.close()
     return {
         "rc": proc.returncode,
         "wall_s": wall,

@@ -281,8 +281,10 @@ def build(spec: CorpusSpec, out_dir: Path, *, log=print) -> dict:
     """Generate the corpus into ``out_dir`` (replacing an unfinished one) unless ``corpus.json``
     there already records the same spec; returns that record.
 
-    Memory: one shard's texts and word ids at a time, plus the sources still waiting for a
-    later copy (their word ids, 2 bytes per word) and the layout (~25 bytes per copy).
+    Memory: one shard's texts and word ids at a time, plus, for clusters still waiting for a
+    later copy, the source's and the copies' word ids (2 bytes per word; shingle sets would take
+    ~100 bytes per word), the layout (~25 bytes per copy) and the truth pairs (~300 bytes each
+    as Python lists, ~1.5 per copy).
     """
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -311,7 +313,7 @@ def build(spec: CorpusSpec, out_dir: Path, *, log=print) -> dict:
     waiting: dict[int, np.ndarray] = {}  # source id -> word ids, until its last copy is written
     left = dict(layout.copies_left)
     pairs: dict[str, list] = {k: [] for k in ("id_a", "id_b", "jaccard", "relation", "target")}
-    cluster_sets: dict[int, list] = {}  # source id -> [(copy id, shingle set)] of its copies so far
+    cluster_copies: dict[int, list] = {}  # source id -> [(copy id, word ids)] of its copies so far
     shards, total_bytes, total_words = [], 0, 0
     ci = 0  # next copy (index into layout arrays)
     suffix = ".parquet" if spec.fmt == "parquet" else ".jsonl.zst"
@@ -337,13 +339,17 @@ def build(spec: CorpusSpec, out_dir: Path, *, log=print) -> dict:
                     text = " ".join(_words(vocab, ids_))
                     relation = "source-near"
                 _add_pair(pairs, src, doc, sim, relation, float(layout.copy_target[ci]))
-                copy_set = shingle_set(ids_.tolist())
-                for other, other_set in cluster_sets.setdefault(src, []):
-                    _add_pair(pairs, other, doc, jaccard(other_set, copy_set), "copy-copy", float("nan"))
-                cluster_sets[src].append((doc, copy_set))
+                siblings = cluster_copies.setdefault(src, [])
+                if siblings:
+                    copy_set = shingle_set(ids_.tolist())
+                    for other, other_ids in siblings:
+                        _add_pair(pairs, other, doc, jaccard(shingle_set(other_ids.tolist()), copy_set), "copy-copy",
+                                  float("nan"))
                 left[src] -= 1
                 if left[src] == 0:
-                    del waiting[src], left[src], cluster_sets[src]
+                    del waiting[src], left[src], cluster_copies[src]
+                else:
+                    siblings.append((doc, ids_))
                 ci += 1
                 total_words += len(ids_)
             else:
