@@ -36,6 +36,8 @@ Layout of ``out_dir``: ``shards/shard_00000.parquet`` ... (columns ``id`` int64 
 document index, ``text``; zstd, row groups of 10,000) or ``shards/shard_00000.jsonl.zst``
 (``{"id": .., "text": ..}`` per line); ``truth.parquet``; ``corpus.json`` (spec, shard table,
 counts), written last, so its presence marks a finished corpus. Same spec -> same bytes.
+Generation runs on one core: ~100 s per million documents on the project's 2-core machine, and
+~0.7 GB peak RSS whatever the size (one shard's texts and Arrow buffers; measured at 300k docs).
 """
 
 from __future__ import annotations
@@ -434,8 +436,9 @@ def read_texts(out_dir: Path, shard: int | None = None) -> tuple[np.ndarray, lis
         else:
             import zstandard
 
-            rows = [json.loads(line) for line in zstandard.ZstdDecompressor().stream_reader(open(path, "rb")).read()
-                    .decode().splitlines()]
+            with open(path, "rb") as raw:
+                rows = [json.loads(line) for line in
+                        zstandard.ZstdDecompressor().stream_reader(raw).read().decode().splitlines()]
             ids.append(np.array([r["id"] for r in rows], dtype=np.int64))
             texts += [r["text"] for r in rows]
     return np.concatenate(ids), texts
