@@ -183,7 +183,7 @@ def run_dedup(opts: DedupOptions, stages: Any) -> dict[str, Any]:
     settings = opts.settings()
     with stages.stage("plan", f"{len(sources)} source(s)"):
         job = plan_job(sources, out, opts.engine, {"dedup": settings, "evals": eval_sets},
-                       key_rows_per_doc(steps))
+                       key_rows_per_doc(steps), stages)
     try:
         run_global(job, steps, stages, scores=opts.keep.startswith("max:"))
         report: dict[str, Any] = {"format_version": REPORT_FORMAT_VERSION, "options": settings, **job.report}

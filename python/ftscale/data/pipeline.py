@@ -20,10 +20,17 @@ from ftscale.data.faults import crash_at
 from ftscale.errors import ConfigError
 
 DEFAULT_MEMORY_BUDGET = 2 << 30
-MIN_MEMORY_BUDGET = 192 << 20
-# What the interpreter, pyarrow, numpy and the extension take before any data (measured
-# ~85 MiB); the rest of the budget is sized for data.
-RUNTIME_RESERVE = 112 << 20
+MIN_MEMORY_BUDGET = 256 << 20
+# Resident memory of a job before any data: the interpreter, the imported modules (~85 MiB of
+# heap) and the pages of the shared libraries it touches (~80 MiB, Arrow's mostly); measured
+# as the peak RSS of `ftscale dedup` on a 9,000-record file: 163 MiB.
+RUNTIME_RESERVE = 176 << 20
+UNIT_MEMORY_BATCHES = 12  # a unit in flight holds up to ~12 batches' worth (see plan_memory)
+# Reading one Parquet row group took ~2x its decoded size at the peak (measured: 42 MiB for a
+# 21 MiB group, jemalloc returning freed pages); 3x leaves room for the validation copies.
+PIECE_FACTOR = 3
+MIN_BATCH = 2 << 20
+MAX_BATCH = 128 << 20
 TARGET_UNIT_BYTES = 256 << 20  # a Parquet / Arrow file is split into units of about this much input
 KEY_ROW_BYTES = 22
 # Conservative input bytes per document for sizing partitions (short documents give more
@@ -75,19 +82,46 @@ def workers_of(opts: EngineOptions) -> int:
     return int(opts.workers or os.cpu_count() or 1)
 
 
-def sizes(opts: EngineOptions, input_bytes: int, key_rows_per_doc: int) -> tuple[int, int]:
-    """(input bytes per batch, key-row partitions) that keep a job inside its memory budget.
+@dataclass(frozen=True)
+class MemoryPlan:
+    """How a job spends its memory budget (none of it changes the output)."""
 
-    A unit in flight holds ~4x its batch (records, dedup texts, signatures, key rows) and
-    ``workers`` run at once: a batch gets budget / (8 · workers). A reduce task holds one
-    partition of key rows plus ~2x for sorting, ``workers`` at once, within half the budget.
+    workers: int  # units (and reduce tasks) in flight at once
+    batch_bytes: int  # input bytes per batch of a unit
+    key_flush_bytes: int  # key rows a unit buffers before spilling them sorted by partition
+    partitions: int  # key-row partitions: a reduce task holds one
+    warning: str | None = None  # when the input itself cannot be read within the budget
+
+
+def plan_memory(opts: EngineOptions, input_bytes: int, key_rows_per_doc: int,
+                largest_piece_bytes: int = 0) -> MemoryPlan:
+    """Sizes that keep the job's resident memory inside ``opts.memory_budget_bytes``.
+
+    What is left after the runtime (RUNTIME_RESERVE) is shared by the workers. A unit in flight
+    holds what the reader decodes at once — a whole Parquet row group or IPC record batch,
+    ``largest_piece_bytes``, about PIECE_FACTOR times over — and up to ~12 times its batch (the
+    records, validation copies, dedup texts, signatures, the spill, the key-row buffer, which is
+    flushed at a batch's size and sorted). Workers are dropped before a batch gets below
+    MIN_BATCH. A reduce task holds one partition of key rows and ~2x more for sorting;
+    ``workers`` run at once within half of the data budget.
     """
-    budget, workers = opts.memory_budget_bytes - RUNTIME_RESERVE, workers_of(opts)
-    batch_bytes = int(min(max(budget // (8 * workers), 1 << 20), 256 << 20))
+    data = opts.memory_budget_bytes - RUNTIME_RESERVE
+    piece = PIECE_FACTOR * largest_piece_bytes
+    # Ray gives each task the whole budget (a worker process per task); locally the threads share it.
+    wanted = 1 if opts.executor == "ray" else workers_of(opts)
+    workers = max(1, min(wanted, data // (UNIT_MEMORY_BATCHES * MIN_BATCH + piece)))
+    batch_bytes = int(min(max((data // workers - piece) // UNIT_MEMORY_BATCHES, MIN_BATCH), MAX_BATCH))
+    warning = None
+    if piece > data:
+        warning = (f"the inputs' largest row group or record batch ({largest_piece_bytes / 2**20:.0f} MiB decoded) "
+                   f"needs about {(piece + RUNTIME_RESERVE) / 2**20:.0f} MiB to read, more than --memory-budget "
+                   f"{opts.memory_budget_bytes / 2**20:.0f} MiB allows; rewrite the input with smaller row groups "
+                   "or raise the budget")
     key_bytes = input_bytes / SIZING_BYTES_PER_DOC * KEY_ROW_BYTES * max(key_rows_per_doc, 1)
-    needed = math.ceil(key_bytes * 3 * workers / (budget / 2))
+    needed = math.ceil(key_bytes * 3 * workers / (data / 2))
     partitions = 1 << max(0, math.ceil(math.log2(max(needed, 2 * workers, 1))))
-    return batch_bytes, min(partitions, 1 << 14)
+    return MemoryPlan(workers=workers, batch_bytes=batch_bytes, key_flush_bytes=batch_bytes,
+                      partitions=min(partitions, 1 << 14), warning=warning)
 
 
 def input_bytes_of(units: list[Any]) -> int:
@@ -115,14 +149,14 @@ def fingerprint(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def make_executor(opts: EngineOptions) -> Any:
+def make_executor(opts: EngineOptions, memory: MemoryPlan) -> Any:
     if opts.executor == "ray":
         from ftscale.data.executors.ray import RayExecutor
 
-        return RayExecutor(opts.workers, opts.memory_budget_bytes)
+        return RayExecutor(opts.workers, opts.memory_budget_bytes, memory.key_flush_bytes)
     from ftscale.data.executors.local import LocalExecutor
 
-    return LocalExecutor(workers_of(opts), opts.memory_budget_bytes)
+    return LocalExecutor(memory.workers, memory.key_flush_bytes)
 
 
 def work_dir_for(output: Path, opts: EngineOptions) -> Path:
@@ -144,24 +178,29 @@ class SourceInput:
 
 
 def plan_job(sources: list[SourceInput], output: Path, opts: EngineOptions, settings: dict[str, Any],
-             key_rows_per_doc: int) -> Any:
+             key_rows_per_doc: int, stages: Any) -> Any:
     """The job's units and work directory (reused when it belongs to the same job)."""
     from ftscale.data.io import plan_units
     from ftscale.data.job import Job, UnitTask
     from ftscale.data.workdir import open_work_dir
+    from ftscale.memory import use_returning_allocators
 
     opts.check()
+    use_returning_allocators()
     units = [(s, u) for s, source in enumerate(sources)
              for u in plan_units(source.spec.name, source.paths, target_unit_bytes=TARGET_UNIT_BYTES)]
-    batch_bytes, partitions = sizes(opts, input_bytes_of([u for _, u in units]), key_rows_per_doc)
+    memory = plan_memory(opts, input_bytes_of([u for _, u in units]), key_rows_per_doc,
+                         max((u.largest_piece_bytes for _, u in units), default=0))
     inputs = [p for source in sources for p in source.paths]
     fp = fingerprint({"engine": ENGINE_VERSION, "settings": settings, "inputs": input_digest(inputs),
-                      "partitions": partitions, "batch_bytes": batch_bytes})
+                      "partitions": memory.partitions, "batch_bytes": memory.batch_bytes})
+    if memory.warning:
+        stages.print(f"[yellow]warning[/yellow] {memory.warning}")
     work = open_work_dir(work_dir_for(output, opts), fp)
     tasks = [UnitTask(index=i, source_index=s, unit=unit, source=sources[s].spec, read=sources[s].read, work=work,
-                      partitions=partitions, batch_bytes=batch_bytes, pass_name="read")
+                      partitions=memory.partitions, batch_bytes=memory.batch_bytes, pass_name="read")
              for i, (s, unit) in enumerate(units)]
-    return Job(sources=[s.spec for s in sources], tasks=tasks, executor=make_executor(opts), work=work,
+    return Job(sources=[s.spec for s in sources], tasks=tasks, executor=make_executor(opts, memory), work=work,
                num_threads=opts.num_threads)
 
 

@@ -5,16 +5,13 @@ release the GIL; the kernels share one rayon pool). Each unit spills its key row
 files holding one record batch per partition, sorted by partition when a unit's buffer fills
 (``KEY_FLUSH`` of the budget) or the unit ends; a reduce task reads batch ``p`` of every file
 (memory-mapped) and so holds one partition. Reduce tasks and other parallel work run in the
-same pool.
-
-Memory: ``workers`` units in flight, each holding about four times its batch of input (the
-records, their dedup texts, signatures, key rows); ``workers`` partitions in a reduce; the
-driver's per-document state (``ftscale.data.job``).
+same pool. How many workers, and the sizes of batches, key buffers and partitions, come from
+the memory budget (``pipeline.plan_memory``); beyond those, the driver holds its per-document
+state (``ftscale.data.job``).
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -28,9 +25,7 @@ from ftscale.data.job import UnitTask
 from ftscale.data.steps.base import KEY_SCHEMA, KIND_LEAK, Step
 from ftscale.data.workdir import unit_dir
 from ftscale.errors import DataError
-
-KEY_FLUSH = 1 / 16  # share of the memory budget a unit buffers in key rows before spilling a run
-
+from ftscale.memory import release
 
 class SpillingSink:
     """Key rows of one unit → ``keys-<kind>-<run>.arrow`` files, one batch per partition."""
@@ -88,9 +83,9 @@ def key_files(tasks: list[UnitTask], metas: list[dict[str, Any]], kind: int) -> 
 class LocalExecutor:
     name = "local"
 
-    def __init__(self, workers: int | None, memory_budget_bytes: int) -> None:
-        self.workers = max(1, int(workers or os.cpu_count() or 1))
-        self.memory_budget_bytes = int(memory_budget_bytes)
+    def __init__(self, workers: int, key_flush_bytes: int) -> None:
+        self.workers = max(1, int(workers))
+        self.key_flush_bytes = int(key_flush_bytes)
         self._tasks: list[UnitTask] = []
         self._metas: list[dict[str, Any]] = []
 
@@ -98,13 +93,11 @@ class LocalExecutor:
         return ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="ftscale-unit")
 
     def map_units(self, tasks: list[UnitTask], steps: list[Step]) -> list[dict[str, Any]]:
-        flush = max(1 << 20, int(self.memory_budget_bytes * KEY_FLUSH))
-
         def one(task: UnitTask) -> dict[str, Any]:
             done = finished(task)
             if done is not None:
                 return done
-            sink = SpillingSink(unit_dir(task.work, task.index), task.partitions, flush)
+            sink = SpillingSink(unit_dir(task.work, task.index), task.partitions, self.key_flush_bytes)
             return run_unit(task, steps, sink)
 
         with self._pool() as pool:
@@ -129,7 +122,9 @@ class LocalExecutor:
                     batches.append(reader.get_batch(p))
                 except (OSError, pa.ArrowException) as e:
                     raise DataError(f"work file {path} cannot be read ({e}); delete the work directory and re-run") from e
-            return fn(pa.Table.from_batches(batches, schema=KEY_SCHEMA), shared)
+            result = fn(pa.Table.from_batches(batches, schema=KEY_SCHEMA), shared)
+            release()
+            return result
 
         with self._pool() as pool:
             results = list(pool.map(one, range(parts)))
@@ -137,8 +132,13 @@ class LocalExecutor:
 
     def parallel(self, fn: Callable[[Any, Any], pa.Table], items: list[Any], shared: Any) -> pa.Table:
         """``fn(item, shared)`` for every item; the results concatenated in item order."""
+        def one(item: Any) -> pa.Table:
+            result = fn(item, shared)
+            release()
+            return result
+
         with self._pool() as pool:
-            return _concat(list(pool.map(lambda item: fn(item, shared), items)))
+            return _concat(list(pool.map(one, items)))
 
     def close(self) -> None:
         pass

@@ -93,7 +93,7 @@ def _item(batch: dict[str, np.ndarray], fn: Callable[[Any, Any], pa.Table], item
 class RayExecutor:
     name = "ray"
 
-    def __init__(self, workers: int | None, memory_budget_bytes: int) -> None:
+    def __init__(self, workers: int | None, memory_budget_bytes: int, key_flush_bytes: int) -> None:
         import ray
 
         from ftscale.ray_cluster import init_ray
@@ -102,6 +102,7 @@ class RayExecutor:
         self.cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
         self.workers = int(workers or self.cpus)
         self.memory_budget_bytes = int(memory_budget_bytes)
+        self.key_flush_bytes = int(key_flush_bytes)
         self._tasks: list[UnitTask] = []
         self._metas: list[dict[str, Any]] = []
         ctx = ray.data.DataContext.get_current()
@@ -118,11 +119,10 @@ class RayExecutor:
 
         todo = [i for i, t in enumerate(tasks) if finished(t) is None]
         if todo:
-            flush = max(1 << 20, self.memory_budget_bytes // 16)
             ds = ray.data.from_items([{"i": i} for i in todo], override_num_blocks=len(todo))
             ds = ds.map_batches(_UnitMapper, batch_size=1, concurrency=min(self.workers, len(todo)),
                                 fn_constructor_kwargs={"tasks_box": [ray.put(tasks)], "steps_box": [ray.put(steps)],
-                                                       "flush_bytes": flush},
+                                                       "flush_bytes": self.key_flush_bytes},
                                 **self._remote_args())
             self._run(ds)
         metas = []

@@ -55,6 +55,8 @@ class ReadUnit:
     first_row: int = 0     # file row index of the unit's first row
     size_bytes: int = 0    # estimated input bytes: uncompressed row groups for Parquet, record
                            # batches for an IPC file, the file on disk for JSONL and IPC streams
+    largest_piece_bytes: int = 0  # the biggest row group / record batch the reader decodes at once (0: JSONL,
+                                  # IPC streams: unknown until read)
 
 
 @dataclass
@@ -107,7 +109,8 @@ def plan_units(source: str, paths: Sequence[str | Path] | str | Path, *,
         for span in spans:
             units.append(ReadUnit(source=source, path=str(path), file_id=file_id, format=kind, index=len(units),
                                   start=0 if whole else span.start, stop=None if whole else span.stop,
-                                  first_row=span.first_row, size_bytes=span.size_bytes))
+                                  first_row=span.first_row, size_bytes=span.size_bytes,
+                                  largest_piece_bytes=span.largest_piece_bytes))
     return units
 
 

@@ -42,6 +42,7 @@ class Span(NamedTuple):
     stop: int | None
     first_row: int
     size_bytes: int
+    largest_piece_bytes: int = 0  # the biggest row group / record batch: what the reader decodes at once
 
 
 def _input_error(path: Path, fmt: str, exc: Exception) -> InputError:
@@ -50,12 +51,12 @@ def _input_error(path: Path, fmt: str, exc: Exception) -> InputError:
 
 def _group_spans(pieces: list[tuple[int, int]], target_bytes: int) -> list[Span]:
     """Consecutive (rows, bytes) pieces grouped into spans of about ``target_bytes``."""
-    spans, start, first_row, rows, size = [], 0, 0, 0, 0
+    spans, start, first_row, rows, size, largest = [], 0, 0, 0, 0, 0
     for i, (piece_rows, piece_bytes) in enumerate(pieces):
-        rows, size = rows + piece_rows, size + piece_bytes
+        rows, size, largest = rows + piece_rows, size + piece_bytes, max(largest, piece_bytes)
         if size >= target_bytes or i == len(pieces) - 1:
-            spans.append(Span(start, i + 1, first_row, size))
-            start, first_row, rows, size = i + 1, first_row + rows, 0, 0
+            spans.append(Span(start, i + 1, first_row, size, largest))
+            start, first_row, rows, size, largest = i + 1, first_row + rows, 0, 0, 0
     return spans or [Span(0, 0, 0, 0)]
 
 
