@@ -10,7 +10,6 @@ import random
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -83,7 +82,7 @@ def test_cpt_prep_manifest_shards_and_counts(tmp_path, two_sources, capsys):
 
 
 def test_val_split_depends_on_uid_not_position():
-    from ftscale.data.prep import val_mask
+    from ftscale.data.steps.tokenize import val_mask
 
     uids = np.random.default_rng(0).integers(0, 2**63, 10_000, dtype=np.uint64)
     mask = val_mask(uids, 0.1, seed=0)
@@ -109,7 +108,9 @@ def test_output_identical_for_one_and_two_threads(tmp_path, two_sources):
         assert trees[0][name] == trees[1][name], name
 
 
-def test_killed_prep_rerun_is_byte_identical(tmp_path):
+@pytest.mark.slow
+@pytest.mark.parametrize("point", ["unit:2", "reduce:near dedup", "write shards"])
+def test_killed_prep_rerun_is_byte_identical(tmp_path, point):
     sources = []
     for k in range(4):
         write_docs(tmp_path / f"s{k}.jsonl.gz", 600, 10 + k)
@@ -118,17 +119,13 @@ def test_killed_prep_rerun_is_byte_identical(tmp_path):
     assert main(["prep", str(write_config(tmp_path, clean, sources, shard_rows=20))]) == 0
     crashed = tmp_path / "crashed"
     cfg = write_config(tmp_path, crashed, sources, shard_rows=20)
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "ftscale.cli", "prep", str(cfg)], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    # Kill it with SIGKILL once it is writing shards (or whenever it gets there first).
-    deadline = time.time() + 60
-    for line in proc.stderr:
-        if "write shards" in line and "s1" in line or time.time() > deadline:
-            break
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert not (crashed / "manifest.json").exists(), "killed too late to test anything"
+    # SIGKILL at a chosen point (FTSCALE_CRASH_AT, see ftscale/data/faults.py): in the first
+    # pass, in a global step, or once the tokenized units are done and shards are being written.
+    env = {**os.environ, "FTSCALE_CRASH_AT": point}
+    proc = subprocess.run([sys.executable, "-m", "ftscale.cli", "prep", str(cfg), "--workers", "1"], env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+    assert not (crashed / "manifest.json").exists()
     assert main(["prep", str(cfg)]) == 0
     a, b = tree_bytes(clean), tree_bytes(crashed)
     assert a.keys() == b.keys()

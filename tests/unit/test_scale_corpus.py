@@ -220,7 +220,7 @@ def test_ftscale_dedup_removals_map_to_document_ids(small, tmp_path):
     _, out, meta = small
     res = bench.run_ftscale_dedup(out, meta, tmp_path, [], timeout_s=300)
     kept = np.concatenate([pq.read_table(f, columns=["id"])["id"].to_numpy()
-                           for f in sorted((tmp_path / "ftscale_dedup" / "data").glob("*.parquet"))])
+                           for f in sorted((tmp_path / "ftscale_dedup" / "data").glob("*/part-*.parquet"))])
     assert res["removed"] + len(kept) == meta["docs"]
     assert res["removed"] == sum(res["removed_by_reason"].values()) > 0
     assert res["f1"] > 0.9 and res["fp_unrelated"] == 0

@@ -6,7 +6,7 @@
 - ``unit:<n>``: the first pass has finished its n-th unit (counted in this process);
 - ``reduce:<step>``: the global step ``<step>`` (e.g. ``near dedup``) starts its reduce;
 - ``band:<k>``: near dedup has united the edges of its first k bands (mid-reduce);
-- ``write``: the outputs are about to be written.
+- ``write`` (dedup) / ``write shards`` (prep): the outputs are about to be written.
 
 Unset (always, outside tests) it costs one dictionary lookup per point.
 """

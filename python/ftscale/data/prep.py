@@ -1,306 +1,196 @@
 """`ftscale prep`: raw sources → a prepared dataset directory (see ``format.py``).
 
-read (quarantine) → exact + near dedup and decontamination (global, ``dedup_job``) →
-tokenize (CPT: documents + EOS; SFT: the tokenizer's own chat template with assistant-only
-masks) → SFT over-long policy → train/val split by uid hash → shards, quarantine, decision
-log, length histograms, report.json, and manifest.json last.
+The dedup step list of ``ftscale dedup`` (read and quarantine → exact + near dedup →
+decontamination, global across sources), then a second pass over the kept records
+(``steps.tokenize``: CPT documents + EOS; SFT with the tokenizer's own chat template and
+assistant-only masks; the SFT over-long policy; train/val split by uid hash), then the shards
+(``steps.shards``: Parquet + token store, ``shard_rows`` documents each), quarantine, decision
+log, length histograms, report.json, and manifest.json last. The local or the Ray Data
+executor runs it (``ftscale.data.pipeline``); the output is the same with either, and with any
+number of workers or any memory budget.
 
-Resumable: every file is written atomically, and ``.prep-progress.json`` records each finished
-source's shards with checksums under a fingerprint of the config, the tokenizer and the input
-files (path, size, mtime). A re-run after a crash skips the sources whose shards are intact and
-redoes the rest; since every step is deterministic, the result is byte-identical to an
-uninterrupted run, whatever the thread count.
+Resumable: the work directory keeps every finished unit of both passes under a fingerprint of
+the config, the tokenizer and the input files (path, size, mtime); a re-run after a crash
+redoes only what did not finish, and every output file is written atomically, so the result is
+byte-identical to an uninterrupted run.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
 import json
-from dataclasses import dataclass, field
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ftscale.config import PrepConfig, SourceConfig, to_dict
-from ftscale.data.format import Manifest, Shard, SourceEntry, StageCounts
-from ftscale.errors import ConfigError, DataError
+from ftscale.config import PrepConfig, to_dict
+from ftscale.data.format import Manifest, SourceEntry
+from ftscale.data.faults import crash_at
+from ftscale.errors import DataError
 from ftscale.paths import expand_paths
 
-PROGRESS = ".prep-progress.json"
-VAL_SALT = np.uint64(0x56414C)  # "VAL": decorrelates the split from other uses of the uid
+ENGINE_KEYS = ("output", "num_threads", "executor", "workers", "memory_budget", "work_dir", "keep_work")
+TOKENIZE_PASS = "tokenize"
 
 
-@dataclass
-class Tokenized:
-    """Kept records of one source after tokenization."""
-
-    uids: np.ndarray
-    input_ids: list[np.ndarray]
-    loss_masks: list[np.ndarray]
-    families: list[str | None]
-    quarantine_rows: dict[str, list] = field(default_factory=dict)
-    truncated: int = 0
-    warnings: list[str] = field(default_factory=list)
-
-
-def _input_digest(paths: list[str]) -> list[list]:
-    files: list[list] = []
-    for p in paths:
-        root = Path(p)
-        walk = sorted(root.rglob("*")) if root.is_dir() else [root]
-        for f in walk:
-            if f.is_file():
-                st = f.stat()
-                files.append([str(f), st.st_size, st.st_mtime_ns])
-    return files
-
-
-def _fingerprint(obj: Any) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
-
-
-def val_mask(uids: np.ndarray, fraction: float, seed: int) -> np.ndarray:
-    """Held-out records: a hash of (uid, seed) below ``fraction`` — never position-based."""
-    from ftscale.data.io import splitmix64_array
-
-    if fraction <= 0:
-        return np.zeros(len(uids), dtype=bool)
-    with np.errstate(over="ignore"):
-        h = splitmix64_array(uids.astype(np.uint64) ^ (np.uint64(seed) * VAL_SALT))
-    return (h >> np.uint64(11)).astype(np.float64) * 2.0**-53 < fraction
+def prep_settings(cfg: PrepConfig) -> dict[str, Any]:
+    """The config as it determines the output (the engine keys do not)."""
+    return {k: v for k, v in to_dict(cfg).items() if k not in ENGINE_KEYS}
 
 
 def run_prep(cfg: PrepConfig, stages: Any) -> Manifest:
     """Run prep; returns the manifest (also written to ``output/manifest.json``)."""
-    from ftscale.data.atomic import ensure_dir, write_json, write_parquet
-    from ftscale.data.format import MANIFEST, MANIFEST_VERSION
-    from ftscale.data.io import read_source
-    from ftscale.data.tokenize import load_tokenizer
-    from ftscale.dedup_job import Records, dedup_and_decontaminate, stage_counts
+    from ftscale.data.atomic import ensure_dir, write_json
+    from ftscale.data.dedup_run import DedupOptions, dedup_steps, key_rows_per_doc, source_names
+    from ftscale.data.format import MANIFEST
+    from ftscale.data.io import ReadOptions
+    from ftscale.data.pipeline import SourceInput, fingerprint, plan_job, remove_work_dir, run_global
+    from ftscale.data.steps.base import SourceSpec
+    from ftscale.data.steps.tokenize import tokenizer_for
 
     out = ensure_dir(Path(cfg.output))
+    engine = cfg.engine_options()
     with stages.stage("load tokenizer", cfg.tokenizer.path):
-        tok = load_tokenizer(cfg.tokenizer.path, cfg.tokenizer.chat_template)
-    paths = {s.name: expand_paths(s.paths, f"sources.{i}.paths") for i, s in enumerate(cfg.sources)}
-    eval_paths = expand_paths(cfg.decontaminate.eval_paths, "decontaminate.eval_paths")
-    settings = {k: v for k, v in to_dict(cfg).items() if k not in ("output", "num_threads")}
-    fingerprint = _fingerprint({"config": settings, "tokenizer": tok.fingerprint,
-                                "inputs": _input_digest([p for ps in paths.values() for p in ps] + eval_paths)})
-    progress = _load_progress(out, fingerprint)
-
-    reads = []
-    for s in cfg.sources:
-        with stages.stage("read", s.name):
-            reads.append(read_source(s.name, paths[s.name], text_field=s.text_field,
-                                     messages_field=s.messages_field if s.kind == "sft" else None,
-                                     max_record_bytes=s.max_record_bytes))
-    fields = [(s.text_field, s.messages_field if s.kind == "sft" else None) for s in cfg.sources]
-    records = Records([r.records for r in reads], [s.name for s in cfg.sources], fields)
-    outcome = dedup_and_decontaminate(records, _dedup_options(cfg, eval_paths), stages)
-    counts = stage_counts(records, [r.counts for r in reads], outcome)
-
-    manifest_sources: dict[str, SourceEntry] = {}
-    start = 0
-    for i, (src, read) in enumerate(zip(cfg.sources, reads)):
-        table = records.tables[i]
-        alive = outcome.alive[start:start + table.num_rows]
-        start += table.num_rows
-        done = _finished_source(out, progress, src.name)
-        if done is not None:
-            stages.print(f"[dim]{src.name}: shards intact from an earlier run; skipped[/dim]")
-            manifest_sources[src.name] = done
-            continue
-        kept = table.filter(alive)
-        with stages.stage("tokenize", f"{src.name} ({kept.num_rows:,} {src.kind} records)"):
-            tokenized = _tokenize(src, kept, tok, cfg)
-        with stages.stage("write shards", src.name):
-            entry = _write_source(out, src, cfg, tokenized, read, StageCounts(**counts[src.name]), write_parquet)
-        manifest_sources[src.name] = entry
-        progress["sources"][src.name] = entry.to_json()
-        write_json(progress, out / PROGRESS)
-
-    write_parquet(outcome.decisions, out / "dedup" / "decisions.parquet")
-    with stages.stage("plots", "length histograms"):
-        for name, entry in manifest_sources.items():
-            _plot_lengths(out, name, entry)
-    report = {"format_version": MANIFEST_VERSION, **outcome.report,
-              "sources": {n: e.counts.to_json() for n, e in manifest_sources.items()}}
-    write_json(report, out / "report.json")
-    manifest = Manifest(seq_len=cfg.seq_len, seed=cfg.seed, sources=manifest_sources, tokenizer=tok.describe(),
-                        config=settings, config_fingerprint=fingerprint, created_by="ftscale prep")
-    write_json(manifest.to_json(), out / MANIFEST)
-    (out / PROGRESS).unlink(missing_ok=True)
+        tok = tokenizer_for(cfg.tokenizer.path, cfg.tokenizer.chat_template)
+    sources = []
+    for i, s in enumerate(cfg.sources):
+        messages_field = s.messages_field if s.kind == "sft" else None
+        sources.append(SourceInput(SourceSpec(s.name, s.text_field, messages_field, s.kind, s),
+                                   ReadOptions(text_field=s.text_field, messages_field=messages_field,
+                                               max_record_bytes=s.max_record_bytes),
+                                   expand_paths(s.paths, f"sources.{i}.paths")))
+    eval_sets = source_names(expand_paths(cfg.decontaminate.eval_paths, "decontaminate.eval_paths"))
+    d, c = cfg.dedup, cfg.decontaminate
+    opts = DedupOptions(inputs=[], out=cfg.output, threshold=d.threshold, num_perm=d.num_perm, ngram=d.ngram,
+                        verify=d.verify, seed=cfg.seed, decontam_ngram=c.ngram, decontam_min_fraction=c.min_fraction,
+                        decontam_roles=list(c.roles) if c.roles else None, engine=engine)
+    steps = dedup_steps(opts, exact=d.exact, near=d.near, eval_sets=eval_sets, eval_text_field=c.text_field,
+                        eval_messages_field=c.messages_field, score_column=None)
+    settings = prep_settings(cfg)
+    job_print = fingerprint({"config": settings, "tokenizer": tok.fingerprint})
+    with stages.stage("plan", f"{len(sources)} source(s)"):
+        job = plan_job(sources, out, engine, {"prep": job_print}, key_rows_per_doc(steps), stages)
+    try:
+        run_global(job, steps, stages)
+        with stages.stage("tokenize", f"{job.alive.sum():,} records"):
+            metas = _tokenize_pass(job, cfg)
+        crash_at("write shards")
+        with stages.stage("write shards", str(out)):
+            entries = _write_dataset(job, metas, cfg, out)
+        manifest = Manifest(seq_len=cfg.seq_len, seed=cfg.seed, sources=entries, tokenizer=tok.describe(),
+                            config=settings, config_fingerprint=job_print)
+        with stages.stage("plots", "length histograms"):
+            for name, entry in entries.items():
+                _plot_lengths(out, name, entry)
+        report = {"format_version": manifest.to_json()["format_version"], **job.report,
+                  "sources": {n: e.counts.to_json() for n, e in entries.items()}}
+        write_json(report, out / "report.json")
+        write_json(manifest.to_json(), out / MANIFEST)
+    finally:
+        job.executor.close()
+    remove_work_dir(job.work, engine)
     return manifest
 
 
-def _dedup_options(cfg: PrepConfig, eval_paths: list[str]) -> Any:
-    from ftscale.dedup_job import DedupOptions
+def _tokenize_pass(job: Any, cfg: PrepConfig) -> list[dict[str, Any]]:
+    """The second pass: every unit's kept records tokenized, split and spilled."""
+    from ftscale.data.steps.tokenize import LoadKept, SpillTokens, Tokenize
+    from ftscale.data.steps.write import source_schema
 
-    d, c = cfg.dedup, cfg.decontaminate
-    return DedupOptions(
-        inputs=[], out=cfg.output, exact=d.exact, near=d.near, threshold=d.threshold, num_perm=d.num_perm,
-        ngram=d.ngram, verify=d.verify, seed=cfg.seed, decontaminate=eval_paths, eval_text_field=c.text_field,
-        eval_messages_field=c.messages_field, decontam_ngram=c.ngram, decontam_min_fraction=c.min_fraction,
-        decontam_roles=list(c.roles) if c.roles else None, num_threads=cfg.num_threads,
-    )
-
-
-def _load_progress(out: Path, fingerprint: str) -> dict[str, Any]:
-    path = out / PROGRESS
-    if path.is_file():
-        try:
-            state = json.loads(path.read_text())
-        except (OSError, ValueError):
-            state = {}
-        if state.get("fingerprint") == fingerprint:
-            return state
-    return {"fingerprint": fingerprint, "sources": {}}
+    schemas = [source_schema(job, s) for s in range(len(job.sources))]
+    steps = [LoadKept(job.alive, job.bases, schemas), Tokenize(cfg), SpillTokens(cfg.val_fraction, cfg.seed)]
+    tasks = [replace(t, pass_name=TOKENIZE_PASS) for t in job.tasks]
+    return job.executor.map_units(tasks, steps)
 
 
-def _finished_source(out: Path, progress: dict[str, Any], name: str) -> SourceEntry | None:
-    """The entry of a source an earlier run finished, if its files are still intact."""
-    from ftscale.data.format import sha256_file
+def _write_dataset(job: Any, metas: list[dict[str, Any]], cfg: PrepConfig, out: Path) -> dict[str, SourceEntry]:
+    """Shards, quarantine and decisions; the manifest's source entries."""
+    import shutil
 
-    done = progress["sources"].get(name)
-    if done is None:
-        return None
-    try:
-        entry = SourceEntry.from_json(done, out, f"{out / PROGRESS}: sources.{name}")
-    except DataError:  # written by another ftscale version: redo the source
-        return None
-    for shard in entry.train + entry.val:
-        for rel, digest in ((shard.path, shard.sha256), (shard.store, shard.store_sha256)):
-            p = out / rel
-            if not p.is_file() or sha256_file(p) != digest:
-                return None
-    return entry
+    from ftscale.data.format import SHARDS_DIR, VAL_DIR, Shard, StageCounts
+    from ftscale.data.steps.shards import plan_shards, write_shard
+    from ftscale.data.steps.write import write_quarantine
+    from ftscale.data.workdir import unit_dir
 
-
-def _tokenize(src: SourceConfig, kept: Any, tok: Any, cfg: PrepConfig) -> Tokenized:
-    uids = kept.column("uid").to_numpy()
-    families = (kept.column(src.family_field).cast("string").to_pylist()
-                if src.family_field and src.family_field in kept.column_names else [None] * kept.num_rows)
-    if src.family_field and src.family_field not in kept.column_names and kept.num_rows:
-        raise ConfigError(f"sources.{src.name}.family_field: column {src.family_field!r} not found")
-    if src.kind == "cpt":
-        ids = tok.encode_batch(kept.column(src.text_field).to_pylist())
-        if cfg.tokenizer.add_eos:
-            ids = [np.append(x, np.int32(tok.eos_token_id)) for x in ids]
-        masks = [np.ones(len(x), dtype=np.uint8) for x in ids]
-        return Tokenized(uids, ids, masks, families)
-    return _tokenize_chat(src, kept, tok, cfg, uids, families)
-
-
-def _tokenize_chat(src: SourceConfig, kept: Any, tok: Any, cfg: PrepConfig, uids: np.ndarray,
-                   families: list) -> Tokenized:
-    from ftscale.data.chat import ChatEncoder, lint_masks
-
-    if tok.hf is None:
-        raise ConfigError(f"sources.{src.name}: sft needs a tokenizer with a chat template "
-                          "(a tokenizer directory or .gguf), not a .tiktoken file")
-    encoder = ChatEncoder(tok.hf, system_prompt=src.system_prompt)
-    encoded, failures = encoder.encode_batch(kept.column(src.messages_field).to_pylist())
-    bad = {i: (reason, detail) for i, reason, detail in failures}
-    keep_idx, ids, masks, truncated = [], [], [], 0
-    for i, enc in enumerate(encoded):
-        if enc is None:
-            continue
-        x, m = enc.input_ids, enc.loss_mask
-        if len(x) > cfg.seq_len:
-            if src.overlong == "drop":
-                bad[i] = ("overlong", f"{len(x)} tokens > seq_len {cfg.seq_len}")
-                continue
-            x, m = x[:cfg.seq_len], m[:cfg.seq_len]
-            truncated += 1
-        if not m.any():
-            bad[i] = ("no_supervised_tokens", "no assistant token left (truncated away?)")
-            continue
-        keep_idx.append(i)
-        ids.append(np.asarray(x, dtype=np.int32))
-        masks.append(np.asarray(m, dtype=np.uint8))
-    if kept.num_rows and not masks:
-        reasons = sorted({r for r, _ in bad.values()})
-        raise DataError(f"source {src.name!r}: none of its {kept.num_rows} conversations yields supervised "
-                        f"tokens with the chat template of {tok.path} (reasons: {', '.join(reasons)}); check "
-                        "the template (tokenizer.chat_template) and the messages field")
-    shares = np.array([m.mean() for m in masks]) if masks else np.zeros(0)
-    template_name = "override" if cfg.tokenizer.chat_template else f"the chat template of {tok.path}"
-    warnings = lint_masks(src.name, template_name, shares) if kept.num_rows else []
-    rows = sorted(bad)
-    quarantine = {
-        "uid": [int(uids[i]) for i in rows],
-        "file": kept.column("file").take(rows).to_pylist() if rows else [],
-        "row": kept.column("row").take(rows).to_pylist() if rows else [],
-        "reason": [bad[i][0] for i in rows],
-        "detail": [bad[i][1] for i in rows],
-        "raw": [json.dumps(kept.column(src.messages_field)[i].as_py(), ensure_ascii=False)[:10_000] for i in rows],
-    }
-    return Tokenized(uids[keep_idx], ids, masks, [families[i] for i in keep_idx], quarantine, truncated, warnings)
+    for s in job.sources:  # shards of an earlier, different run must not survive
+        for d in (out / SHARDS_DIR / s.name, out / VAL_DIR / s.name):
+            if d.exists():
+                shutil.rmtree(d)
+    written = job.executor.parallel(write_shard, plan_shards(job, metas, out, cfg.shard_rows), None)
+    shards: dict[tuple[str, str], list[tuple[int, Shard]]] = {}
+    for source, split, index, entry in zip(*(written.column(c).to_pylist() for c in written.column_names)):
+        shards.setdefault((source, split), []).append((index, Shard.from_json(json.loads(entry), out)))
+    counts = job.source_counts()
+    entries: dict[str, Any] = {}
+    for s, spec in enumerate(job.sources):
+        src = spec.config
+        mine = [(t, m) for t, m in zip(job.tasks, metas) if t.source_index == s]
+        rejected = [unit_dir(t.work, t.index) / TOKENIZE_PASS / "rejected.arrow" for t, m in mine if m["rejected"]]
+        write_quarantine(job, s, out / "quarantine" / f"{spec.name}.parquet", rejected)
+        c = dict(counts[spec.name])
+        moved = sum(int(m["rejected"]) for _, m in mine)
+        by_reason = dict(c["quarantined_by_reason"])
+        for _, m in mine:
+            for reason, n in m["rejected_by_reason"].items():
+                by_reason[reason] = by_reason.get(reason, 0) + int(n)
+        train_docs = sum(int(m["train"]["rows"]) for _, m in mine)
+        val_docs = sum(int(m["val"]["rows"]) for _, m in mine)
+        stage_counts = StageCounts(
+            read=c["read"], quarantined=c["quarantined"] + moved, exact_duplicate=c["exact_duplicate"],
+            near_duplicate=c["near_duplicate"], contaminated=c["contaminated"], kept=c["kept"] - moved,
+            quarantined_by_reason=dict(sorted(by_reason.items())),
+            truncated=sum(int(m["counters"].get("truncated", 0)) for _, m in mine),
+            train_docs=train_docs, val_docs=val_docs)
+        stage_counts.check(spec.name)
+        lengths, supervised = _doc_stats(mine)
+        if src.kind == "sft" and c["kept"] and not len(lengths):
+            reasons = sorted(r for _, m in mine for r in m["rejected_by_reason"])
+            raise DataError(f"source {spec.name!r}: none of its {c['kept']} conversations yields supervised tokens "
+                            f"with the chat template of {cfg.tokenizer.path} (reasons: {', '.join(sorted(set(reasons)))}); "
+                            "check the template (tokenizer.chat_template) and the messages field")
+        train_tokens = sum(int(m["train"]["tokens"]) for _, m in mine)
+        sup_train = sum(int(m["train"]["supervised"]) for _, m in mine)
+        entries[spec.name] = SourceEntry(
+            kind=src.kind, counts=stage_counts,
+            train=tuple(sh for _, sh in sorted(shards.get((spec.name, "train"), []), key=lambda x: x[0])),
+            val=tuple(sh for _, sh in sorted(shards.get((spec.name, "val"), []), key=lambda x: x[0])),
+            train_tokens=train_tokens, val_tokens=sum(int(m["val"]["tokens"]) for _, m in mine),
+            supervised_train_tokens=sup_train, supervised_share=sup_train / train_tokens if train_tokens else 0.0,
+            lengths_histogram=_histogram(lengths, cfg.seq_len), warnings=tuple(_lint(src, cfg, lengths, supervised)))
+    job.write_decisions(out / "dedup" / "decisions.parquet")
+    return entries
 
 
-def _write_split_shards(out: Path, directory: str, src: SourceConfig, t: Tokenized, idx: np.ndarray,
-                        shard_rows: int) -> tuple[Shard, ...]:
-    """The documents ``idx`` of one split as shards of ``shard_rows`` (Parquet + token store each)."""
-    from ftscale.data.format import shard_name
-    from ftscale.data.store import write_shard
+def _doc_stats(units: list[tuple[Any, dict[str, Any]]]) -> tuple[np.ndarray, np.ndarray]:
+    """Tokens and supervised tokens of every tokenized document of a source (both splits)."""
+    from ftscale.data.steps.records import read_ipc
+    from ftscale.data.workdir import unit_dir
 
-    shards = []
-    for k, lo in enumerate(range(0, len(idx), shard_rows)):
-        sel = idx[lo:lo + shard_rows]
-        lengths = np.array([len(t.input_ids[i]) for i in sel], dtype=np.int64)
-        shards.append(write_shard(out, f"{directory}/{src.name}/{shard_name(k)}", t.uids[sel], lengths,
-                                  np.concatenate([t.input_ids[i] for i in sel]).astype(np.int32),
-                                  np.concatenate([t.loss_masks[i] for i in sel]).astype(np.uint8),
-                                  [t.families[i] for i in sel]))
-    return tuple(shards)
-
-
-def _write_source(out: Path, src: SourceConfig, cfg: PrepConfig, t: Tokenized, read: Any, counts: StageCounts,
-                  write_parquet: Any) -> SourceEntry:
-    import pyarrow as pa
-
-    from ftscale.data.format import SHARDS_DIR, VAL_DIR
-
-    # Remove shards of an earlier, different run so that no stale part survives.
-    for d in (out / SHARDS_DIR / src.name, out / VAL_DIR / src.name):
-        if d.is_dir():
-            for old in [*d.glob("part-*.parquet"), *d.glob("part-*.tokens")]:
-                old.unlink()
-    is_val = val_mask(t.uids, cfg.val_fraction, cfg.seed)
-    train = _write_split_shards(out, SHARDS_DIR, src, t, np.flatnonzero(~is_val), cfg.shard_rows)
-    val = _write_split_shards(out, VAL_DIR, src, t, np.flatnonzero(is_val), cfg.shard_rows)
-    quarantine = read.quarantine
-    if t.quarantine_rows.get("uid"):
-        extra = pa.table({"uid": pa.array(t.quarantine_rows["uid"], pa.uint64()),
-                          "source": pa.array([src.name] * len(t.quarantine_rows["uid"]), pa.string()),
-                          "file": pa.array(t.quarantine_rows["file"], pa.string()),
-                          "row": pa.array(t.quarantine_rows["row"], pa.int64()),
-                          "reason": pa.array(t.quarantine_rows["reason"], pa.string()),
-                          "detail": pa.array(t.quarantine_rows["detail"], pa.string()),
-                          "raw": pa.array(t.quarantine_rows["raw"], pa.string())}).cast(quarantine.schema)
-        quarantine = pa.concat_tables([quarantine, extra])
-    write_parquet(quarantine, out / "quarantine" / f"{src.name}.parquet")
-    moved = len(t.quarantine_rows.get("uid", []))
-    by_reason = dict(counts.quarantined_by_reason)
-    for reason in t.quarantine_rows.get("reason", []):
-        by_reason[reason] = by_reason.get(reason, 0) + 1
-    counts = dataclasses.replace(counts, quarantined=counts.quarantined + moved, quarantined_by_reason=by_reason,
-                                 kept=counts.kept - moved, truncated=t.truncated, train_docs=int((~is_val).sum()),
-                                 val_docs=int(is_val.sum()))
-    counts.check(src.name)
-    train_tokens = sum(s.tokens for s in train)
-    supervised = int(sum(int(t.loss_masks[i].sum()) for i in np.flatnonzero(~is_val)))
-    return SourceEntry(
-        kind=src.kind, counts=counts, train=train, val=val, train_tokens=train_tokens,
-        val_tokens=sum(s.tokens for s in val), supervised_train_tokens=supervised,
-        supervised_share=supervised / train_tokens if train_tokens else 0.0,
-        lengths_histogram=_histogram([len(x) for x in t.input_ids], cfg.seq_len), warnings=tuple(t.warnings))
+    lengths, supervised = [], []
+    for task, meta in units:
+        directory = unit_dir(task.work, task.index) / TOKENIZE_PASS
+        for split in ("train", "val"):
+            for name in meta[split]["docs"]:
+                docs = read_ipc(directory / name)
+                lengths.append(docs.column("length").to_numpy())
+                supervised.append(docs.column("supervised").to_numpy())
+    if not lengths:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    return np.concatenate(lengths).astype(np.int64), np.concatenate(supervised).astype(np.int64)
 
 
-def _histogram(lengths: list[int], seq_len: int) -> dict[str, list]:
-    edges = np.unique(np.linspace(0, max(seq_len, max(lengths, default=1)), 33).astype(int))
+def _lint(src: Any, cfg: PrepConfig, lengths: np.ndarray, supervised: np.ndarray) -> list[str]:
+    from ftscale.data.chat import lint_masks
+
+    if src.kind != "sft" or not len(lengths):
+        return []
+    template_name = "override" if cfg.tokenizer.chat_template else f"the chat template of {cfg.tokenizer.path}"
+    return lint_masks(src.name, template_name, supervised / lengths)
+
+
+def _histogram(lengths: np.ndarray, seq_len: int) -> dict[str, list]:
+    edges = np.unique(np.linspace(0, max(seq_len, int(lengths.max()) if len(lengths) else 1), 33).astype(int))
     counts, _ = np.histogram(lengths, bins=edges)
     return {"edges": edges.tolist(), "counts": counts.tolist()}
 

@@ -83,15 +83,14 @@ def write_shard(task: ShardTask, _shared: Any) -> pa.Table:
     import json
 
     from ftscale.data.format import SHARDS_DIR, VAL_DIR, shard_name
-    from ftscale.data.store import write_shard_files
+    from ftscale.data.store import write_shard
 
     parts = [_segment_arrays(seg) for seg in task.segments]
     docs = pa.concat_tables([p[0] for p in parts])
     ids = np.concatenate([p[1] for p in parts]) if parts else np.zeros(0, np.int32)
     masks = np.concatenate([p[2] for p in parts]) if parts else np.zeros(0, np.uint8)
     rel = Path(SHARDS_DIR if task.split == "train" else VAL_DIR) / task.source / shard_name(task.index)
-    entry = write_shard_files(Path(task.dataset), rel, uids=docs.column("uid").to_numpy(),
-                              lengths=docs.column("length").to_numpy(), ids=ids, masks=masks,
-                              families=docs.column("family"))
+    shard = write_shard(Path(task.dataset), rel.as_posix(), docs.column("uid").to_numpy(),
+                        docs.column("length").to_numpy(), ids, masks, docs.column("family").to_pylist())
     return pa.table({"source": [task.source], "split": [task.split], "index": [task.index],
-                     "entry": [json.dumps(entry)]}, schema=WRITTEN_SCHEMA)
+                     "entry": [json.dumps(shard.to_json())]}, schema=WRITTEN_SCHEMA)
