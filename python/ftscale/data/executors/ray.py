@@ -17,6 +17,7 @@ output is byte-identical to the local executor's.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -94,6 +95,9 @@ class RayExecutor:
     name = "ray"
 
     def __init__(self, workers: int | None, memory_budget_bytes: int, key_flush_bytes: int) -> None:
+        # One INFO line per executed dataset (there are several per band) would bury the job's
+        # own progress; Ray Data's warnings and errors still show. Read when ray.data is imported.
+        os.environ.setdefault("RAY_DATA_LOG_LEVEL", "WARNING")
         import ray
 
         from ftscale.ray_cluster import init_ray
