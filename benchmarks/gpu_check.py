@@ -63,7 +63,7 @@ from typing import Any
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
 sys.path[:0] = [str(REPO / "python"), str(BENCH)]
-from gpu_checks import CHECK_ORDER, CHECKS, IN_PARENT, MODES, Context, skip_reason  # noqa: E402
+from gpu_checks import CHECK_ORDER, CHECKS, IN_PARENT, MODES, SHARED_PROCESS_ORDER, Context, skip_reason  # noqa: E402
 
 DEFAULT_JSON = BENCH / "results" / "gpu.json"
 README = REPO / "README.md"
@@ -94,6 +94,8 @@ def print_line(name: str, result: dict[str, Any]) -> None:
     seconds = result.get("seconds")
     took = f"  [{seconds:.0f} s]" if isinstance(seconds, (int, float)) else ""
     print(f"{result['status'].upper():<9} {name:<19} {result.get('summary', '')}{took}", flush=True)
+    if "traceback" in result:  # the JSON has it whole; the console gets where it broke
+        print("\n".join("    " + line for line in result["traceback"].strip().splitlines()[-6:]), flush=True)
 
 
 class Run:
@@ -114,12 +116,14 @@ class Run:
         print_line(name, result)
 
     def run(self, check_cap_s: float | None) -> int:
-        child = [n for n in CHECK_ORDER if n not in IN_PARENT]
         for name in IN_PARENT:
             self.record(name, run_check(name, self.ctx))
         # On a GPU every check gets a fresh process (its own memory, killable); on CPU one
         # child runs them all (the imports alone take ~15 s on this project's 2-core machines).
-        groups = [child] if self.mode == "cpu-smoke" else [[n] for n in child]
+        if self.mode == "cpu-smoke":
+            groups = [list(SHARED_PROCESS_ORDER)]
+        else:
+            groups = [[n] for n in CHECK_ORDER if n not in IN_PARENT]
         for group in groups:
             reason = skip_reason(group[0], self.ctx, time.time())
             if reason is not None and len(group) == 1:
@@ -168,21 +172,18 @@ class Run:
                     killed = True
                     break
                 time.sleep(POLL_S)
+        missing = [n for n in names if n not in seen]
+        if not missing:
+            return
         tail = "\n".join(log_file.read_text(errors="replace").splitlines()[-15:])
-        for name in names:
-            if name in seen:
-                continue
-            if killed and name == next(n for n in names if n not in seen):
-                result = {"status": "timeout", "summary": "killed at its time cap or the global deadline",
-                          "log_tail": tail}
-            elif killed:
-                result = {"status": "skipped", "summary": "not started: an earlier check was killed"}
-            else:
-                result = {"status": "error", "summary": f"child exited {proc.returncode} before reporting",
-                          "log_tail": tail}
-            self.record(name, result)
-            if result["status"] != "skipped":
-                print(tail, flush=True)
+        print(tail, flush=True)
+        if killed:
+            first = {"status": "timeout", "summary": "killed at its time cap or the global deadline", "log_tail": tail}
+        else:
+            first = {"status": "error", "summary": f"child exited {proc.returncode} before reporting", "log_tail": tail}
+        self.record(missing[0], first)
+        for name in missing[1:]:
+            self.record(name, {"status": "skipped", "summary": f"not started: the process was lost during {missing[0]}"})
 
     def add_ratio(self) -> None:
         ours, peer = self.ctx.results.get("throughput_ftscale", {}), self.ctx.results.get("throughput_hf", {})
@@ -224,22 +225,25 @@ def _cell(name: str, r: dict[str, Any] | None) -> str:
     if r is None:
         return "not run yet"
     if r["status"] != "ok" or name not in ("parity_tiny", "parity_1b", "throughput_ftscale", "throughput_hf"):
-        return f"{r['status']}: {r.get('summary', '')}".replace("|", "/")
+        prefix = "" if r["status"] in ("ok", "not_built") else f"{r['status']}: "
+        return f"{prefix}{r.get('summary', '')}".replace("|", "/")
     if name.startswith("parity"):
         impl = "flash_attention_2" if r["flash_attention_2"] == "ran" else "sdpa_segments"
         v = r["variants"][impl]
-        return (f"{impl}, {r['params'] / 1e6:.0f}M params, {r['rows']}×{r['seq_len']}: loss {v['loss_rel']:.1e}, "
+        return (f"{impl}, {r['params'] / 1e6:,.1f}M params, {r['rows']}×{r['seq_len']}: loss {v['loss_rel']:.1e}, "
                 f"hidden {v['hidden_rel']:.1e}, grads {v['grad_rel']:.1e}")
     if name == "throughput_ftscale":
         mfu = "n/a" if r["mfu"] is None else f"{r['mfu']:.1%}"
-        return f"{r['tokens_per_s']:,.0f} real tokens/s, MFU {mfu} ({r['attn_implementation']})"
-    return f"{r['real_tokens_per_s']:,.0f} real tokens/s, padding {r['padding_fraction']:.0%} ({r['attn_implementation']})"
+        return (f"{r['tokens_per_s']:,.0f} real tokens/s, MFU {mfu}, {r['micro_batch']}×{r['seq_len']} "
+                f"({r['attn_implementation']})")
+    return (f"{r['real_tokens_per_s']:,.0f} real tokens/s, padding {r['padding_fraction']:.0%}, batch "
+            f"{r['batch_size']} ({r['attn_implementation']})")
 
 
 TABLE_ROWS = (
     ("parity_tiny", "packed-row loss/grads vs per-document, tiny, bf16", "within bf16 tolerance"),
     ("parity_1b", "packed-row loss/grads vs per-document, ~1B, bf16", "within bf16 tolerance"),
-    ("throughput_ftscale", "ftscale ~1B, packed 4×4096, ZeRO-2, 1 GPU", "MFU ≥ 50%"),
+    ("throughput_ftscale", "ftscale ~1B, bf16, packed rows of 4096, ZeRO-2, 1 GPU", "MFU ≥ 50%"),
     ("throughput_hf", "HF Trainer + dynamic padding (peer), same model and data", "—"),
     ("plan", "`ftscale plan` vs `torch.cuda.max_memory_allocated`", "within 15%"),
     ("qlora", "QLoRA smoke", "loss falls, adapter exports"),

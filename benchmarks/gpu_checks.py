@@ -42,7 +42,6 @@ class Sizes:
     micro_batch: int
     warmup_steps: int
     measure_steps: int
-    hf_batch: int
     documents: tuple[int, float, float, int]  # count, median words, sigma of log, max words
     plan_configs: tuple[tuple[str, bool], ...]  # (method, gradient checkpointing)
     plan_micro_batch: int
@@ -58,21 +57,23 @@ _GPU_ESTIMATES = {"env": 20, "qlora": 0, "parity_tiny": 20, "parity_1b": 45, "da
                   "throughput_ftscale": 90, "throughput_hf": 75, "plan": 110, "determinism": 60}
 MODES = {
     "full": Sizes("cuda", (("parity_tiny", TINY, 256, "bfloat16"), ("parity_1b", LLAMA_1B, 4096, "bfloat16")),
-                  LLAMA_1B, 4096, 4, 3, 10, 4, (600, 400.0, 0.9, 2600), (("full", False), ("full", True),
+                  LLAMA_1B, 4096, 4, 3, 10, (600, 400.0, 0.9, 2600), (("full", False), ("full", True),
                   ("lora", False)), 1, SMALL, 2, 6, 8192, 450.0, _GPU_ESTIMATES),
     "quick": Sizes("cuda", (("parity_tiny", TINY, 256, "bfloat16"), ("parity_1b", LLAMA_1B, 4096, "bfloat16")),
-                   LLAMA_1B, 4096, 4, 2, 4, 4, (300, 400.0, 0.9, 2600), (("full", True),), 1, SMALL, 2, 3, 8192,
+                   LLAMA_1B, 4096, 4, 2, 4, (300, 400.0, 0.9, 2600), (("full", True),), 1, SMALL, 2, 3, 8192,
                    240.0, {**_GPU_ESTIMATES, "throughput_ftscale": 60, "throughput_hf": 50, "plan": 45,
                            "determinism": 40}),
     "cpu-smoke": Sizes("cpu", (("parity_tiny", TINY, 64, "bfloat16"),
                                ("parity_1b", {**TINY, "tie_word_embeddings": True}, 128, "float32")),
-                       TINY, 128, 2, 1, 2, 2, (80, 40.0, 0.8, 150), (("full", False), ("full", True),
+                       TINY, 128, 2, 1, 2, (80, 40.0, 0.8, 150), (("full", False), ("full", True),
                        ("lora", False)), 1, TINY, 2, 3, 256, 600.0, {}),
 }
-# throughput_hf before every check that sets up the recipe: in a shared process (--cpu-smoke)
-# the recipe's torch.distributed group would make the HF Trainer wrap its model in DDP.
-CHECK_ORDER = ("qlora", "env", "parity_tiny", "parity_1b", "data", "throughput_hf", "throughput_ftscale", "plan",
+CHECK_ORDER = ("qlora", "env", "parity_tiny", "parity_1b", "data", "throughput_ftscale", "throughput_hf", "plan",
                "determinism")
+# One process runs every check (--cpu-smoke): the HF peer goes before the first check that
+# sets up the recipe, whose torch.distributed group would make the Trainer wrap its model in DDP.
+SHARED_PROCESS_ORDER = ("env", "parity_tiny", "parity_1b", "data", "throughput_hf", "throughput_ftscale", "plan",
+                        "determinism")
 IN_PARENT = ("qlora",)  # cheap, no torch: run by the orchestrator itself
 REQUIRES = {"throughput_ftscale": ("data",), "throughput_hf": ("data",), "plan": ("data",),
             "determinism": ("data",)}
@@ -265,6 +266,23 @@ def _plan_total(model_config: Any, method: str, grad_ckpt: bool, seq_len: int, m
     return plan(model_spec(model_config), opts)["per_gpu"]["total_bytes"]
 
 
+def throughput_micro_batch(ctx: Context) -> int:
+    """Packed rows per micro-batch for both throughput checks: the mode's size, lowered to
+    what ``ftscale plan`` fits in 85% of this GPU's memory (its accuracy target is 15%), so
+    an 80 GB H100 takes fewer rows than a 141 GB H200."""
+    if not ctx.on_cuda:
+        return ctx.sizes.micro_batch
+    import torch
+    from transformers import AutoConfig
+
+    from ftscale.plan import PlanOptions, max_micro_batch, model_spec
+
+    s = ctx.sizes
+    memory = int(0.85 * torch.cuda.get_device_properties(0).total_memory)
+    opts = PlanOptions(method="full", zero=2, seq_len=s.seq_len, precision="bf16", gpu_mem_bytes=memory)
+    return max(1, min(s.micro_batch, max_micro_batch(model_spec(AutoConfig.for_model(**s.model)), opts)))
+
+
 def check_throughput_ftscale(ctx: Context) -> dict[str, Any]:
     """Real tokens/s and MFU of the trainer's step (packed rows, ZeRO-2, one device), with
     the planner's total for the same configuration beside the measured peak."""
@@ -274,8 +292,9 @@ def check_throughput_ftscale(ctx: Context) -> dict[str, Any]:
     from recipe_harness import recipe, run_steps, timed_steps, train_config
 
     s = ctx.sizes
+    rows = throughput_micro_batch(ctx)
     config = train_config(ctx.dataset, ctx.work / "runs" / "throughput", s.model, device=ctx.device,
-                          seq_len=s.seq_len, micro_batch=s.micro_batch, steps=s.warmup_steps + s.measure_steps)
+                          seq_len=s.seq_len, micro_batch=rows, steps=s.warmup_steps + s.measure_steps)
     with recipe(config, ctx.work / "runs" / "throughput") as r:
         run_steps(r, s.warmup_steps)
         if ctx.on_cuda:
@@ -286,26 +305,29 @@ def check_throughput_ftscale(ctx: Context) -> dict[str, Any]:
         value = mfu(r.flops_per_token, tokens_per_s, 1, None, r.device)
         out = {"tokens_per_s": tokens_per_s, "mfu": value, "flops_per_token": r.flops_per_token,
                "attn_implementation": r.attn_implementation, "precision": r.precision, "zero_stage": 2,
-               "seq_len": s.seq_len, "micro_batch": s.micro_batch, "steps": len(stats), "seconds": seconds,
+               "seq_len": s.seq_len, "micro_batch": rows, "steps": len(stats), "seconds": seconds,
+               "achieved_tflops": r.flops_per_token * tokens_per_s / 1e12,
                "padding_fraction": sum(x["padding_fraction"] for x in stats) / len(stats),
                "losses": [x["loss"] for x in stats], "params": r.total_params, "peak_allocated_bytes": peak,
                "recipe_mfu_per_step": [x.get("mfu") for x in stats],
-               "planned_total_bytes": _plan_total(r.model_config, "full", False, s.seq_len, s.micro_batch,
-                                                  r.precision)}
+               "planned_total_bytes": _plan_total(r.model_config, "full", False, s.seq_len, rows, r.precision)}
+    matmul = ctx.results.get("env", {}).get("matmul_tflops")
+    if ctx.on_cuda and matmul:
+        out["fraction_of_measured_matmul"] = out["achieved_tflops"] / matmul
     mfu_text = "MFU n/a (no known peak for this device)" if value is None else (
         f"MFU {value:.1%} (target >= {MFU_TARGET:.0%}: {'met' if value >= MFU_TARGET else 'not met'})")
     out["target_met"] = None if value is None else value >= MFU_TARGET
     out["summary"] = (f"{out['params'] / 1e9:.2f}B params, {r.precision}, {out['attn_implementation']}, "
-                      f"{s.micro_batch}x{s.seq_len} packed, ZeRO-2, 1 {ctx.device}: {tokens_per_s:,.0f} real "
+                      f"{rows}x{s.seq_len} packed, ZeRO-2, 1 {ctx.device}: {tokens_per_s:,.0f} real "
                       f"tokens/s, {mfu_text}")
     out["status"] = "ok"
     return out
 
 
 def check_throughput_hf(ctx: Context) -> dict[str, Any]:
-    """The named peer on the same documents and model: HF Trainer, dynamic padding, batch
-    ``hf_batch`` (the same ``batch × seq_len`` token slots per micro-batch as ftscale's
-    packed rows), bf16 autocast on CUDA, flash-attention-2 when installed, else sdpa."""
+    """The named peer on the same documents and model: HF Trainer, dynamic padding, as many
+    documents per batch as ftscale packs rows (at most the same ``batch × seq_len`` token
+    slots), bf16 autocast on CUDA, flash-attention-2 when installed, else sdpa."""
     import torch
     from transformers import AutoConfig
 
@@ -320,13 +342,14 @@ def check_throughput_hf(ctx: Context) -> dict[str, Any]:
     flash, _ = flash_attn_status(ctx.device)
     attn = "flash_attention_2" if flash else "sdpa"
     records = [{k: v[:s.seq_len] for k, v in r.items()} for r in hf_records(ctx.dataset)]
+    batch = throughput_micro_batch(ctx)
     out = run_hf_trainer(records, ctx.tokenizer, s.model, steps=s.warmup_steps + s.measure_steps,
-                         warmup_steps=s.warmup_steps, batch_size=s.hf_batch, device=ctx.device, bf16=ctx.on_cuda,
+                         warmup_steps=s.warmup_steps, batch_size=batch, device=ctx.device, bf16=ctx.on_cuda,
                          attn_implementation=attn, threads=None if ctx.on_cuda else 1)
     fpt = flops_per_token(AutoConfig.for_model(**s.model), s.seq_len)
     out["mfu"] = mfu(fpt, out["real_tokens_per_s"], 1, None, torch.device(ctx.device))
     mfu_text = "" if out["mfu"] is None else f", MFU {out['mfu']:.1%} (same FLOPs per token as ftscale)"
-    out["summary"] = (f"HF Trainer, dynamic padding, batch {s.hf_batch}, {attn}, optim {out['optim']}: "
+    out["summary"] = (f"HF Trainer, dynamic padding, batch {batch}, {attn}, optim {out['optim']}: "
                       f"{out['real_tokens_per_s']:,.0f} real tokens/s, padding {out['padding_fraction']:.0%}"
                       f"{mfu_text}")
     out["status"] = "ok"
@@ -399,8 +422,10 @@ def check_determinism(ctx: Context) -> dict[str, Any]:
                 attn = r.attn_implementation
             losses.append([x["loss"] for x in stats])
             norms.append([x["grad_norm"] for x in stats])
+    # e.g. "... does not have a deterministic implementation ..." or cuBLAS's "Deterministic
+    # behavior was enabled ... set CUBLAS_WORKSPACE_CONFIG"
     kernels = sorted({str(w.message).splitlines()[0][:200] for w in caught
-                      if "determinis" in str(w.message) or "CUBLAS_WORKSPACE_CONFIG" in str(w.message)})
+                      if "deterministic" in str(w.message).lower()})
     loss_diff = max(abs(a - b) for a, b in zip(*losses))
     norm_diff = max(abs(a - b) for a, b in zip(*norms))
     identical = losses[0] == losses[1] and norms[0] == norms[1]
@@ -448,4 +473,4 @@ def skip_reason(name: str, ctx: Context, now: float) -> str | None:
     return None
 
 
-__all__ = ["CHECKS", "CHECK_ORDER", "IN_PARENT", "Context", "MODES", "Sizes", "flash_attn_status", "skip_reason"]
+__all__ = ["CHECKS", "CHECK_ORDER", "IN_PARENT", "SHARED_PROCESS_ORDER", "Context", "MODES", "Sizes", "flash_attn_status", "skip_reason"]

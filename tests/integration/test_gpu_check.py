@@ -16,6 +16,7 @@ pytest.importorskip("deepspeed")
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "benchmarks" / "gpu_check.py"
+# --cpu-smoke's order: one process runs every check, the HF peer before the recipe's checks
 ORDER = ["qlora", "env", "parity_tiny", "parity_1b", "data", "throughput_hf", "throughput_ftscale", "plan",
          "determinism"]
 
