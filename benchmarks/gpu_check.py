@@ -2,7 +2,7 @@
 under 8 minutes from a cold start, one line per check, results in ``benchmarks/results/gpu.json``.
 
     python benchmarks/gpu_check.py                # full, ~7.5 min budget on an H200
-    python benchmarks/gpu_check.py --quick        # ~4 min: fewer steps, one planner configuration
+    python benchmarks/gpu_check.py --quick        # ~4.5 min: fewer steps, one planner configuration
     python benchmarks/gpu_check.py --cpu-smoke    # every check, tiny, on CPU (tests/integration runs it)
     python benchmarks/gpu_check.py --write-readme # README "GPU results" table from benchmarks/results/gpu.json
 
@@ -40,9 +40,13 @@ travels as wheels, with the project's compiled extension:
     # device run: carry [".whl", "python/ftscale/_core.abi3.so"], timeout_s 540, command:
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \\
       .whl/*.whl && export PYTHONPATH=/tmp/site:$PWD/python || exit; \\
-      PYTHONUNBUFFERED=1 python3 benchmarks/gpu_check.py --json $OUT/gpu.json
+      PYTHONUNBUFFERED=1 python3 benchmarks/gpu_check.py --json $OUT/gpu.json --work-dir /tmp/gc; \\
+      rc=$?; tar czf $OUT/logs.tgz -C /tmp/gc logs; exit $rc
     # then here: copy gpu.json from the run's files to benchmarks/results/gpu.json and
     python benchmarks/gpu_check.py --write-readme
+The full run leaves too little of the 15 device minutes for a second full one; rerun with
+--quick (or a subset of fixes) if the first run breaks early. The children's logs are in
+logs.tgz; every error's traceback and every timeout's log tail are in gpu.json.
 """
 
 from __future__ import annotations
@@ -290,12 +294,12 @@ def write_readme(json_path: Path, readme: Path) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="ftscale GPU readiness check (see the module docstring)")
     mode = parser.add_mutually_exclusive_group()
-    mode.add_argument("--quick", action="store_true", help="fewer steps and one planner configuration (~4 min)")
+    mode.add_argument("--quick", action="store_true", help="fewer steps and one planner configuration (~4.5 min)")
     mode.add_argument("--cpu-smoke", action="store_true", help="every check with tiny sizes on CPU")
     mode.add_argument("--write-readme", action="store_true", help="only write README's GPU results table from --json")
     parser.add_argument("--json", type=Path, help=f"results file (default {DEFAULT_JSON.relative_to(REPO)}; "
                                                   "--cpu-smoke: in the work dir)")
-    parser.add_argument("--budget-s", type=float, help="global deadline in seconds (default: 450 full, 240 quick)")
+    parser.add_argument("--budget-s", type=float, help="global deadline in seconds (default: 450 full, 270 quick)")
     parser.add_argument("--check-cap-s", type=float, help="kill any one check after this many seconds")
     parser.add_argument("--work-dir", type=Path, help="scratch directory (default: a new temporary one)")
     parser.add_argument("--readme", type=Path, default=README, help=argparse.SUPPRESS)

@@ -1,7 +1,7 @@
 """The checks of ``gpu_check.py``, their sizes per mode and their time estimates.
 
-Each check is ``fn(ctx) -> dict`` with at least ``status`` (ok / fail / skipped / not_built)
-and a one-line ``summary``; it runs in a child process of ``gpu_check.py`` (heavy imports
+Each check is ``fn(ctx) -> dict`` with at least ``status`` (ok / fail / not_built; the
+orchestrator adds skipped / error / timeout) and a one-line ``summary``; it runs in a child process of ``gpu_check.py`` (heavy imports
 live inside the functions, so the orchestrator imports this module for free).
 """
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -39,7 +39,7 @@ class Sizes:
     parity: tuple[tuple[str, dict, int, str], ...]  # (check name, model, seq_len, dtype)
     model: dict  # the "~1B" model of the throughput and planner checks
     seq_len: int
-    micro_batch: int
+    micro_batch: int  # packed rows; lowered on GPUs where `ftscale plan` says fewer fit
     warmup_steps: int
     measure_steps: int
     documents: tuple[int, float, float, int]  # count, median words, sigma of log, max words
@@ -55,18 +55,24 @@ class Sizes:
 
 _GPU_ESTIMATES = {"env": 20, "qlora": 0, "parity_tiny": 20, "parity_1b": 45, "data": 30,
                   "throughput_ftscale": 90, "throughput_hf": 75, "plan": 110, "determinism": 60}
+_FULL = Sizes(
+    device="cuda", parity=(("parity_tiny", TINY, 256, "bfloat16"), ("parity_1b", LLAMA_1B, 4096, "bfloat16")),
+    model=LLAMA_1B, seq_len=4096, micro_batch=4, warmup_steps=3, measure_steps=10,
+    documents=(600, 400.0, 0.9, 2600),  # ~2.4 tokens per word with the 512-token BPE: median ~1k tokens
+    plan_configs=(("full", False), ("full", True), ("lora", False)), plan_micro_batch=1,
+    det_model=SMALL, det_micro_batch=2, det_steps=6, matmul_n=8192, budget_s=450.0, estimate_s=_GPU_ESTIMATES)
 MODES = {
-    "full": Sizes("cuda", (("parity_tiny", TINY, 256, "bfloat16"), ("parity_1b", LLAMA_1B, 4096, "bfloat16")),
-                  LLAMA_1B, 4096, 4, 3, 10, (600, 400.0, 0.9, 2600), (("full", False), ("full", True),
-                  ("lora", False)), 1, SMALL, 2, 6, 8192, 450.0, _GPU_ESTIMATES),
-    "quick": Sizes("cuda", (("parity_tiny", TINY, 256, "bfloat16"), ("parity_1b", LLAMA_1B, 4096, "bfloat16")),
-                   LLAMA_1B, 4096, 4, 2, 4, (300, 400.0, 0.9, 2600), (("full", True),), 1, SMALL, 2, 3, 8192,
-                   240.0, {**_GPU_ESTIMATES, "throughput_ftscale": 60, "throughput_hf": 50, "plan": 45,
-                           "determinism": 40}),
-    "cpu-smoke": Sizes("cpu", (("parity_tiny", TINY, 64, "bfloat16"),
-                               ("parity_1b", {**TINY, "tie_word_embeddings": True}, 128, "float32")),
-                       TINY, 128, 2, 1, 2, (80, 40.0, 0.8, 150), (("full", False), ("full", True),
-                       ("lora", False)), 1, TINY, 2, 3, 256, 600.0, {}),
+    "full": _FULL,
+    "quick": replace(_FULL, warmup_steps=2, measure_steps=4, documents=(300, 400.0, 0.9, 2600),
+                     plan_configs=(("full", True),), det_steps=3, budget_s=270.0,
+                     estimate_s={**_GPU_ESTIMATES, "throughput_ftscale": 60, "throughput_hf": 50, "plan": 45,
+                                 "determinism": 40}),
+    "cpu-smoke": Sizes(
+        device="cpu", parity=(("parity_tiny", TINY, 64, "bfloat16"),
+                              ("parity_1b", {**TINY, "tie_word_embeddings": True}, 128, "float32")),
+        model=TINY, seq_len=128, micro_batch=2, warmup_steps=1, measure_steps=2, documents=(80, 40.0, 0.8, 150),
+        plan_configs=_FULL.plan_configs, plan_micro_batch=1, det_model=TINY, det_micro_batch=2, det_steps=3,
+        matmul_n=256, budget_s=600.0),
 }
 CHECK_ORDER = ("qlora", "env", "parity_tiny", "parity_1b", "data", "throughput_ftscale", "throughput_hf", "plan",
                "determinism")
