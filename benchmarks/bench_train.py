@@ -17,16 +17,10 @@ import os
 import platform
 import random
 import statistics
-import sys
 import tempfile
-import time
 from pathlib import Path
 
-import yaml
-
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests" / "integration"))
-from conftest import build_tokenizer, sample_texts  # noqa: E402  (tiny BPE + KJV sample)
+from train_common import REPO, hf_records, prepare, run_hf_trainer, sample_texts
 
 MODEL = {"model_type": "llama", "vocab_size": 512, "hidden_size": 128, "intermediate_size": 256,
          "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
@@ -35,6 +29,7 @@ THREADS = 2
 SEQ_LEN = 512
 HF_BATCH = 8  # conversations per HF step
 ROWS_PER_STEP = 4  # packed rows per ftscale step (similar real tokens per step)
+WARMUP_STEPS = 4  # HF steps left out of the timing (ftscale: the first 3)
 
 
 def conversations(n: int, seed: int = 0) -> list[dict]:
@@ -49,19 +44,6 @@ def conversations(n: int, seed: int = 0) -> list[dict]:
             {"role": "user", "content": " ".join(verses[start:start + q_len])},
             {"role": "assistant", "content": " ".join(verses[start + q_len:start + q_len + a_len])}]})
     return chats
-
-
-def prepare(work: Path, chats: list[dict]) -> tuple[Path, Path]:
-    from ftscale.cli import main
-
-    tok_dir = build_tokenizer(work / "tokenizer", sample_texts(400))
-    (work / "chat.jsonl").write_text("".join(json.dumps(c) + "\n" for c in chats))
-    cfg = {"output": str(work / "prepared"), "seq_len": SEQ_LEN, "val_fraction": 0.0,
-           "tokenizer": {"path": str(tok_dir)}, "dedup": {"exact": False, "near": False},
-           "sources": [{"name": "chat", "kind": "sft", "overlong": "truncate", "paths": [str(work / "chat.jsonl")]}]}
-    (work / "prep.yaml").write_text(yaml.safe_dump(cfg))
-    assert main(["prep", str(work / "prep.yaml")]) == 0
-    return work / "prepared", tok_dir
 
 
 def run_ftscale(prepared: Path, work: Path, steps: int) -> dict:
@@ -84,47 +66,8 @@ def run_ftscale(prepared: Path, work: Path, steps: int) -> dict:
 
 
 def run_hf(prepared: Path, tok_dir: Path, steps: int) -> dict:
-    import pyarrow.parquet as pq
-    import torch
-    from datasets import Dataset
-    from transformers import (AutoConfig, AutoModelForCausalLM, DataCollatorForSeq2Seq, PreTrainedTokenizerFast,
-                              Trainer, TrainerCallback, TrainingArguments)
-
-    torch.set_num_threads(THREADS)
-    tok = PreTrainedTokenizerFast.from_pretrained(str(tok_dir))
-    # The same token ids and assistant-only labels that ftscale trains on.
-    table = pq.read_table(prepared / "shards" / "chat" / "part-00000.parquet")
-    records = [{"input_ids": ids, "attention_mask": [1] * len(ids),
-                "labels": [t if m else -100 for t, m in zip(ids, mask)]}
-               for ids, mask in zip(table.column("input_ids").to_pylist(), table.column("loss_mask").to_pylist())]
-    dataset = Dataset.from_list(records)
-    torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(AutoConfig.for_model(**MODEL), attn_implementation="sdpa")
-
-    class Timer(TrainerCallback):
-        def __init__(self) -> None:
-            self.marks: list[float] = []
-
-        def on_step_end(self, args, state, control, **kwargs):  # noqa: ANN001
-            self.marks.append(time.perf_counter())
-
-    timer = Timer()
-    real_tokens: list[int] = []
-    collator = DataCollatorForSeq2Seq(tok, padding=True, label_pad_token_id=-100)
-
-    def collate(features):  # noqa: ANN001
-        batch = collator(features)
-        real_tokens.append(int(batch["attention_mask"].sum()))
-        return batch
-
-    args = TrainingArguments(output_dir=tempfile.mkdtemp(), per_device_train_batch_size=HF_BATCH, max_steps=steps,
-                             learning_rate=1e-3, logging_steps=10**6, save_strategy="no", report_to=[],
-                             use_cpu=True, dataloader_num_workers=0, disable_tqdm=True, seed=0)
-    Trainer(model=model, args=args, train_dataset=dataset, data_collator=collate, callbacks=[timer]).train()
-    steady_tokens = sum(real_tokens[4:steps])
-    seconds = timer.marks[-1] - timer.marks[3]
-    padded = sum(1 for _ in real_tokens)
-    return {"real_tokens_per_s": steady_tokens / seconds, "steps": steps - 4, "batches": padded}
+    return run_hf_trainer(hf_records(prepared), tok_dir, MODEL, steps=steps, warmup_steps=WARMUP_STEPS,
+                          batch_size=HF_BATCH, device="cpu", bf16=False, attn_implementation="sdpa", threads=THREADS)
 
 
 def main() -> None:
@@ -138,7 +81,7 @@ def main() -> None:
     hf_rounds, our_rounds = [], []
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        prepared, tok_dir = prepare(work, conversations(3000))
+        prepared, tok_dir = prepare(work, conversations(3000), "sft", SEQ_LEN)
         # Alternating rounds, best of each: this shared machine's speed drifts by tens of
         # percent within minutes, and a single HF-then-ftscale pair measured the drift.
         for r in range(args.rounds):
