@@ -20,6 +20,7 @@ __all__ = [
     "exact_hashes",
     "exact_keep",
     "find_buckets",
+    "jsonl_chunks",
     "pair_similarities",
     "preference_ranks",
     "verify_buckets",
@@ -118,6 +119,7 @@ def exact_hashes(
     num_threads: int | None = None,
 ) -> tuple[_U64, _U64]: ...
 def exact_keep(hi: _U64, lo: _U64, rank: _U32, num_threads: int | None = None) -> npt.NDArray[np.int64]: ...
+def jsonl_chunks(path: str, target_bytes: int) -> tuple[list[int], list[int], int]: ...
 def preference_ranks(
     uids: _U64, scores: npt.NDArray[np.float64] | None = None, num_threads: int | None = None
 ) -> _U32: ...

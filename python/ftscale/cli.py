@@ -109,9 +109,9 @@ def _cmd_dedup(args: argparse.Namespace) -> int:
     stages = Stages(enabled=True)
     report = run_dedup(opts, stages)
     if args.json:
-        print(json.dumps({**report, "timings_s": stages.seconds}, indent=2))
+        print(json.dumps({**report, "timings_s": stages.seconds, "step_seconds": stages.step_seconds}, indent=2))
     else:
-        print_dedup_summary(report, stages.seconds)
+        print_dedup_summary(report, stages.seconds, stages.step_seconds)
     return 0
 
 
@@ -139,9 +139,10 @@ def _cmd_prep(args: argparse.Namespace) -> int:
     stages = Stages(enabled=True)
     manifest = run_prep(cfg, stages)
     if args.json:
-        print(json.dumps({**manifest.to_json(), "timings_s": stages.seconds}, indent=2))
+        print(json.dumps({**manifest.to_json(), "timings_s": stages.seconds, "step_seconds": stages.step_seconds},
+                         indent=2))
         return 0
-    print_rows(f"ftscale prep → {cfg.output}", summarize(manifest), stages.seconds)
+    print_rows(f"ftscale prep → {cfg.output}", summarize(manifest), stages.seconds, stages.step_seconds)
     for name, entry in manifest.sources.items():
         for w in entry.warnings:
             stages.print(f"[yellow]warning[/yellow] {name}: {w}")

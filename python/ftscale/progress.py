@@ -14,6 +14,8 @@ class Stages:
     def __init__(self, enabled: bool = True) -> None:
         self.enabled = enabled
         self.seconds: dict[str, float] = {}
+        # Time inside each data step, summed over units of work (so over parallel workers too).
+        self.step_seconds: dict[str, float] = {}
         self._console = None
         if enabled:
             from rich.console import Console
@@ -35,6 +37,12 @@ class Stages:
         self.seconds[name] = self.seconds.get(name, 0.0) + elapsed
         if self._console is not None:
             self._console.print(f"[green]✓[/green] {label} ({elapsed:.2f} s)", highlight=False)
+
+    def add_step_seconds(self, metas: list[dict]) -> None:
+        """Add the per-step seconds the units of a pass recorded in their metas."""
+        for meta in metas:
+            for name, seconds in meta.get("seconds", {}).items():
+                self.step_seconds[name] = self.step_seconds.get(name, 0.0) + float(seconds)
 
     def print(self, *objects: object) -> None:
         if self._console is not None:

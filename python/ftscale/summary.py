@@ -15,7 +15,15 @@ def console() -> Any:
     return out if out.is_terminal else Console(width=LOG_WIDTH)
 
 
-def print_dedup_summary(report: dict[str, Any], seconds: dict[str, float]) -> None:
+def _print_times(out: Any, seconds: dict[str, float], step_seconds: dict[str, float]) -> None:
+    out.print("time: " + ", ".join(f"{k} {v:.2f} s" for k, v in seconds.items()))
+    if step_seconds:
+        out.print("in steps (summed over units of work): "
+                  + ", ".join(f"{k} {v:.2f} s" for k, v in step_seconds.items()))
+
+
+def print_dedup_summary(report: dict[str, Any], seconds: dict[str, float],
+                        step_seconds: dict[str, float] | None = None) -> None:
     from rich.table import Table
 
     out = console()
@@ -42,10 +50,11 @@ def print_dedup_summary(report: dict[str, Any], seconds: dict[str, float]) -> No
     if audit:
         out.print(f"audit: precision ≈ {audit['precision']:.3f}, recall ≈ {audit['recall']:.3f} "
                       f"({len(audit['sampled_pairs'])} pairs with exact Jaccard)")
-    out.print("time: " + ", ".join(f"{k} {v:.2f} s" for k, v in seconds.items()))
+    _print_times(out, seconds, step_seconds or {})
 
 
-def print_rows(title: str, rows: list[dict[str, Any]], seconds: dict[str, float]) -> None:
+def print_rows(title: str, rows: list[dict[str, Any]], seconds: dict[str, float],
+               step_seconds: dict[str, float] | None = None) -> None:
     """A table from a list of same-keyed dicts (numbers right-aligned, thousands separated)."""
     from rich.table import Table
 
@@ -58,4 +67,4 @@ def print_rows(title: str, rows: list[dict[str, Any]], seconds: dict[str, float]
             table.add_row(*(f"{v:,}" if isinstance(v, int) and not isinstance(v, bool) else str(v) for v in r.values()))
     out.print(table)
     if seconds:
-        out.print("time: " + ", ".join(f"{k} {v:.2f} s" for k, v in seconds.items()))
+        _print_times(out, seconds, step_seconds or {})

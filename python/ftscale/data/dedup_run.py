@@ -159,6 +159,7 @@ def key_rows_per_doc(steps: list[Any]) -> int:
 def run_dedup(opts: DedupOptions, stages: Any) -> dict[str, Any]:
     """Run the job; returns the report (also written to ``out/report.json``)."""
     from ftscale.data.atomic import ensure_dir, write_json
+    from ftscale.data.format import StageCounts
     from ftscale.data.io import ReadOptions
     from ftscale.data.pipeline import SourceInput, plan_job, remove_work_dir, run_global
     from ftscale.data.steps.base import SourceSpec
@@ -187,10 +188,13 @@ def run_dedup(opts: DedupOptions, stages: Any) -> dict[str, Any]:
     try:
         run_global(job, steps, stages, scores=opts.keep.startswith("max:"))
         report: dict[str, Any] = {"format_version": REPORT_FORMAT_VERSION, "options": settings, **job.report}
+        counts = job.source_counts()
+        for name, c in counts.items():
+            StageCounts(**c).check(name)
         crash_at("write")
         with stages.stage("write", str(out)):
             written = _write_outputs(job, out, opts.part_rows)
-        report["sources"] = job.source_counts()
+        report["sources"] = counts
         report["totals"] = {k: sum(s[k] for s in report["sources"].values()) for k in
                             ("read", "quarantined", "exact_duplicate", "near_duplicate", "contaminated", "kept")}
         report["outputs"] = written
@@ -204,7 +208,6 @@ def run_dedup(opts: DedupOptions, stages: Any) -> dict[str, Any]:
 def _write_outputs(job: Any, out: Path, part_rows: int) -> dict[str, Any]:
     import shutil
 
-    from ftscale.data.job import check_conserved
     from ftscale.data.steps.write import plan_parts, write_part, write_quarantine
 
     written: dict[str, Any] = {"data": [], "quarantine": []}
@@ -223,6 +226,4 @@ def _write_outputs(job: Any, out: Path, part_rows: int) -> dict[str, Any]:
     dpath = out / "removed" / "decisions.parquet"
     job.write_decisions(dpath)
     written["decisions"] = str(dpath.relative_to(out))
-    for name, counts in job.source_counts().items():
-        check_conserved(name, counts)
     return written

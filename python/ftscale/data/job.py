@@ -27,12 +27,6 @@ STAGES = ("exact_duplicate", "near_duplicate", "contaminated")
 MAX_DOCS = 2**32 - 2  # documents are u32 indices in the kernels
 
 
-def check_conserved(name: str, counts: dict[str, Any]) -> None:
-    """read == kept + quarantined + removed by each stage (a violation is a bug, not bad input)."""
-    if counts["read"] != counts["kept"] + counts["quarantined"] + sum(counts[s] for s in STAGES):
-        raise AssertionError(f"count conservation broken for source {name}: {counts}")
-
-
 @dataclass(frozen=True)
 class UnitTask:
     """Everything a worker needs to run one unit of one pass (picklable, small)."""
@@ -141,22 +135,25 @@ class Job:
 
     def source_counts(self) -> dict[str, dict[str, Any]]:
         """Per source: read, quarantined (+ by reason), removed per stage, kept."""
-        doc_source = np.repeat([t.source_index for t in self.tasks], np.diff(self.bases)).astype(np.int64)
         out: dict[str, dict[str, Any]] = {}
         for s, spec in enumerate(self.sources):
-            metas = [m for t, m in zip(self.tasks, self.metas) if t.source_index == s]
             by_reason: dict[str, int] = {}
-            for m in metas:
-                for reason, k in m["quarantined_by_reason"].items():
+            stages = np.zeros(len(STAGES) + 1, dtype=np.int64)
+            read = quarantined = 0
+            for u, (task, meta) in enumerate(zip(self.tasks, self.metas)):
+                if task.source_index != s:
+                    continue
+                read += int(meta["read"])
+                quarantined += int(meta["quarantined"])
+                for reason, k in meta["quarantined_by_reason"].items():
                     by_reason[reason] = by_reason.get(reason, 0) + int(k)
-            mine = self.removed_by[doc_source == s] if len(doc_source) else np.zeros(0, np.int8)
-            counts = np.bincount(mine, minlength=len(STAGES) + 1)
-            c: dict[str, Any] = {"read": sum(int(m["read"]) for m in metas),
-                                 "quarantined": sum(int(m["quarantined"]) for m in metas),
+                unit_stages = self.removed_by[self.bases[u]:self.bases[u + 1]]
+                stages += np.bincount(unit_stages, minlength=len(STAGES) + 1)
+            c: dict[str, Any] = {"read": read, "quarantined": quarantined,
                                  "quarantined_by_reason": dict(sorted(by_reason.items()))}
             for i, stage in enumerate(STAGES):
-                c[stage] = int(counts[i + 1])
-            c["kept"] = int(counts[0])
+                c[stage] = int(stages[i + 1])
+            c["kept"] = int(stages[0])
             out[spec.name] = c
         return out
 

@@ -208,6 +208,7 @@ def run_global(job: Any, steps: list[Any], stages: Any, *, scores: bool = False)
     """The first pass over every unit, then each global step's reduce, in order."""
     with stages.stage("read", f"{len(job.tasks)} units of work, {job.executor.name} executor"):
         job.first_pass(steps, scores=scores)
+    stages.add_step_seconds(job.metas)
     for step in steps:
         if step.global_step:
             crash_at(f"reduce:{step.name}")

@@ -75,6 +75,7 @@ def run_prep(cfg: PrepConfig, stages: Any) -> Manifest:
         run_global(job, steps, stages)
         with stages.stage("tokenize", f"{job.alive.sum():,} records"):
             metas = _tokenize_pass(job, cfg)
+        stages.add_step_seconds(metas)
         crash_at("write shards")
         with stages.stage("write shards", str(out)):
             entries = _write_dataset(job, metas, cfg, out)

@@ -11,6 +11,7 @@ pub mod error;
 pub mod exact;
 pub mod hash;
 pub mod keep;
+pub mod lines;
 pub mod lsh;
 pub mod minhash;
 pub mod mixture;

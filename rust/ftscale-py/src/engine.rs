@@ -13,6 +13,7 @@ use ftscale_core::components::UnionFind as CoreUnionFind;
 use ftscale_core::decontam::{scan, DecontamParams, DecontamResult, EvalIndex as CoreEvalIndex};
 use ftscale_core::exact::{exact_hashes as core_exact_hashes, exact_representatives};
 use ftscale_core::keep::preference_ranks as core_preference_ranks;
+use ftscale_core::lines::plan_chunks;
 use ftscale_core::lsh::{band_keys as core_band_keys, check_params};
 use ftscale_core::neardup::{find_buckets as core_find_buckets, NearDupParams, Verifier};
 use ftscale_core::normalize::Normalization;
@@ -87,6 +88,16 @@ pub fn exact_keep<'py>(
     let hashes: Vec<u128> = hi.iter().zip(lo).map(|(&h, &l)| ((h as u128) << 64) | l as u128).collect();
     let rep = py.detach(|| pool::install(num_threads, || exact_representatives(&hashes, rank)));
     Ok(rep.into_iter().map(|r| r as i64).collect::<Vec<_>>().into_pyarray(py))
+}
+
+/// Units of a plain JSONL file: (start offset of each, records before each, records in all),
+/// cut at the first line start at or after every multiple of `target_bytes`.
+#[pyfunction]
+pub fn jsonl_chunks(py: Python<'_>, path: PathBuf, target_bytes: u64) -> PyResult<(Vec<u64>, Vec<u64>, u64)> {
+    let (chunks, rows) = py
+        .detach(|| std::fs::File::open(&path).and_then(|f| plan_chunks(f, target_bytes)))
+        .map_err(|e| pyo3::exceptions::PyOSError::new_err(format!("cannot read {}: {e}", path.display())))?;
+    Ok((chunks.iter().map(|c| c.start).collect(), chunks.iter().map(|c| c.first_row).collect(), rows))
 }
 
 /// Keep-preference rank of every document (0 = kept first): highest score, then lowest uid.

@@ -236,6 +236,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(engine::exact_hashes, m)?)?;
     m.add_function(wrap_pyfunction!(engine::exact_keep, m)?)?;
     m.add_function(wrap_pyfunction!(engine::preference_ranks, m)?)?;
+    m.add_function(wrap_pyfunction!(engine::jsonl_chunks, m)?)?;
     m.add_function(wrap_pyfunction!(engine::band_keys, m)?)?;
     m.add_function(wrap_pyfunction!(engine::find_buckets, m)?)?;
     m.add_function(wrap_pyfunction!(engine::audit_universe, m)?)?;

@@ -78,7 +78,8 @@ class LoadKept(Step):
         if meta is None:
             raise AssertionError(f"unit {ctx.index} has no first pass")  # the executor runs passes in order
         lo, hi = int(self.bases[ctx.index]), int(self.bases[ctx.index + 1])
-        flags = np.unpackbits(self.alive, count=hi)[lo:].astype(bool) if hi > lo else np.zeros(0, bool)
+        first_byte = lo // 8  # unpack only this unit's bytes of the bitmap
+        flags = np.unpackbits(self.alive[first_byte:(hi + 7) // 8])[lo - 8 * first_byte:hi - 8 * first_byte].astype(bool)
         schema = self.schemas[ctx.source_index]
         for first, table in unit_batches(ctx.root, meta):
             keep = np.flatnonzero(flags[first:first + table.num_rows])
