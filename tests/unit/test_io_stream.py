@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import random
 from pathlib import Path
 
 import pyarrow as pa
@@ -221,3 +222,39 @@ def test_unmarked_schemas_and_bad_arguments_are_refused(tmp_path):
         next(read_unit(plan_units("s", [path])[0], ReadOptions(), batch_bytes=-1))
     with pytest.raises(ConfigError):
         ReadOptions(messages_field="row")
+
+
+def _jsonl_bytes(n: int, seed: int) -> bytes:
+    """Records, blank and whitespace-only lines, CR runs, broken lines and a long line."""
+    rng = random.Random(seed)
+    out = [b"\xef\xbb\xbf"]
+    for i in range(n):
+        kind = rng.random()
+        if kind < 0.1:
+            out.append(rng.choice([b"", b"   ", b"\t\x0b\x0c", b"\r\r"]) + b"\n")
+        elif kind < 0.15:
+            out.append(b"{broken " + str(i).encode() + b"\r\n")
+        elif kind < 0.17:
+            out.append(json.dumps({"text": "x" * 5000, "i": i}).encode() + b"\n")
+        else:
+            out.append(json.dumps({"text": f"doc {i} " + "w " * rng.randrange(1, 40), "i": i}).encode()
+                       + rng.choice([b"\n", b"\r\n"]))
+    return b"".join(out)
+
+
+@pytest.mark.parametrize("target", [64, 700, 5000, 1 << 30])
+def test_plain_jsonl_cut_at_line_starts_reads_the_same_records(tmp_path, target):
+    from ftscale.data.io import ReadOptions, plan_units, read_source, read_unit
+
+    path = tmp_path / "big.jsonl"
+    path.write_bytes(_jsonl_bytes(600, seed=target))
+    whole = read_source("s", [path], max_record_bytes=2000)
+    units = plan_units("s", [path], target_unit_bytes=target)
+    assert (len(units) == 1) == (target > path.stat().st_size) and units[0].start == 0
+    opts = ReadOptions(max_record_bytes=2000)
+    batches = [b for u in units for b in read_unit(u, opts, batch_bytes=1000)]
+    schema = unify(b.records.schema for b in batches)
+    records = pa.concat_tables([conform(b.records, schema) for b in batches])
+    quarantine = pa.concat_tables([b.quarantine for b in batches])
+    assert records.equals(whole.records) and quarantine.equals(whole.quarantine)
+    assert sum(b.read for b in batches) == whole.counts["read"]

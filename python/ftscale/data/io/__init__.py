@@ -1,7 +1,8 @@
 """Read a source's input files as deterministic units of work, each a stream of record batches.
 
-``plan_units`` splits a source into ``ReadUnit``s (whole JSONL files and IPC streams;
-ranges of row groups of a Parquet file, of record batches of an Arrow IPC file);
+``plan_units`` splits a source into ``ReadUnit``s (compressed JSONL files and IPC streams
+whole; ranges of lines of a plain JSONL file, of row groups of a Parquet file, of record
+batches of an Arrow IPC file);
 ``read_unit`` streams one unit as ``ReadBatch``es of about ``batch_bytes`` of input, each
 a table of valid records and a table of rejects; ``unify`` and ``conform`` give every
 batch of a source one schema (see ``schema``). ``read_source`` does all of it in memory
@@ -32,7 +33,7 @@ import pyarrow as pa
 
 from ftscale.data.io.columnar import Span, plan_file, read_columnar
 from ftscale.data.io.discover import SUPPORTED_DESCRIPTION, detect_format, iter_input_files
-from ftscale.data.io.jsonl import read_jsonl
+from ftscale.data.io.jsonl import plan_jsonl, read_jsonl
 from ftscale.data.io.schema import SourceSchema, conform, unify
 from ftscale.data.io.uids import file_uid_base, record_uids, splitmix64_array
 from ftscale.data.io.validate import PROVENANCE_COLUMNS, QUARANTINE_SCHEMA, REASONS, ReadOptions
@@ -89,8 +90,10 @@ def plan_units(source: str, paths: Sequence[str | Path] | str | Path, *,
 
     A Parquet file with several row groups is split into consecutive ranges of about
     ``target_unit_bytes`` (uncompressed, from its metadata), an Arrow IPC file likewise by
-    record batches; JSONL files (compressed or not) and IPC streams are one unit each. The
-    plan depends only on the files, so it is the same on every run and machine.
+    record batches, a plain JSONL file at the line starts after every ``target_unit_bytes``
+    (one scan of the file counts the records before each cut); compressed JSONL files and IPC
+    streams are one unit each. The plan depends only on the files, so it is the same on every
+    run and machine.
     """
     if not isinstance(source, str) or not source:
         raise ConfigError("source name must be a non-empty string")
@@ -102,7 +105,7 @@ def plan_units(source: str, paths: Sequence[str | Path] | str | Path, *,
     units: list[ReadUnit] = []
     for path, file_id, fmt in iter_input_files(paths):
         if fmt == "jsonl":
-            spans, kind = [Span(0, None, 0, path.stat().st_size)], "jsonl"
+            spans, kind = plan_jsonl(path, target_unit_bytes), "jsonl"
         else:  # "hf" data files are Arrow IPC streams
             kind, spans = plan_file(path, "parquet" if fmt == "parquet" else "arrow", target_unit_bytes)
         whole = len(spans) == 1
@@ -131,7 +134,8 @@ def read_unit(unit: ReadUnit, opts: ReadOptions, *, batch_bytes: int = 64 << 20)
         raise ConfigError(f"unit format must be one of {UNIT_FORMATS}, got {unit.format!r}")
     path = Path(unit.path)
     if unit.format == "jsonl":
-        pairs = read_jsonl(path, unit.source, unit.file_id, opts, batch_bytes)
+        pairs = read_jsonl(path, unit.source, unit.file_id, opts, batch_bytes,
+                           span=Span(unit.start, unit.stop, unit.first_row, unit.size_bytes))
     else:
         span = Span(unit.start, unit.stop, unit.first_row, unit.size_bytes)
         pairs = read_columnar(path, unit.format, span, unit.source, unit.file_id, opts, batch_bytes)

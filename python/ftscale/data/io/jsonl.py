@@ -27,6 +27,7 @@ import numpy as np
 import pyarrow as pa
 import zstandard
 
+from ftscale.data.io.columnar import Span
 from ftscale.data.io.jsontext import bools_among_floats, json_strings, messages_array
 from ftscale.data.io.schema import BatchInfo, mark
 from ftscale.data.io.validate import (
@@ -75,17 +76,17 @@ def open_binary(path: Path) -> BinaryIO:
     return open(path, "rb")
 
 
-def iter_lines(stream: BinaryIO, hold_bytes: int, *,
-               skip_chunk_bytes: int = _SKIP_CHUNK_BYTES) -> Iterator[tuple[bytes | LongLine | None, int]]:
+def iter_lines(stream: BinaryIO, hold_bytes: int, *, skip_chunk_bytes: int = _SKIP_CHUNK_BYTES,
+               at_file_start: bool = True) -> Iterator[tuple[bytes | LongLine | None, int]]:
     """(line, input bytes consumed) per physical line; the line is None when blank.
 
-    Lines come without their trailing CR/LF bytes (and the first without a BOM). A line
-    longer than ``hold_bytes`` comes as a ``LongLine`` whose head holds its first bytes
-    (up to ``RAW_KEEP_BYTES``); the rest of it is read past ``skip_chunk_bytes`` at a time,
-    never held.
+    Lines come without their trailing CR/LF bytes (and the file's first line without a BOM;
+    ``at_file_start=False`` for a stream positioned mid-file). A line longer than
+    ``hold_bytes`` comes as a ``LongLine`` whose head holds its first bytes (up to
+    ``RAW_KEEP_BYTES``); the rest of it is read past ``skip_chunk_bytes`` at a time, never held.
     """
     limit = hold_bytes + 1 + len(_UTF8_BOM)  # the first line may carry a BOM beyond the limit
-    first = True
+    first = at_file_start
     while True:
         piece = stream.readline(limit)
         if not piece:
@@ -211,18 +212,41 @@ def _finish(batch: _Batch, source: str, file_id: str, opts: ReadOptions) -> tupl
     return mark(records, info), quarantine
 
 
-def read_jsonl(path: Path, source: str, file_id: str, opts: ReadOptions,
-               batch_bytes: int) -> Iterator[tuple[pa.Table, pa.Table]]:
+def plan_jsonl(path: Path, target_bytes: int) -> list[Span]:
+    """The units of one JSONL file: a compressed or small file whole, a plain one cut at the
+    first line start after every ``target_bytes`` (``_core.jsonl_chunks`` counts the records
+    before each cut in one pass, by the rules of ``iter_lines``)."""
+    from ftscale import _core
+
+    size = path.stat().st_size
+    if size <= target_bytes or path.name.lower().endswith((".gz", ".zst")):
+        return [Span(0, None, 0, size)]
+    try:
+        starts, first_rows, _ = _core.jsonl_chunks(str(path), target_bytes)
+    except OSError as exc:
+        raise InputError(f"cannot read {path}: {exc}") from exc
+    stops = [*starts[1:], None]
+    return [Span(a, b, row, (size if b is None else b) - a) for a, b, row in zip(starts, stops, first_rows)]
+
+
+def read_jsonl(path: Path, source: str, file_id: str, opts: ReadOptions, batch_bytes: int,
+               span: Span = Span(0, None, 0, 0)) -> Iterator[tuple[pa.Table, pa.Table]]:
     """(records, quarantine) per batch of about ``batch_bytes`` input bytes; at least one batch.
 
-    Rows are numbered from 0 over the file's non-blank lines, whatever the batch size.
+    Reads the lines starting in ``span`` (byte offsets ``start..stop``, line starts of a plain
+    file as ``plan_jsonl`` cuts it; the whole file by default). Rows are numbered over the
+    file's non-blank lines from the span's ``first_row``, whatever the batch size.
     """
     hold_bytes = line_hold_bytes(opts)
-    row, yielded = -1, False
+    row, yielded = span.first_row - 1, False
     batch = _Batch()
+    position, stop = span.start, span.stop
     try:
         with open_binary(path) as stream:
-            for line, consumed in iter_lines(stream, hold_bytes):
+            if span.start:
+                stream.seek(span.start)
+            for line, consumed in iter_lines(stream, hold_bytes, at_file_start=span.start == 0):
+                position += consumed
                 batch.input_bytes += consumed
                 if line is not None:
                     row += 1
@@ -239,6 +263,8 @@ def read_jsonl(path: Path, source: str, file_id: str, opts: ReadOptions,
                 if batch.input_bytes >= batch_bytes:
                     yield _finish(batch, source, file_id, opts)
                     batch, yielded = _Batch(), True
+                if stop is not None and position >= stop:  # the next line belongs to the next unit
+                    break
     except (OSError, EOFError, zstandard.ZstdError) as exc:
         raise InputError(f"cannot read {path}: {exc}") from exc
     if not yielded or batch.input_bytes:
