@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-# Dense bf16 peak per device in TFLOP/s (vendor datasheets, without sparsity).
-KNOWN_PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0, "A10G": 125.0}
+# Dense bf16 peak per device in TFLOP/s (vendor datasheets, without sparsity), most specific
+# name first: the PCIe and NVL H100s have lower clocks than the SXM part.
+KNOWN_PEAK_TFLOPS = {"H100 PCIe": 756.0, "H100 NVL": 835.0, "H100": 989.0, "H200": 989.0, "A100": 312.0,
+                     "L40S": 362.0, "A10G": 125.0}
 
 
 def device_peak_tflops(device: Any) -> float | None:

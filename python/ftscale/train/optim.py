@@ -13,6 +13,8 @@ from __future__ import annotations
 import math
 from typing import Any, Callable
 
+NORM_CHUNK_ELEMENTS = 1 << 24  # elements per fp64 partial sum of squares (128 MiB of temporary)
+
 
 def make_optimizer(params: Any, lr: float, betas: tuple[float, float], eps: float, weight_decay: float,
                    clip_norm: float, partitioned: bool, judge: Callable[[float], bool]) -> Any:
@@ -29,7 +31,11 @@ def make_optimizer(params: Any, lr: float, betas: tuple[float, float], eps: floa
             grads = [p.grad for g in self.param_groups for p in g["params"] if p.grad is not None]
             sq = torch.zeros((), dtype=torch.float64, device=grads[0].device if grads else "cpu")
             for grad in grads:
-                sq += grad.double().pow(2).sum()
+                # fp64 sums in chunks: at ZeRO-1/2 `grad` is one flat fp32 tensor of every parameter,
+                # and a whole-tensor .double() would add 8 bytes per parameter at once.
+                for chunk in grad.reshape(-1).split(NORM_CHUNK_ELEMENTS):
+                    wide = chunk.double()
+                    sq += torch.dot(wide, wide)
             if partitioned and dist.is_available() and dist.is_initialized():
                 dist.all_reduce(sq, op=dist.ReduceOp.SUM)
             norm = float(sq.sqrt())
