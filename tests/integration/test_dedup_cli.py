@@ -182,3 +182,18 @@ def test_console_script_starts_without_heavy_imports():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          env={**os.environ, "PYTHONWARNINGS": "ignore"})
     assert out.stdout.strip() == "[]"
+
+
+def test_a_work_dir_that_is_not_ours_is_never_emptied(tmp_path, capsys):
+    src = write_jsonl(tmp_path / "in.jsonl", make_docs(5, 20))
+    precious = tmp_path / "precious"
+    precious.mkdir()
+    (precious / "thesis.tex").write_text("years of work")
+    assert run("dedup", str(src), "--out", str(tmp_path / "o"), "--work-dir", str(precious)) == 2
+    assert "not an ftscale work directory" in capsys.readouterr().err
+    assert (precious / "thesis.tex").read_text() == "years of work"
+    # An empty one is used, and removed after success with everything the job put in it.
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert run("dedup", str(src), "--out", str(tmp_path / "o"), "--work-dir", str(empty)) == 0
+    assert not empty.exists()

@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from ftscale.data.atomic import ensure_dir, write_json
-from ftscale.errors import DataError
+from ftscale.errors import DataError, OutputError
 
 WORK_DIR_NAME = ".ftscale-work"
 JOB_FILE = "job.json"
@@ -45,7 +45,8 @@ def unit_dir(work: Path, index: int) -> Path:
 
 def open_work_dir(work: Path, fingerprint: str) -> Path:
     """The work directory for a job with ``fingerprint``: kept when it belongs to the same job
-    (so finished units are reused), emptied otherwise."""
+    (so finished units are reused), emptied when it belongs to another ftscale job. A directory
+    that is not an ftscale work directory is never emptied: it must be new or empty."""
     job = work / JOB_FILE
     if job.is_file():
         try:
@@ -54,8 +55,11 @@ def open_work_dir(work: Path, fingerprint: str) -> Path:
             same = False
         if not same:
             shutil.rmtree(work)
-    elif work.exists():
-        shutil.rmtree(work)
+    elif work.is_dir() and any(work.iterdir()):
+        raise OutputError(f"work directory {work} is not empty and is not an ftscale work directory (no {JOB_FILE}); "
+                          "give --work-dir a new or empty directory")
+    elif work.exists() and not work.is_dir():
+        raise OutputError(f"work directory {work} is a file; give --work-dir a directory")
     ensure_dir(work)
     write_json({"fingerprint": fingerprint, "format_version": WORK_FORMAT_VERSION}, job)
     return work
