@@ -119,15 +119,28 @@ def test_choice_logliks_equal_direct_forward_passes(model):
     def ids(n):
         return torch.randint(3, 300, (n,), generator=g).tolist()
 
+    # the last `shared` context tokens are the options' common first tokens, scored for each
     requests = [lm.ChoiceRequest(ids(7), [ids(1), ids(3), ids(2)]),
-                lm.ChoiceRequest(ids(2), [ids(4), ids(1)]),
-                lm.ChoiceRequest(ids(12), [ids(1), ids(1), ids(5), ids(2)])]
+                lm.ChoiceRequest(ids(2) + ids(3), [ids(4), ids(1)], shared=3),
+                lm.ChoiceRequest(ids(12), [ids(1), ids(1), ids(5), ids(2)]),
+                lm.ChoiceRequest(ids(1) + ids(1), [ids(2), ids(1)], shared=1)]
     with torch.no_grad():
         got = lm.choice_logliks(model, requests, pad_id=0, device=torch.device("cpu"))
     for req, values in zip(requests, got):
         assert len(values) == len(req.options)
+        cut = len(req.context) - req.shared
         for option, value in zip(req.options, values):
-            assert value == pytest.approx(direct_loglik(model, req.context, option), abs=1e-4)
+            direct = direct_loglik(model, req.context[:cut], req.context[cut:] + option)
+            assert value == pytest.approx(direct, abs=1e-4)
+
+
+def test_choice_request_moves_the_options_common_tokens_into_the_context(tokenizer):
+    req = lm.choice_request(tokenizer, "the earth was", [" without form and void", " without form", " light"], 100)
+    assert req.shared == 0  # " light" differs from the first token on
+    req = lm.choice_request(tokenizer, "the earth was", [" without form and void", " without form"], 100)
+    whole = [lm.encode_pair(tokenizer, "the earth was", o) for o in (" without form and void", " without form")]
+    assert req.shared >= 1 and all(len(o) >= 1 for o in req.options)
+    assert [req.context[len(whole[0][0]):] + o for o in req.options] == [c for _, c in whole]
 
 
 def test_window_nll_equals_direct_forward(model):

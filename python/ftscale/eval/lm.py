@@ -5,10 +5,11 @@ computed by the model.
 
 Multiple choice shares the prompt: one forward pass over the contexts (right-padded) keeps
 their key/value cache, which is then indexed once per option (``batch_select_indices``) so
-each option's tokens are run on top of its context. An item with ``k`` options costs
-``len(context) + Σ len(option)`` token positions instead of ``k · len(context) + Σ
-len(option)`` — the saving over lm-evaluation-harness's one sequence per (context, option)
-pair. Only the positions whose next token is scored reach the output head (``keep_logits``),
+each option's tokens are run on top of its context. The options' common leading tokens (a
+chat answer's "It is from the book of") join the context pass and are scored once, for all
+options. An item with ``k`` options costs ``len(context) + p + Σ (len(option) - p)`` token
+positions instead of ``k · len(context) + Σ len(option)`` — the saving over
+lm-evaluation-harness's one sequence per (context, option) pair. Only the positions whose next token is scored reach the output head (``keep_logits``),
 so no ``[B, L, V]`` logits are materialised. Right padding keeps every query row attending to
 at least one real token (no fully masked softmax rows); the padding is masked out of the
 options' attention and never scored.
@@ -31,10 +32,13 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class ChoiceRequest:
-    """One multiple-choice item as tokens: a non-empty context and non-empty options."""
+    """One multiple-choice item as tokens: a non-empty context and non-empty options. The
+    last ``shared`` tokens of ``context`` are the options' common first tokens: scored once and
+    counted in every option's log-likelihood."""
 
     context: list[int]
     options: list[list[int]]
+    shared: int = 0
 
 
 def encode_pair(tokenizer: Any, context: str, continuation: str) -> tuple[list[int], list[int]]:
@@ -62,7 +66,11 @@ def choice_request(tokenizer: Any, context: str, options: Sequence[str], max_len
     room = max_len_tokens - max(len(c) for c in conts)
     if room < 1:
         raise DataError(f"an option is longer than the model's context of {max_len_tokens} tokens")
-    return ChoiceRequest(ctx[-room:], conts)
+    # common leading tokens, leaving every option at least one token of its own
+    shared = 0
+    while shared < min(len(c) for c in conts) - 1 and len({c[shared] for c in conts}) == 1:
+        shared += 1
+    return ChoiceRequest(ctx[-room:] + conts[0][:shared], [c[shared:] for c in conts], shared)
 
 
 def choice_logliks(model: Any, requests: Sequence[ChoiceRequest], *, pad_id: int,
@@ -74,14 +82,25 @@ def choice_logliks(model: Any, requests: Sequence[ChoiceRequest], *, pad_id: int
     from ftscale.train.model import keep_logits
 
     ctx_lens = torch.tensor([len(r.context) for r in requests])
+    shared = torch.tensor([r.shared for r in requests])
     ids, mask = _right_padded([r.context for r in requests], pad_id)
-    last = torch.zeros(ids.shape, dtype=torch.bool)
-    last[torch.arange(len(requests)), ctx_lens - 1] = True
+    # scored in the context pass: the shared tokens (predicted from the positions before them)
+    # and, at the last position, each option's first token
+    col = torch.arange(ids.shape[1])[None, :]
+    kept = (col >= (ctx_lens - shared - 1)[:, None]) & (col < ctx_lens[:, None])
     positions = torch.arange(ids.shape[1]).expand(ids.shape)
-    with keep_logits(model, last.to(device)):
+    with keep_logits(model, kept.to(device)):
         out = model(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=positions.to(device),
                     use_cache=True)
-    first = torch.log_softmax(out.logits.float(), dim=-1)  # [B, V]: the first option token's distribution
+    logp = torch.log_softmax(out.logits.float(), dim=-1)  # [Σ (shared + 1), V], row-major
+    on_shared = kept & (col < (ctx_lens - 1)[:, None])  # positions predicting a shared token
+    is_shared = on_shared[kept].to(device)  # per kept row
+    first = logp[~is_shared]  # [B, V]: each option's first token, one row per request
+    shared_sum = torch.zeros(len(requests), dtype=torch.float64, device=device)
+    if bool(is_shared.any()):
+        targets = ids[:, 1:][on_shared[:, :-1]].to(device)
+        owners = torch.arange(len(requests))[:, None].expand(ids.shape)[on_shared].to(device)
+        shared_sum.index_add_(0, owners, logp[is_shared].gather(1, targets[:, None]).squeeze(1).double())
     # transformers 5.24 names the cache `cache` (input and output) and deprecates `past_key_values`
     cache_name = "cache" if "cache" in out.keys() else "past_key_values"
     cache = out.get(cache_name)
@@ -102,7 +121,7 @@ def choice_logliks(model: Any, requests: Sequence[ChoiceRequest], *, pad_id: int
     targets = opt_ids[:, 1:][scored[:, :-1]].to(device)
     per_token = rest.gather(1, targets[:, None]).squeeze(1)
     rows = torch.arange(len(options))[:, None].expand(scored.shape)[scored].to(device)
-    totals = first[owner.to(device), opt_ids[:, 0].to(device)].double()
+    totals = first[owner.to(device), opt_ids[:, 0].to(device)].double() + shared_sum[owner.to(device)]
     totals.index_add_(0, rows, per_token.double())
     flat = totals.tolist()
     out_lists, at = [], 0
