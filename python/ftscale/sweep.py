@@ -177,7 +177,7 @@ def run_sweep(opts: SweepOptions) -> dict[str, Any]:
         tune_config=ray.tune.TuneConfig(metric=goal[0] if goal else None,
                                         mode=("max" if goal[1] else "min") if goal else None,
                                         scheduler=scheduler, max_concurrent_trials=opts.max_concurrent,
-                                        trial_dirname_creator=lambda t: f"tune-{configs[t.config['trial']]['run_name']}"),
+                                        trial_dirname_creator=lambda t: "tune-" + configs[t.config["trial"]]["run_name"]),
         run_config=ray.tune.RunConfig(name="tune", storage_path=str(sweep_dir)),
     )
     grid = tuner.fit()

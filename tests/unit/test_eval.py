@@ -271,3 +271,27 @@ def test_bad_items_are_data_errors_with_line(tmp_path):
     path.write_text('[1, 2]\n')
     with pytest.raises(DataError, match="expected a JSON object"):
         load_items(task)
+
+
+def test_harness_bridge_scores_like_ftscale(model, tokenizer, tmp_path):
+    """lm-evaluation-harness's own multiple-choice task on a local JSONL file, through
+    ``ftscale eval``'s bridge, gives the accuracy ftscale computes on the same items."""
+    pytest.importorskip("lm_eval")
+    from ftscale.eval.harness import run_harness
+
+    tasks = load_tasks(write_tasks(tmp_path))
+    plain = TaskConfig(name="books", kind="multiple_choice", path=tasks[0].path)  # lm-eval's: prompt + " " + option
+    (tmp_path / "harness").mkdir()
+    (tmp_path / "harness" / "books.yaml").write_text(
+        "task: books_local\ndataset_path: json\n"
+        f"dataset_kwargs:\n  data_files:\n    test: {tasks[0].path}\n"
+        "test_split: test\noutput_type: multiple_choice\ndoc_to_text: '{{prompt}}'\n"
+        "doc_to_choice: '{{choices}}'\ndoc_to_target: '{{choices.index(answer)}}'\n"
+        "metric_list:\n  - metric: acc\n  - metric: acc_norm\n")
+    got = run_harness(model, tokenizer, ["books_local"], str(tmp_path / "harness"), batch_size=4)
+    suite = TaskSuite([plain], batch_size=4)
+    ours = suite.aggregate(suite.run_shard(model, tokenizer, device=torch.device("cpu")))["books"]
+    assert got["harness/books_local/acc"] == pytest.approx(ours["acc"])
+    assert got["harness/books_local/acc_norm"] == pytest.approx(ours["acc_norm"])
+    with pytest.raises(ConfigError, match="no task 'nope'"):
+        run_harness(model, tokenizer, ["nope"], str(tmp_path / "harness"), batch_size=4)

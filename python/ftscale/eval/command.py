@@ -129,12 +129,17 @@ def evaluate_model(path: str, label: str, tasks: list[Any], opts: EvalOptions) -
         assert opts.harness_include is not None
         harness = run_harness(model, tokenizer, opts.harness_tasks, opts.harness_include, opts.batch_size)
     results = suite.aggregate(records)
-    outputs = {t.name: [{"index": r["index"], "prompt": suite.items[t.name][r["index"]].prompt,  # type: ignore[union-attr]
-                         "output": r["output"], "references": suite.items[t.name][r["index"]].references,  # type: ignore[union-attr]
-                         "scores": r["scores"]} for r in sorted(records.get(t.name, []), key=lambda r: r["index"])]
+    outputs = {t.name: [_generation(suite.items[t.name][r["index"]], r)
+                        for r in sorted(records.get(t.name, []), key=lambda r: r["index"])]
                for t in tasks if t.kind == "generate"}
     return {"model": label, "tasks": results, "metrics": {**flatten(results), **harness}, "outputs": outputs,
             "seconds": seconds}
+
+
+def _generation(item: Any, record: dict[str, Any]) -> dict[str, Any]:
+    """One generation as the results JSON shows it."""
+    return {"index": record["index"], "prompt": item.prompt, "output": record["output"],
+            "references": item.references, "scores": record["scores"]}
 
 
 def _on_ray(path: str, tasks: list[Any], opts: EvalOptions) -> list[dict[str, list[dict[str, Any]]]]:

@@ -26,7 +26,7 @@ def run_harness(model: Any, tokenizer: Any, task_names: list[str], include_dir: 
     """``{"harness/<task>/<metric>": value}`` of lm-eval's ``simple_evaluate`` on ``model``
     (its HF backend, ``HFLM``, wrapping the loaded model); standard errors are left out."""
     if not harness_available():
-        raise ConfigError("--harness needs lm-evaluation-harness: pip install 'ftscale[eval]' (or lm-eval)")
+        raise ConfigError("--harness needs lm-evaluation-harness: pip install 'ftscale[harness]'")
     if not os.path.isdir(include_dir):
         raise ConfigError(f"--harness-include: {include_dir} is not a directory of lm-eval task YAML files")
     from lm_eval import simple_evaluate

@@ -9,8 +9,9 @@ each option's tokens are run on top of its context. The options' common leading 
 chat answer's "It is from the book of") join the context pass and are scored once, for all
 options. An item with ``k`` options costs ``len(context) + p + Σ (len(option) - p)`` token
 positions instead of ``k · len(context) + Σ len(option)`` — the saving over
-lm-evaluation-harness's one sequence per (context, option) pair. Only the positions whose next token is scored reach the output head (``keep_logits``),
-so no ``[B, L, V]`` logits are materialised. Right padding keeps every query row attending to
+lm-evaluation-harness's one sequence per (context, option) pair. Only the positions whose
+next token is scored reach the output head (``keep_logits``), so no ``[B, L, V]`` logits are
+materialised. Right padding keeps every query row attending to
 at least one real token (no fully masked softmax rows); the padding is masked out of the
 options' attention and never scored.
 

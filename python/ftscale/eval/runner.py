@@ -113,9 +113,9 @@ class TaskSuite:
             recs = sorted(records.get(task.name, []), key=lambda r: (r.get("source", ""), r["index"]))
             if task.kind == "multiple_choice":
                 items = [self.items[task.name][r["index"]] for r in recs]
-                assert all(isinstance(it, ChoiceItem) for it in items)
-                metrics = choice_accuracy([r["logliks"] for r in recs], [it.choices for it in items],  # type: ignore[union-attr]
-                                          [it.answer for it in items])  # type: ignore[union-attr]
+                choices = [it.choices for it in items if isinstance(it, ChoiceItem)]
+                answers = [it.answer for it in items if isinstance(it, ChoiceItem)]
+                metrics = choice_accuracy([r["logliks"] for r in recs], choices, answers)
                 out[task.name] = {**metrics, "items": float(len(recs))}
             elif task.kind == "generate":
                 metrics = {m: _mean([r["scores"][m] for r in recs]) for m in dict.fromkeys(task.metrics)}
