@@ -235,7 +235,9 @@ def _run_rows(s: dict[str, Any], m: RunMetrics, config: dict[str, Any] | None) -
     gate = (config or {}).get("eval") or {}
     if gate.get("select"):
         guard = gate.get("guard")
-        within = f", within {guard['metric']} +{guard['max_regression']:g}" if guard else ""
+        budget = (f"{100 * guard['max_regression']:g} %" if guard.get("relative", True) else f"{guard['max_regression']:g}"
+                  ) if guard else ""
+        within = f", within {guard['metric']} +{budget}" if guard else ""
         rows.append(["best checkpoint", (f"step {s['best_step']:,}" if s["best_step"] is not None else "none yet")
                      + f" (by {gate['select']['metric']}{within})"])
     return rows

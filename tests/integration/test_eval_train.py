@@ -120,22 +120,25 @@ def test_guard_stops_a_run_that_forgets_and_best_is_within_budget(ray_cluster, t
     assert "forgetting guard broken" in page and f"step {best['step']}" in page
 
 
-def test_two_trial_sweep_finishes_with_a_report(ray_cluster, tiny_dataset, tmp_path):
+def test_two_trial_sweep_with_asha_finishes_with_a_report(ray_cluster, tiny_dataset, tmp_path):
+    """One trial at a time: lr 1e-2 runs first and finishes; lr 1e-5 barely learns, so its val
+    loss is worse at every ASHA rung (steps 2, 4, 8, 16) and ASHA stops it well before step 30
+    (a stop takes effect a moment after the decision, hence the steps to spare)."""
     from ftscale.sweep import SweepOptions, run_sweep
 
-    config = tiny_train_config(tiny_dataset, tmp_path, max_steps=4, eval_every=2, eval_batches=1,
-                               checkpoint_every=4)
+    config = tiny_train_config(tiny_dataset, tmp_path, max_steps=30, eval_every=2, eval_batches=1,
+                               checkpoint_every=10)
     (tmp_path / "train.yaml").write_text(yaml.safe_dump(config))
-    summary = run_sweep(SweepOptions(config=str(tmp_path / "train.yaml"), overrides=["optim.lr=1e-2,1e-3"],
-                                     name="lr", max_concurrent=2))
-    trials = summary["trials"]
-    assert [t["overrides"] for t in trials] == [{"optim.lr": 0.01}, {"optim.lr": 0.001}]
-    assert all(t["status"] == "finished" and t["last_step"] == 4 for t in trials), trials
-    for t in trials:
-        assert (Path(t["run_dir"]) / "checkpoint_0000004" / "ftscale_run.json").is_file()
-    best = min(trials, key=lambda t: t["objective"])
-    assert summary["winner"] == best["name"] and summary["objective"]["metric"] == "val_loss"
+    summary = run_sweep(SweepOptions(config=str(tmp_path / "train.yaml"), overrides=["optim.lr=1e-2,1e-5", "optim.min_lr=1e-6"],
+                                     name="lr", asha=True))
+    first, second = summary["trials"]
+    assert first["overrides"] == {"optim.lr": 0.01} and second["overrides"] == {"optim.lr": 1e-5}
+    assert first["status"] == "finished" and first["last_step"] == 30, first
+    assert (Path(first["run_dir"]) / "checkpoint_0000030" / "ftscale_run.json").is_file()
+    assert second["status"].startswith("stopped by ASHA") and 2 <= second["last_step"] < 30, second
+    assert summary["winner"] == "trial-000" and summary["objective"]["metric"] == "val_loss"
+    assert first["objective"] < second["objective"]
     page = Path(summary["report"])
-    assert page.is_file() and "trial-000" in page.read_text() and "trial-001" in page.read_text()
+    assert page.is_file() and "trial-000 (winner)" in page.read_text() and "trial-001" in page.read_text()
     assert (page.parent / "loss.png").is_file() and (page.parent / "val_loss.png").is_file()
-    assert json.loads((tmp_path / "lr" / "sweep.json").read_text())["winner"] == summary["winner"]
+    assert json.loads((tmp_path / "lr" / "sweep.json").read_text())["winner"] == "trial-000"
