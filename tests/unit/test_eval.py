@@ -295,3 +295,24 @@ def test_harness_bridge_scores_like_ftscale(model, tokenizer, tmp_path):
     assert got["harness/books_local/acc_norm"] == pytest.approx(ours["acc_norm"])
     with pytest.raises(ConfigError, match="no task 'nope'"):
         run_harness(model, tokenizer, ["nope"], str(tmp_path / "harness"), batch_size=4)
+
+
+def test_cli_eval_with_a_baseline_writes_results(model, tokenizer, tmp_path, capsys):
+    """`ftscale eval DIR --tasks F --baseline DIR --out R.json` on a saved tiny model: the table
+    and the JSON; the same model as its own baseline changes nothing."""
+    from ftscale.cli import main
+
+    model.save_pretrained(tmp_path / "model")
+    tokenizer.save_pretrained(tmp_path / "model")
+    tasks = write_tasks(tmp_path)
+    out = tmp_path / "results.json"
+    assert main(["eval", str(tmp_path / "model"), "--tasks", str(tasks), "--baseline", str(tmp_path / "model"),
+                 "--batch-size", "4", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["metrics"] == result["baseline"]["metrics"]
+    assert result["change"].keys() == result["metrics"].keys() and not any(result["change"].values())
+    assert len(result["outputs"]["cont"]) == 5 and {"prompt", "output", "references", "scores"} <= \
+        result["outputs"]["cont"][0].keys()
+    printed = capsys.readouterr().out
+    assert "task/books/acc" in printed and "baseline" in printed and "change" in printed
+    assert main(["eval", str(tmp_path / "model"), "--tasks", str(tasks), "--best"]) == 2  # not a run directory

@@ -18,10 +18,11 @@ from ftscale.eval.tasks import TaskConfig
 def dataset_records(model: Any, task: TaskConfig, *, device: Any, rank: int, world_size: int,
                     batch_size: int) -> list[dict[str, Any]]:
     """``{"source", "index", "nll", "tokens"}`` per micro-batch of this rank, for every source
-    with a val split. ``task.max_items`` caps the packed rows read per source (all ranks)."""
+    with a val split. ``task.max_items`` caps the packed rows scored per source: the first N
+    rows of the val plan, whatever the ranks and batch size (rows past it lose their labels)."""
     import torch
 
-    from ftscale.data.format import read_manifest
+    from ftscale.data.format import IGNORE_INDEX, read_manifest
     from ftscale.data.loader import PackedLoader
     from ftscale.train.attention import forward_kwargs
     from ftscale.train.loss import kept_loss_sum, loss_positions
@@ -42,7 +43,11 @@ def dataset_records(model: Any, task: TaskConfig, *, device: Any, rank: int, wor
         if task.max_items is not None:
             steps = min(steps, -(-task.max_items // (batch_size * world_size)))
         for i, batch in zip(range(steps), loader):
-            keep, targets = loss_positions(torch.as_tensor(batch["labels"]).to(device))
+            labels = torch.as_tensor(batch["labels"])
+            if task.max_items is not None:  # rank r's row j of step i is row i·B·W + r + j·W of the plan
+                rows = i * batch_size * world_size + rank + world_size * torch.arange(labels.shape[0])
+                labels = labels.masked_fill((rows >= task.max_items)[:, None], IGNORE_INDEX)
+            keep, targets = loss_positions(labels.to(device))
             with keep_logits(model, keep):
                 logits = model(**forward_kwargs(batch, attn, dtype=dtype, device=device)).logits
             records.append({"source": name, "index": i, "nll": float(kept_loss_sum(logits, targets)),
