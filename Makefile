@@ -35,6 +35,7 @@ bench: install
 	$(BIN)/python benchmarks/bench_dedup.py
 	$(BIN)/python benchmarks/bench_pack.py
 	$(BIN)/python benchmarks/bench_train.py
+	$(BIN)/python benchmarks/bench_eval.py
 
 clean:
 	rm -rf target demo-out .pytest_cache

@@ -15,6 +15,11 @@ checks them against one eval set:
 * instruct.jsonl.gz — a small instruction set built from the text: "which book is this verse
   from?" and "continue this verse" conversations ({"messages": [user, assistant]}) over five
   books. The demo's before/after question (Proverbs 1:7) is held out of it.
+* tasks/ — held-out task items in the same two formats, from verses of the five books that no
+  conversation uses: books.jsonl (multiple choice: the five "It is from the book of X."
+  answers), continue.jsonl (the second half of a verse, scored by ROUGE-L), tasks.yaml (the
+  `ftscale eval` / `eval.tasks` file) and heldout_verses.jsonl (the verses, which the demo's
+  prep decontaminates the training data against).
 """
 
 from __future__ import annotations
@@ -37,6 +42,22 @@ BOOKS = {1: "Genesis", 19: "Psalms", 20: "Proverbs", 40: "Matthew", 43: "John"}
 WISDOM_BOOKS = (20, 21)
 HELD_OUT_VERSE = 20001007  # Proverbs 1:7, the demo question
 N_CONVERSATIONS = 1600
+N_BOOK_ITEMS = 25  # multiple choice, balanced over the five books (few: the demo evaluates on 2 CPU cores)
+N_CONTINUE_ITEMS = 10
+TASKS_YAML = """# ftscale eval MODEL --tasks tasks.yaml   (also the demo's eval.tasks)
+# Held-out items (verses no training conversation uses) in the instruction set's two formats.
+tasks:
+  - name: books
+    kind: multiple_choice
+    path: books.jsonl
+    template: chat
+  - name: continue
+    kind: generate
+    path: continue.jsonl
+    metrics: [rouge_l]
+    max_new_tokens: 24
+    stop: ["\\n"]
+"""
 
 
 def load_verses() -> dict[int, str]:
@@ -77,11 +98,16 @@ def domain_passages(verses: dict[int, str], rng: random.Random) -> list[str]:
     return docs
 
 
-def conversations(verses: dict[int, str], rng: random.Random) -> list[dict]:
-    pool = [vid for vid in verses if vid // 1_000_000 in BOOKS and vid != HELD_OUT_VERSE
+def conversation_pool(verses: dict[int, str]) -> list[int]:
+    return [vid for vid in verses if vid // 1_000_000 in BOOKS and vid != HELD_OUT_VERSE
             and len(verses[vid].split()) >= 8]
+
+
+def conversations(verses: dict[int, str], rng: random.Random) -> tuple[list[dict], set[int]]:
+    """The conversations, and the verses they use."""
+    chosen = rng.sample(conversation_pool(verses), N_CONVERSATIONS)
     out = []
-    for vid in rng.sample(pool, N_CONVERSATIONS):
+    for vid in chosen:
         verse = verses[vid]
         if rng.random() < 0.5:
             question = f"Which book of the King James Bible is this verse from?\n\n{verse}"
@@ -93,7 +119,28 @@ def conversations(verses: dict[int, str], rng: random.Random) -> list[dict]:
             answer = " ".join(words[cut:])
         out.append({"messages": [{"role": "user", "content": question},
                                  {"role": "assistant", "content": answer}]})
-    return out
+    return out, set(chosen)
+
+
+def task_items(verses: dict[int, str], used: set[int], rng: random.Random) -> dict[str, list[dict]]:
+    """Held-out items: verses of the five books that no conversation uses, a verse per item."""
+    answers = [f"It is from the book of {name}." for name in BOOKS.values()]
+    free = [vid for vid in conversation_pool(verses) if vid not in used]
+    by_book = {b: [v for v in free if v // 1_000_000 == b] for b in BOOKS}
+    per_book = N_BOOK_ITEMS // len(BOOKS)
+    book_vids = [v for b in BOOKS for v in rng.sample(by_book[b], per_book)]
+    rng.shuffle(book_vids)
+    books = [{"prompt": f"Which book of the King James Bible is this verse from?\n\n{verses[v]}",
+              "choices": answers, "answer": list(BOOKS).index(v // 1_000_000)} for v in book_vids]
+    cont_vids = rng.sample(sorted(set(free) - set(book_vids)), N_CONTINUE_ITEMS)
+    cont = []
+    for v in cont_vids:
+        words = verses[v].split()
+        cut = len(words) // 2
+        cont.append({"prompt": f"Continue this verse from the King James Bible:\n\n{' '.join(words[:cut])}",
+                     "answer": " ".join(words[cut:])})
+    return {"books": books, "continue": cont,
+            "heldout_verses": [{"text": verses[v]} for v in book_vids + cont_vids]}
 
 
 def write_jsonl_gz(path: Path, lines: list[bytes]) -> None:
@@ -109,7 +156,13 @@ def main() -> None:
     write_jsonl_gz(OUT / "general.jsonl.gz", general)
     (OUT / "eval.jsonl").write_text("".join(json.dumps({"text": e}) + "\n" for e in evals))
     write_jsonl_gz(OUT / "domain.jsonl.gz", [json.dumps({"text": d}).encode() for d in domain_passages(verses, rng)])
-    write_jsonl_gz(OUT / "instruct.jsonl.gz", [json.dumps(c).encode() for c in conversations(verses, rng)])
+    chats, used = conversations(verses, rng)
+    write_jsonl_gz(OUT / "instruct.jsonl.gz", [json.dumps(c).encode() for c in chats])
+    tasks = OUT / "tasks"
+    tasks.mkdir(exist_ok=True)
+    for name, rows in task_items(verses, used, random.Random(2027)).items():
+        (tasks / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tasks / "tasks.yaml").write_text(TASKS_YAML)
 
 
 if __name__ == "__main__":

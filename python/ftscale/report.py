@@ -28,6 +28,7 @@ METRICS_FILE = "metrics.jsonl"
 REPORT_DIR = "report"
 INDEX = "index.html"
 VAL_PREFIX = "val_loss/"
+TASK_PREFIX = "task/"  # task/<task>/<metric>, written by evaluations with eval.tasks
 STAGES = (("quarantined", "quarantined", "#C44E52"), ("exact_duplicate", "exact dups", "#DD8452"),
           ("near_duplicate", "near dups", "#CCB974"), ("contaminated", "contaminated", "#8172B3"),
           ("kept", "kept", "#55A868"))  # manifest count key, label, colour: the order records leave in
@@ -65,6 +66,14 @@ class RunMetrics:
     @property
     def evals(self) -> list[dict[str, Any]]:
         return [r for r in self.records if "val_loss" in r]
+
+    @property
+    def task_metrics(self) -> list[str]:
+        """Per-task metric names (``task/<task>/<metric>``), in the order first logged."""
+        names: dict[str, None] = {}
+        for r in self.records:
+            names.update((k, None) for k in r if k.startswith(TASK_PREFIX) and k.count("/") == 2)
+        return list(names)
 
     @property
     def val_sources(self) -> list[str]:
@@ -120,6 +129,12 @@ def summarize_run(m: RunMetrics) -> dict[str, Any]:
         seen = [r for r in m.records if VAL_PREFIX + name in r]
         val_by_source[name] = {"first_step": seen[0]["step"], "first": seen[0][VAL_PREFIX + name],
                                "last_step": seen[-1]["step"], "last": seen[-1][VAL_PREFIX + name]}
+    tasks = {}
+    for key in m.task_metrics:
+        seen = [r for r in m.records if key in r]
+        tasks[key] = {"first_step": seen[0]["step"], "first": seen[0][key],
+                      "last_step": seen[-1]["step"], "last": seen[-1][key]}
+    best_records = [r for r in m.records if r.get("best")]
     return {
         "last_step": m.records[-1]["step"] if m.records else 0,
         "train_steps": len(train),
@@ -130,6 +145,9 @@ def summarize_run(m: RunMetrics) -> dict[str, Any]:
         "best_val_loss": best_val["val_loss"] if best_val else None,
         "best_val_loss_step": best_val["step"] if best_val else None,
         "val_by_source": val_by_source,
+        "tasks": tasks,
+        "best_step": best_records[-1]["step"] if best_records else None,
+        "guard_stop_step": next((r["step"] for r in m.records if r.get("guard_stop")), None),
         "skipped_steps": [(r["step"], str(r["skipped"])) for r in train if "skipped" in r],
         "rollbacks": len(m.rollbacks),
         "tokens_trained": tokens_trained,
@@ -171,6 +189,11 @@ def render_run(run_dir: str | Path, out_dir: str | Path | None = None) -> Path:
         body.append(_section("Validation loss per source (nats/token)", _table(
             ["source", f"first (step {first_step:,})", f"last (step {last_step:,})", "change", "perplexity"],
             rows, numeric_from=1)))
+    if s["tasks"]:
+        rows = [[key[len(TASK_PREFIX):], f"{v['first']:.4f}", f"{v['last']:.4f}", _change(v["first"], v["last"])]
+                for key, v in s["tasks"].items()]
+        body.append(_section("Task scores (eval.tasks)", _table(["task / metric", "first", "last", "change"], rows,
+                                                                numeric_from=1)))
     body.append(_section("Plots", _figures(_run_plots(metrics, out))))
     if config is not None:
         body.append(_section("Config (latest checkpoint)", _table(["key", "value"], _config_rows(config))))
@@ -207,7 +230,16 @@ def _run_rows(s: dict[str, Any], m: RunMetrics, config: dict[str, Any] | None) -
     if s["mean_padding_fraction"] is not None:
         rows.append(["mean padding", _percent(s["mean_padding_fraction"])])
     if s["early_stop_step"] is not None:
-        rows.append(["early stop", f"at step {s['early_stop_step']:,}"])
+        why = " (forgetting guard broken)" if s["guard_stop_step"] is not None else ""
+        rows.append(["early stop", f"at step {s['early_stop_step']:,}{why}"])
+    gate = (config or {}).get("eval") or {}
+    if gate.get("select"):
+        guard = gate.get("guard")
+        budget = (f"{100 * guard['max_regression']:g} %" if guard.get("relative", True) else f"{guard['max_regression']:g}"
+                  ) if guard else ""
+        within = f", within {guard['metric']} +{budget}" if guard else ""
+        rows.append(["best checkpoint", (f"step {s['best_step']:,}" if s["best_step"] is not None else "none yet")
+                     + f" (by {gate['select']['metric']}{within})"])
     return rows
 
 
@@ -250,6 +282,14 @@ def _run_plots(m: RunMetrics, out: Path) -> list[tuple[str, str]]:
         if key == "grad_norm":
             _mark_events(ax, skipped_steps, rollback_steps)
         plots.append(_save(plt, fig, out / f"{key}.png", title.capitalize()))
+    # scores in [0, 1] share one plot; losses and perplexities would squash them
+    scores = [k for k in m.task_metrics if all(0.0 <= v <= 1.0 for v in _series(m.records, k)[1])]
+    if scores:
+        fig, ax = _axes(plt, "task scores", "score")
+        for key in scores:
+            ax.plot(*_series(m.records, key), "o-", ms=4, label=_plain(key[len(TASK_PREFIX):]))
+        ax.legend(fontsize=8)
+        plots.append(_save(plt, fig, out / "task_scores.png", "Task scores at each evaluation"))
     if m.val_sources:
         fig, ax = _axes(plt, "validation loss per source", "val loss (nats/token)")
         for name in m.val_sources:

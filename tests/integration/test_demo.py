@@ -30,6 +30,11 @@ def test_demo_fine_tunes_exports_and_reports(tmp_path):
     assert set(before) == {"general", "domain", "instruct"}
     assert after["instruct"] < before["instruct"] - 0.1, (before, after)
 
+    # Held-out task scores at the first and the last evaluation, shown next to the losses.
+    assert set(result["tasks_before"]) == set(result["tasks_after"]) >= {"task/books/acc", "task/continue/rouge_l"}
+    assert all(0.0 <= v <= 1.0 for v in [*result["tasks_before"].values(), *result["tasks_after"].values()])
+    assert "task/books/acc" in proc.stdout
+
     # Data stages ran on the bundled sources: quarantine, duplicates and leaks were found.
     general = next(r for r in result["data"] if r["source"] == "general")
     assert general["quarantined"] == 6 and general["dups"] > 0 and general["leaked"] > 0

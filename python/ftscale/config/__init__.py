@@ -1,10 +1,12 @@
 """Typed configuration: YAML files + dotted ``key=value`` overrides → frozen dataclasses.
 
 ``base`` holds the machinery (build, overrides, errors that name the key), ``prep`` and
-``train`` the two schemas, ``validate`` the pre-launch checks. Everything is re-exported here.
+``train`` the two schemas (``eval``: the tasks and the train config's eval section),
+``validate`` the pre-launch checks. Everything is re-exported here.
 """
 
 from ftscale.config.base import apply_overrides, build, load_config, load_yaml, parse_count, to_dict
+from ftscale.config.eval import EvalConfig, GuardConfig, SelectConfig, TaskConfig, TasksFile
 from ftscale.config.prep import DecontamConfig, DedupConfig, PrepConfig, SourceConfig, TokenizerConfig
 from ftscale.config.train import (
     DataConfig, LoraConfig, ModelConfig, OptimConfig, SpikeConfig, TrainConfig,
@@ -12,7 +14,8 @@ from ftscale.config.train import (
 from ftscale.config.validate import Validated, check_against_dataset, detect_kind, validate_file
 
 __all__ = [
-    "DataConfig", "DecontamConfig", "DedupConfig", "LoraConfig", "ModelConfig", "OptimConfig", "PrepConfig",
-    "SourceConfig", "SpikeConfig", "TokenizerConfig", "TrainConfig", "Validated", "apply_overrides", "build",
-    "check_against_dataset", "detect_kind", "load_config", "load_yaml", "parse_count", "to_dict", "validate_file",
+    "DataConfig", "DecontamConfig", "DedupConfig", "EvalConfig", "GuardConfig", "LoraConfig", "ModelConfig",
+    "OptimConfig", "PrepConfig", "SelectConfig", "SourceConfig", "SpikeConfig", "TaskConfig", "TasksFile",
+    "TokenizerConfig", "TrainConfig", "Validated", "apply_overrides", "build", "check_against_dataset", "detect_kind",
+    "load_config", "load_yaml", "parse_count", "to_dict", "validate_file",
 ]

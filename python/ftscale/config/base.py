@@ -45,8 +45,12 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
             try:
                 return _convert(value, a, key)
             except ConfigError as e:
-                errors.append(str(e))
-        raise ConfigError(errors[0] if len(errors) == 1 else f"{key}: expected {_type_name(tp)}, got {value!r}")
+                errors.append((a, str(e)))
+        # the alternative of the value's own shape (a list, a mapping) knows what is wrong inside it
+        shaped = [msg for a, msg in errors if _same_shape(value, a)]
+        if len(errors) == 1 or len(shaped) == 1:
+            raise ConfigError((shaped or [errors[0][1]])[0])
+        raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
     if origin is Literal:
         allowed = get_args(tp)
         if value not in allowed:
@@ -89,6 +93,14 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
             raise ConfigError(f"{key}: expected a string, got {value!r}")
         return value
     raise TypeError(f"unsupported config type {tp!r} at {key}")  # a schema bug, not user error
+
+
+def _same_shape(value: Any, tp: Any) -> bool:
+    if isinstance(value, (list, tuple)):
+        return get_origin(tp) is list
+    if isinstance(value, dict):
+        return get_origin(tp) is dict or dataclasses.is_dataclass(tp)
+    return False
 
 
 def parse_count(text: str) -> int | None:

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from ftscale.config.base import require
+from ftscale.config.eval import EvalConfig
 from ftscale.errors import ConfigError
 
 @dataclass(frozen=True)
@@ -138,6 +139,7 @@ class TrainConfig:
     eval_batches: int = 8
     eval_on_start: bool = False  # evaluate before the first step (the baseline for per-source val loss)
     early_stop_patience: int = 0  # evaluations without improvement before stopping; 0: never
+    eval: EvalConfig = field(default_factory=EvalConfig)  # task scores, best-checkpoint choice, forgetting guard
     log_every: int = 1
     peak_tflops: float | None = None  # per device, for MFU; None: known GPUs, else MFU is not reported
     max_failures: int = 2  # worker/node failures Ray Train recovers from automatically
@@ -158,6 +160,12 @@ class TrainConfig:
             raise ConfigError("offload_optimizer: optimizer offload needs zero_stage 1, 2 or 3")
         if self.early_stop_patience and not self.eval_every:
             raise ConfigError("early_stop_patience: early stopping counts evaluations; set eval_every > 0")
+        for name in ("tasks", "select", "guard"):
+            if getattr(self.eval, name) is not None and not self.eval_every:
+                raise ConfigError(f"eval.{name}: evaluations run every eval_every steps; set eval_every > 0")
+        if self.eval.guard is not None and not self.eval_on_start:
+            raise ConfigError("eval.guard: the guard compares each evaluation with the one before training; "
+                              "set eval_on_start: true")
         if not self.run_name or "/" in self.run_name:
             raise ConfigError(f"run_name: {self.run_name!r} must be a plain non-empty name")
 

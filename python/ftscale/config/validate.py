@@ -95,6 +95,23 @@ def check_against_dataset(cfg: TrainConfig, manifest: Manifest) -> None:
     if sft and cfg.seq_len > manifest.seq_len:
         raise ConfigError(f"seq_len: {cfg.seq_len} exceeds the prepared seq_len {manifest.seq_len} (SFT "
                           f"source(s) {', '.join(sft)} were truncated to it); re-run prep or lower seq_len")
+    _check_eval_metrics(cfg, manifest)
+
+
+def _check_eval_metrics(cfg: TrainConfig, manifest: Manifest) -> None:
+    """eval.select / eval.guard must name a metric the run logs at every evaluation."""
+    if cfg.eval.select is None and cfg.eval.guard is None:
+        return
+    from ftscale.eval.tasks import load_tasks, metric_names
+
+    val = [n for n, e in manifest.sources.items() if e.val]
+    names = ({"val_loss"} if val else set()) | {f"val_{m}/{n}" for n in val for m in ("loss", "ppl")}
+    if cfg.eval.tasks is not None:
+        names |= metric_names(load_tasks(cfg.eval.tasks))
+    for key, part in (("eval.select", cfg.eval.select), ("eval.guard", cfg.eval.guard)):
+        if part is not None and part.metric not in names:
+            raise ConfigError(f"{key}.metric: {part.metric!r} is not a metric this run logs; choose one of "
+                              f"{', '.join(sorted(names)) or 'none (no val split, no eval.tasks)'}")
 
 
 def _train_warnings(cfg: TrainConfig) -> list[str]:

@@ -18,10 +18,19 @@ from ftscale.train.runs import DS_TAG
 
 
 
-def _checkpoints(source: str, average_last: int) -> list[Path]:
-    from ftscale.train.runs import RUN_FILE, checkpoints
+def _checkpoints(source: str, average_last: int, best: bool = False) -> list[Path]:
+    from ftscale.train.runs import RUN_FILE, best_checkpoint, checkpoints
 
     p = Path(source).expanduser().resolve()
+    if best:
+        if average_last != 1:
+            raise ConfigError("--best exports one checkpoint; leave out --average-last")
+        run = p.parent if (p / RUN_FILE).is_file() else p
+        found_best = best_checkpoint(run)
+        if found_best is None:
+            raise InputError(f"{source}: no best checkpoint recorded (train with eval.select; with eval.guard, "
+                             "an evaluation of a trained step must respect it)")
+        return [found_best]
     if (p / RUN_FILE).is_file():
         found = [p]
         if average_last > 1:
@@ -52,7 +61,9 @@ def fp32_state_dict(checkpoint: Path) -> dict[str, Any]:
     return {k: v.float() for k, v in states["module"].items()}
 
 
-def export(source: str, out: str, merge_lora: bool = False, average_last: int = 1) -> Path:
+def export(source: str, out: str, merge_lora: bool = False, average_last: int = 1, best: bool = False) -> Path:
+    """``source`` (a checkpoint, or a run directory: its latest checkpoint, or its best one with
+    ``best``; the last ``average_last`` averaged) as a model directory in ``out``."""
     import torch
 
     from ftscale.config import TrainConfig, build
@@ -60,7 +71,7 @@ def export(source: str, out: str, merge_lora: bool = False, average_last: int = 
     from ftscale.train.model import apply_lora, load_model
     from ftscale.train.runs import RUN_FILE
 
-    chosen = _checkpoints(source, average_last)
+    chosen = _checkpoints(source, average_last, best)
     run = json.loads((chosen[-1] / RUN_FILE).read_text())
     cfg = build(TrainConfig, run["config"])
     states = [fp32_state_dict(c) for c in chosen]

@@ -29,13 +29,20 @@ WORKER_ENV = {
 }
 
 
-def _absolute(cfg: TrainConfig) -> TrainConfig:
+def absolute_paths(cfg: TrainConfig) -> TrainConfig:
     """Paths resolved against the launch directory, so workers on any cwd find them."""
+    from ftscale.eval.tasks import load_tasks
+
     data = dataclasses.replace(cfg.data, path=str(Path(cfg.data.path).expanduser().resolve()))
     model = cfg.model
     if model.path and not model.path.startswith("pkg:"):
         model = dataclasses.replace(model, path=str(Path(model.path).expanduser().resolve()))
-    return dataclasses.replace(cfg, data=data, model=model,
+    tasks = cfg.eval.tasks
+    if isinstance(tasks, str):
+        tasks = str(Path(tasks).expanduser().resolve())
+    elif tasks is not None:
+        tasks = load_tasks(tasks)  # the items' paths, made absolute
+    return dataclasses.replace(cfg, data=data, model=model, eval=dataclasses.replace(cfg.eval, tasks=tasks),
                                storage_path=str(Path(cfg.storage_path).expanduser().resolve()))
 
 
@@ -45,11 +52,12 @@ def _root_cause(error: BaseException) -> str:
     return lines[-1] if lines else repr(error)
 
 
-def launch(cfg: TrainConfig) -> dict[str, Any]:
-    """Run training; returns a summary (run dir, last checkpoint, final metrics, export dir)."""
+def launch(cfg: TrainConfig, callbacks: list[Any] | None = None) -> dict[str, Any]:
+    """Run training; returns a summary (run dir, last and best checkpoint, final metrics,
+    export dir). ``callbacks``: Ray Train callbacks (a sweep passes Tune's reporter)."""
     from ftscale.data.format import read_manifest, verify_dataset
 
-    cfg = _absolute(cfg)
+    cfg = absolute_paths(cfg)
     check_against_dataset(cfg, read_manifest(cfg.data.path))
     # Checksums once, here, before any worker starts; the workers' loaders check store headers
     # and sizes only. What the run reads: the mixture's train shards and, when it evaluates,
@@ -62,8 +70,8 @@ def launch(cfg: TrainConfig) -> dict[str, Any]:
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from ftscale.train.recipe import train_loop
-    from ftscale.train.runs import latest_checkpoint, run_dir
+    from ftscale.train.recipe import KEEP_SCORE, train_loop
+    from ftscale.train.runs import best_checkpoint, latest_checkpoint, run_dir
 
     use_gpu = cfg.use_gpu if cfg.use_gpu is not None else ray.cluster_resources().get("GPU", 0) >= 1
     env = dict(WORKER_ENV)
@@ -82,8 +90,9 @@ def launch(cfg: TrainConfig) -> dict[str, Any]:
         run_config=RunConfig(
             name=cfg.run_name, storage_path=cfg.storage_path,
             failure_config=FailureConfig(max_failures=cfg.max_failures),
-            checkpoint_config=CheckpointConfig(num_to_keep=cfg.keep_checkpoints),
+            checkpoint_config=_checkpoint_config(cfg, CheckpointConfig, KEEP_SCORE),
             worker_runtime_env={"env_vars": env},
+            callbacks=list(callbacks or []),
         ),
     )
     try:
@@ -93,10 +102,22 @@ def launch(cfg: TrainConfig) -> dict[str, Any]:
     if result.error is not None:
         raise FtscaleError(f"training failed: {_root_cause(result.error)}") from result.error
     last = latest_checkpoint(directory)
+    best = best_checkpoint(directory)
     summary: dict[str, Any] = {"run_dir": str(directory), "checkpoint": str(last) if last else None,
+                               "best_checkpoint": str(best) if best else None,
                                "metrics": dict(result.metrics or {}), "resumed_from": str(resume) if resume else None}
     if cfg.export_on_finish and last is not None:
         from ftscale.train.export import export
 
         summary["export"] = str(export(str(last), str(directory / "export")))
     return summary
+
+
+def _checkpoint_config(cfg: TrainConfig, checkpoint_config: Any, score: str) -> Any:
+    """Keep the last ``keep_checkpoints``; with ``eval.select``, the best-at-the-time ones by
+    score instead (see ``recipe.KEEP_SCORE``), so the run's best checkpoint is never deleted.
+    Ray always keeps the latest as well."""
+    if cfg.eval.select is None:
+        return checkpoint_config(num_to_keep=cfg.keep_checkpoints)
+    return checkpoint_config(num_to_keep=cfg.keep_checkpoints, checkpoint_score_attribute=score,
+                             checkpoint_score_order="max")

@@ -21,9 +21,15 @@ from typing import Any
 import numpy as np
 
 from ftscale.config import TrainConfig, build, to_dict
-from ftscale.train.runs import DS_TAG, RUN_FILE
+from ftscale.errors import ConfigError
+from ftscale.train.runs import DS_TAG, RUN_FILE, checkpoint_name
 
 STATE_FILE = "ftscale_state_rank{rank}.pt"
+# Ray keeps the checkpoints with the highest score (CheckpointConfig) and always the latest:
+# scoring a checkpoint by its step, plus this when it was the best at the time, keeps the
+# current best (the latest of the bests) whatever keep_checkpoints is.
+KEEP_SCORE = "keep_score"
+KEEP_BEST_BONUS = 1e12
 
 
 def _all_reduce_sum(values: list[float], device: Any) -> list[float]:
@@ -49,6 +55,8 @@ class Recipe:
         self.metrics_file = None
         self.tb = None
         self.last_checkpoint_step = -1
+        self.suite: Any = None  # ftscale.eval.runner.TaskSuite when eval.tasks is set
+        self.tokenizer: Any = None
 
     # ------------------------------------------------------------------ setup
 
@@ -66,11 +74,15 @@ class Recipe:
         from ftscale.train.ds_config import build_ds_config, resolve_precision
         from ftscale.train.model import apply_lora, flops_per_token, load_model, trainable_parameters
         from ftscale.train.optim import lr_lambda, make_optimizer
+        from ftscale.train.gate import Gate
         from ftscale.train.spike import SpikeGuard
 
         self._seed_everything(cfg.seed + self.rank)
         torch.use_deterministic_algorithms(True, warn_only=True)
         self.manifest = read_manifest(cfg.data.path)
+        self.gate = Gate(cfg.eval.select, cfg.eval.guard)
+        if cfg.eval.tasks is not None:
+            self._setup_tasks()
         self.precision = resolve_precision(cfg.precision, self.on_gpu)
         # bf16 weights when training in bf16 (DeepSpeed keeps fp32 master copies in the
         # optimizer); this is also what lets "auto" attention pick flash-attention varlen.
@@ -130,6 +142,20 @@ class Recipe:
                   f"grad accum {self.grad_accum}, {self.trainable:,}/{self.total_params:,} trainable params",
                   flush=True)
 
+    def _setup_tasks(self) -> None:
+        """The eval tasks and the tokenizer of the prepared data (every rank reads all items)."""
+        from ftscale.data.tokenize import load_tokenizer
+        from ftscale.eval.runner import TaskSuite
+        from ftscale.eval.tasks import load_tasks
+
+        tok = self.manifest.tokenizer
+        self.tokenizer = load_tokenizer(tok["path"], tok.get("chat_template")).hf
+        if self.tokenizer is None:
+            raise ConfigError("eval.tasks: task evaluation needs a Hugging Face tokenizer; the data was prepared "
+                              f"with {tok['path']}")
+        assert self.cfg.eval.tasks is not None
+        self.suite = TaskSuite(load_tasks(self.cfg.eval.tasks), self.cfg.eval.batch_size)
+
     @staticmethod
     def _seed_everything(seed: int) -> None:
         import torch
@@ -144,7 +170,10 @@ class Recipe:
         cfg = self.cfg
         last = min(cfg.max_steps, cfg.stop_at_step or cfg.max_steps)
         if cfg.eval_on_start and self.step == 0:
-            self._log({"step": 0, **self.evaluate()})
+            metrics = {"step": 0, **self.evaluate()}
+            self._judge(metrics)
+            self._log(metrics)
+            self._report(metrics)
         while self.step < last:
             t0 = time.perf_counter()
             stats = self._train_step()
@@ -155,17 +184,21 @@ class Recipe:
             if verdict is not None and verdict.spike:
                 metrics["skipped"] = verdict.reason
             report_ckpt = self.step % cfg.checkpoint_every == 0 or self.step == last
-            stop = False
+            stop = best = evaluated = False
             if cfg.eval_every and (self.step % cfg.eval_every == 0 or self.step == cfg.max_steps):
                 metrics.update(self.evaluate())
-                stop = self._early_stop(metrics)
+                judged = self._judge(metrics)
+                stop = self._early_stop(metrics) or judged.stop
+                best, evaluated = judged.best, True
             if verdict is not None and verdict.rollback and self.last_checkpoint_step >= 0:
                 self._log(metrics)
                 self._rollback()
                 continue
             self._log(metrics)
-            if report_ckpt or stop:
-                self.save(metrics)
+            if report_ckpt or stop or best:
+                self.save(metrics, best=best)
+            elif evaluated:
+                self._report(metrics)
             if stop:
                 break
 
@@ -254,8 +287,33 @@ class Recipe:
                 sums.append((loss_sum, count))
         if sums:
             out["val_loss"] = sum(s for s, _ in sums) / sum(c for _, c in sums)
+        if self.suite is not None:
+            out.update(self._task_scores())
         self.engine.train()
         return out
+
+    def _task_scores(self) -> dict[str, float]:
+        """``task/...`` metrics: each rank scores its shard of the items on the engine's module
+        (under ZeRO-3 its forward gathers the parameter shards, in lockstep across ranks)."""
+        from ftscale.eval.group import TorchGroup
+        from ftscale.eval.runner import flatten, merge_records
+
+        group = TorchGroup(self.device, synced=self.cfg.zero_stage == 3)
+        records = self.suite.run_shard(self.engine.module, self.tokenizer, device=self.device, rank=self.rank,
+                                       world_size=self.world_size, group=group)
+        return flatten(self.suite.aggregate(merge_records(group.gather(records))))
+
+    def _judge(self, metrics: dict[str, Any]) -> Any:
+        """The forgetting gate's verdict on an evaluation, noted in its metrics."""
+        verdict = self.gate.observe(metrics["step"], metrics)
+        if verdict.regression is not None:
+            metrics["guard/regression"] = verdict.regression
+            metrics["guard/violations"] = self.gate.violations
+        if verdict.best:
+            metrics["best"] = True
+        if verdict.stop:
+            metrics["early_stop"] = metrics["guard_stop"] = True
+        return verdict
 
     def _early_stop(self, metrics: dict[str, Any]) -> bool:
         if "val_loss" not in metrics:
@@ -280,6 +338,7 @@ class Recipe:
             "step": self.step,
             "loader": self.loader.state_dict(),
             "guard": self.guard.state_dict(),
+            "gate": self.gate.state_dict(),
             "best_val": self.best_val,
             "evals_without_gain": self.evals_without_gain,
             "skipped_windows": self.skipped_windows,
@@ -288,7 +347,7 @@ class Recipe:
                     "cuda": torch.cuda.get_rng_state_all() if self.on_gpu else None},
         }
 
-    def save(self, metrics: dict[str, Any]) -> None:
+    def save(self, metrics: dict[str, Any], best: bool = False) -> None:
         import ray.train
         import torch
 
@@ -298,13 +357,23 @@ class Recipe:
             if self.rank == 0:
                 run = {"config": to_dict(self.cfg), "step": self.step, "world_size": self.world_size,
                        "loader": self.loader.state_dict(), "metrics": metrics,
-                       "tokenizer": self.manifest.tokenizer, "method": self.cfg.method}
+                       "tokenizer": self.manifest.tokenizer, "method": self.cfg.method, "gate": self.gate.describe()}
                 (Path(tmp) / RUN_FILE).write_text(json.dumps(run, indent=2, default=str))
                 base_config = getattr(self.model_config, "to_dict", lambda: {})()
                 (Path(tmp) / "model_config.json").write_text(json.dumps(base_config, indent=2, default=str))
-            ray.train.report(_scalars(metrics), checkpoint=ray.train.Checkpoint.from_directory(tmp),
-                             checkpoint_dir_name=f"checkpoint_{self.step:07d}")
+            reported = _scalars(metrics)
+            if self.cfg.eval.select is not None:
+                reported[KEEP_SCORE] = self.step + (KEEP_BEST_BONUS if best else 0.0)
+            ray.train.report(reported, checkpoint=ray.train.Checkpoint.from_directory(tmp),
+                             checkpoint_dir_name=checkpoint_name(self.step))
         self.last_checkpoint_step = self.step
+
+    @staticmethod
+    def _report(metrics: dict[str, Any]) -> None:
+        """An evaluation without a checkpoint, reported to Ray (a sweep's scheduler sees it)."""
+        import ray.train
+
+        ray.train.report(_scalars(metrics))
 
     def load(self, checkpoint_dir: str) -> None:
         import torch
@@ -318,6 +387,7 @@ class Recipe:
         self.step = state["step"]
         self.loader.load_state_dict(state["loader"])
         self.guard.load_state_dict(state["guard"])
+        self.gate.load_state_dict(state["gate"])
         self.best_val = state["best_val"]
         self.evals_without_gain = state["evals_without_gain"]
         self.skipped_windows = state["skipped_windows"]
@@ -360,12 +430,12 @@ class Recipe:
             return
         if "loss" not in metrics and "val_loss" in metrics:
             print(f"step {metrics['step']}/{self.cfg.max_steps} " + " ".join(
-                f"{k} {v:.4f}" for k, v in metrics.items() if k.startswith("val_loss")), flush=True)
+                f"{k} {v:.4f}" for k, v in metrics.items() if _shown(k)), flush=True)
         if "loss" in metrics and metrics["step"] % self.cfg.log_every == 0:
             print(f"step {metrics['step']}/{self.cfg.max_steps} loss {metrics['loss']:.4f} "
                   f"lr {metrics['lr']:.2e} grad_norm {metrics['grad_norm']:.3f} "
                   f"tokens/s {metrics['tokens_per_s']:,.0f}"
-                  + "".join(f" {k} {v:.4f}" for k, v in metrics.items() if k.startswith("val_loss"))
+                  + "".join(f" {k} {v:.4f}" for k, v in metrics.items() if _shown(k))
                   + (f" SKIPPED ({metrics['skipped']})" if "skipped" in metrics else ""), flush=True)
         if self.metrics_file is not None:
             self.metrics_file.write(json.dumps({"time": time.time(), **metrics}, default=str) + "\n")
@@ -380,6 +450,11 @@ class Recipe:
             self.metrics_file.close()
         if self.tb is not None:
             self.tb.close()
+
+
+def _shown(key: str) -> bool:
+    """Evaluation metrics printed in the log line: val losses and per-task scores."""
+    return key.startswith("val_loss") or (key.startswith("task/") and key.count("/") == 2)
 
 
 def _scalars(metrics: dict[str, Any]) -> dict[str, float]:
