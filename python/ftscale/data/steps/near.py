@@ -87,14 +87,18 @@ class TextSpill:
         self.end = 0
 
     def append(self, texts: Any) -> None:
-        array = pa.chunked_array([texts] if isinstance(texts, pa.Array) else texts.chunks, type=texts.type)
-        array = array.cast(pa.large_string()).combine_chunks()
-        offsets = np.frombuffer(array.buffers()[1], dtype=np.int64)[array.offset:array.offset + len(array) + 1]
-        data = array.buffers()[2]
-        if data is not None and offsets[-1] > offsets[0]:
-            self.data.write(memoryview(data)[offsets[0]:offsets[-1]])
-        self.offsets.append((offsets[1:] - offsets[0] + self.end).astype(np.uint64))
-        self.end += int(offsets[-1] - offsets[0])
+        """Write a batch's texts straight from the Arrow buffers (no copy of the text)."""
+        for chunk in [texts] if isinstance(texts, pa.Array) else texts.chunks:
+            if not len(chunk):
+                continue
+            width = np.int64 if pa.types.is_large_string(chunk.type) else np.int32
+            offsets = np.frombuffer(chunk.buffers()[1], dtype=width)[chunk.offset:chunk.offset + len(chunk) + 1]
+            offsets = offsets.astype(np.int64)
+            data = chunk.buffers()[2]
+            if data is not None and offsets[-1] > offsets[0]:
+                self.data.write(memoryview(data)[offsets[0]:offsets[-1]])
+            self.offsets.append((offsets[1:] - offsets[0] + self.end).astype(np.uint64))
+            self.end += int(offsets[-1] - offsets[0])
 
     def close(self) -> None:
         self.data.close()
