@@ -72,6 +72,7 @@ def test_resume_is_bit_exact_and_elastic(ray_cluster, tiny_dataset, tmp_path):
     first = run(tiny_dataset, tmp_path, run_name="split", stop_at_step=3)
     assert first["checkpoint"].endswith("checkpoint_0000003")
     shutil.copytree(tmp_path / "split", tmp_path / "elastic")
+    shutil.copytree(tmp_path / "split", tmp_path / "grown")
     resumed = run(tiny_dataset, tmp_path, run_name="split")
     assert resumed["resumed_from"].endswith("checkpoint_0000003")
     assert losses(Path(full["run_dir"])) == losses(Path(resumed["run_dir"]))
@@ -87,6 +88,12 @@ def test_resume_is_bit_exact_and_elastic(ray_cluster, tiny_dataset, tmp_path):
     c = checkpoint_weights(elastic["checkpoint"])
     assert all(torch.allclose(a[k], c[k], rtol=1e-3, atol=1e-5) for k in a)
     assert not (tmp_path / "elastic" / ".ftscale-universal" / "checkpoint_0000003").exists()  # removed once loaded
+    # And on 4 workers (accumulation 2 -> 1).
+    grown = run(tiny_dataset, tmp_path, run_name="grown", num_workers=4)
+    assert json.loads((Path(grown["checkpoint"]) / "ftscale_run.json").read_text())["world_size"] == 4
+    assert losses(tmp_path / "grown") == pytest.approx(losses(Path(full["run_dir"])), rel=1e-4)
+    d = checkpoint_weights(grown["checkpoint"])
+    assert all(torch.allclose(a[k], d[k], rtol=1e-3, atol=1e-5) for k in a)
 
 
 def test_torn_checkpoints_are_skipped_by_export_and_resume(ray_cluster, tiny_dataset, tmp_path, capsys):
