@@ -128,7 +128,7 @@ def test_killed_worker_resumes_automatically(ray_cluster, tiny_dataset, tmp_path
     thread.start()
     victim_dir = tmp_path / "victim"
     deadline = time.time() + 300
-    while not (victim_dir / "checkpoint_0000004" / "ftscale_run.json").exists():
+    while not (victim_dir / "checkpoint_0000004" / "ftscale_commit.json").exists():
         assert time.time() < deadline and thread.is_alive(), "run did not reach step 4"
         time.sleep(0.5)
     pids = [int(line.split()[0]) for line in subprocess.run(
