@@ -165,5 +165,6 @@ def test_a_decompression_bomb_is_quarantined_in_bounded_memory(tmp_path, name):
     kept, quarantined, grown_bytes = map(int, out.stdout.split())
     assert (kept, quarantined) == (1, 1)
     # Holding the line would add 256 MiB; the reader holds the default cap's worth of line
-    # (16 MiB) plus read buffers, so 64 MiB is a generous bound.
-    assert grown_bytes < 64 << 20, f"peak RSS grew {grown_bytes >> 20} MiB reading a {inflated >> 20} MiB line"
+    # (16 MiB), copies of it while its pieces are joined, and read buffers: 55-56 MiB measured
+    # for both formats, so half the line is a bound with room that still fails if it is held.
+    assert grown_bytes < inflated // 2, f"peak RSS grew {grown_bytes >> 20} MiB reading a {inflated >> 20} MiB line"
