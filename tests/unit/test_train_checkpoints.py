@@ -92,6 +92,16 @@ def test_a_changed_byte_is_caught_by_the_checksum_only(run):
         runs.verified(checkpoint)
 
 
+def test_a_checkpoint_of_an_older_version_is_skipped_and_named_so(run):
+    older = make_checkpoint(run, 2)
+    for listing in [*older.glob("ftscale_files_rank*.json"), older / COMMIT_FILE]:
+        listing.unlink()  # what versions before commit markers wrote
+    torn = make_checkpoint(run, 4, committed=False)
+    assert runs.checkpoints(run) == []
+    assert "written by an ftscale version without them" in runs.problem(older)
+    assert "interrupted while saving" in runs.problem(torn)
+
+
 def test_commit_refuses_a_rank_that_did_not_arrive(run):
     checkpoint = make_checkpoint(run, 2, ranks=(0,), committed=False)
     with pytest.raises(OutputError, match="rank 1's file list did not arrive"):

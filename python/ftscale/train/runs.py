@@ -163,6 +163,10 @@ def problem(checkpoint: Path) -> str | None:
     """Why ``checkpoint`` cannot be used (no marker, a malformed one, a file missing or of
     another size), or None. Cheap: sizes only; see ``mismatched_files`` for the checksums."""
     if not (checkpoint / COMMIT_FILE).is_file():
+        if (checkpoint / RUN_FILE).is_file() and not any(checkpoint.glob(RANK_FILES.format(rank="*"))):
+            # Nothing lists its files, so nothing can show it whole: the run restarts without it.
+            return ("no commit marker: written by an ftscale version without them, so it cannot be verified; "
+                    "resume it with that version, or start over")
         return "no commit marker: it was never completed (interrupted while saving?)"
     try:
         files = committed_files(checkpoint)
