@@ -10,6 +10,14 @@ from typing import Any, Sequence
 
 from ftscale.errors import ConfigError, FtscaleError
 
+# Optional packages (top-level module → the extra that installs it), for a one-line error
+# instead of a traceback when a command needs one that is missing.
+EXTRAS = {"torch": "train", "ray": "train", "peft": "train", "tensorboard": "train", "transformers": "prep",
+          "tokenizers": "prep", "jinja2": "prep", "gguf": "prep", "matplotlib": "prep", "tiktoken": "prep",
+          "safetensors": "prep", "rouge_score": "eval", "lm_eval": "harness"}
+# DeepSpeed is not an extra: it builds against the installed torch (see the Makefile).
+INSTALL_HINTS = {"deepspeed": "pip install --no-build-isolation deepspeed (after torch; see the Makefile)"}
+
 
 def _add_dedup(sub: Any) -> None:
     p = sub.add_parser(
@@ -77,13 +85,18 @@ def _add_engine_options(p: argparse.ArgumentParser, *, from_config: bool = False
                    help="threads of each Rust call (default: FTSCALE_NUM_THREADS or all cores)")
 
 
+def _at_least(args: argparse.Namespace, minimum: int, *names: str) -> None:
+    """ConfigError naming the first of ``names`` (given) below ``minimum``."""
+    for name in names:
+        value = getattr(args, name)
+        if value is not None and value < minimum:
+            raise ConfigError(f"--{name.replace('_', '-')} must be >= {minimum}, got {value}")
+
+
 def _engine_options(args: argparse.Namespace) -> Any:
     from ftscale.data.pipeline import EngineOptions, parse_bytes
 
-    for name in ("workers", "threads"):
-        value = getattr(args, name)
-        if value is not None and value < 1:
-            raise ConfigError(f"--{name} must be >= 1, got {value}")
+    _at_least(args, 1, "workers", "threads")
     return EngineOptions(executor=args.executor, workers=args.workers,
                          memory_budget_bytes=parse_bytes(args.memory_budget, "--memory-budget"),
                          work_dir=args.work_dir, keep_work=args.keep_work, num_threads=args.threads)
@@ -170,6 +183,7 @@ def _cmd_mix(args: argparse.Namespace) -> int:
     from ftscale.data.mixing import describe_mixture, parse_weights
     from ftscale.summary import print_rows
 
+    _at_least(args, 0, "seed", "epoch")
     tokens = parse_count(args.tokens)
     if tokens is None or tokens <= 0:
         raise ConfigError(f"--tokens: expected a positive count like 10M, got {args.tokens!r}")
@@ -194,6 +208,7 @@ def _add_inspect(sub: Any) -> None:
 def _cmd_inspect(args: argparse.Namespace) -> int:
     from ftscale.data.inspect import print_samples
 
+    _at_least(args, 1, "n")
     print_samples(args.dataset, args.source, args.n, args.split)
     return 0
 
@@ -233,13 +248,15 @@ def _add_export(sub: Any) -> None:
     p.add_argument("--average-last", type=int, default=1, metavar="K", help="average the last K checkpoints")
     p.add_argument("--best", action="store_true",
                    help="a run's best checkpoint (eval.select) among those that respected eval.guard")
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out (default: refuse)")
     p.set_defaults(func=_cmd_export)
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
     from ftscale.train.export import export
 
-    print(export(args.source, args.out, merge_lora=args.merge_lora, average_last=args.average_last, best=args.best))
+    print(export(args.source, args.out, merge_lora=args.merge_lora, average_last=args.average_last, best=args.best,
+                 overwrite=args.overwrite))
     return 0
 
 
@@ -454,6 +471,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         return args.func(args)
     except FtscaleError as e:
         print(f"ftscale {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as e:
+        top = (e.name or "").split(".")[0]
+        if top not in EXTRAS and top not in INSTALL_HINTS:
+            raise
+        hint = INSTALL_HINTS.get(top) or f"pip install 'ftscale[{EXTRAS[top]}]'"
+        print(f"ftscale {args.command}: error: this command needs the {top!r} package, which is not installed: "
+              f"{hint}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        # The environment, not the code: a full disk, a permission, a vanished file.
+        where = f": {e.filename}" if e.filename else ""
+        print(f"ftscale {args.command}: error: {e.strerror or e}{where}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -205,7 +205,7 @@ def run_demo(opts: DemoOptions) -> dict[str, Any]:
                       f"{opts.steps} steps"):
         summary = launch(train_cfg)
     with stages.stage("export", "merge LoRA into a Hugging Face model"):
-        model_dir = export(str(directory), str(out / "model"), merge_lora=True)
+        model_dir = export(str(directory), str(out / "model"), merge_lora=True, overwrite=True)
     with stages.stage("final answer", "exported model, loaded with plain transformers"):
         after = _exported_answer(model_dir, opts.question)
 

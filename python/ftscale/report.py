@@ -168,7 +168,7 @@ def run_config(run_dir: str | Path) -> dict[str, Any] | None:
         return None
     try:
         return json.loads((checkpoint / RUN_FILE).read_text(encoding="utf-8"))["config"]
-    except (OSError, ValueError, KeyError) as e:
+    except (OSError, ValueError, KeyError, TypeError) as e:
         raise InputError(f"{checkpoint / RUN_FILE} cannot be read: {e}") from e
 
 

@@ -45,8 +45,8 @@ class SweepOptions:
             raise ConfigError(f"--samples: must be >= 1, got {self.samples}")
         if self.max_concurrent < 1:
             raise ConfigError(f"--max-concurrent: must be >= 1, got {self.max_concurrent}")
-        if self.name is not None and (not self.name or "/" in self.name):
-            raise ConfigError(f"--name: {self.name!r} must be a plain non-empty name")
+        if self.seed < 0:
+            raise ConfigError(f"--seed: must be >= 0, got {self.seed}")
 
 
 def parse_axes(overrides: list[str]) -> tuple[list[str], dict[str, list[Any]], dict[str, tuple[str, float, float]]]:
@@ -109,6 +109,7 @@ def _trial_configs(opts: SweepOptions) -> tuple[str, Path, list[dict[str, Any]],
     """``(sweep name, sweep dir, trial overrides, trial train configs as dicts)``, every config
     built and checked against its dataset before anything runs."""
     from ftscale.config import TrainConfig, apply_overrides, build, check_against_dataset, load_yaml, to_dict
+    from ftscale.config.base import PLAIN_NAME_RULE, plain_name
     from ftscale.data.format import read_manifest
     from ftscale.train.launch import absolute_paths
 
@@ -116,6 +117,8 @@ def _trial_configs(opts: SweepOptions) -> tuple[str, Path, list[dict[str, Any]],
     base = apply_overrides(load_yaml(opts.config), fixed)
     first = build(TrainConfig, base)
     name = opts.name or f"{first.run_name}-sweep"
+    if not plain_name(name):
+        raise ConfigError(f"--name: {name!r} must be {PLAIN_NAME_RULE} (it names the sweep's directory)")
     sweep_dir = Path(first.storage_path).expanduser().resolve() / name
     overrides = draw_trials(axes, ranges, opts.samples, opts.seed)
     configs = []

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import threading
@@ -66,10 +67,12 @@ def test_zero_stages_train_and_loss_falls(ray_cluster, tiny_dataset, tmp_path, s
     assert all(torch.isfinite(w).all() for w in weights.values())
 
 
-def test_resume_is_bit_exact(ray_cluster, tiny_dataset, tmp_path):
+def test_resume_is_bit_exact_and_elastic(ray_cluster, tiny_dataset, tmp_path):
     full = run(tiny_dataset, tmp_path, run_name="full")
     first = run(tiny_dataset, tmp_path, run_name="split", stop_at_step=3)
     assert first["checkpoint"].endswith("checkpoint_0000003")
+    shutil.copytree(tmp_path / "split", tmp_path / "elastic")
+    shutil.copytree(tmp_path / "split", tmp_path / "grown")
     resumed = run(tiny_dataset, tmp_path, run_name="split")
     assert resumed["resumed_from"].endswith("checkpoint_0000003")
     assert losses(Path(full["run_dir"])) == losses(Path(resumed["run_dir"]))
@@ -77,6 +80,44 @@ def test_resume_is_bit_exact(ray_cluster, tiny_dataset, tmp_path):
     assert a.keys() == b.keys()
     for k in a:
         assert torch.equal(a[k], b[k]), k
+    # The same ZeRO-2 checkpoint on 1 worker (DeepSpeed's universal form; accumulation 2 -> 4): the
+    # same global batch and data sequence, so the same curve up to the order of float sums.
+    elastic = run(tiny_dataset, tmp_path, run_name="elastic", num_workers=1)
+    assert json.loads((Path(elastic["checkpoint"]) / "ftscale_run.json").read_text())["world_size"] == 1
+    assert losses(tmp_path / "elastic") == pytest.approx(losses(Path(full["run_dir"])), rel=1e-4)
+    c = checkpoint_weights(elastic["checkpoint"])
+    assert all(torch.allclose(a[k], c[k], rtol=1e-3, atol=1e-5) for k in a)
+    assert not (tmp_path / "elastic" / ".ftscale-universal" / "checkpoint_0000003").exists()  # removed once loaded
+    # And on 4 workers (accumulation 2 -> 1).
+    grown = run(tiny_dataset, tmp_path, run_name="grown", num_workers=4)
+    assert json.loads((Path(grown["checkpoint"]) / "ftscale_run.json").read_text())["world_size"] == 4
+    assert losses(tmp_path / "grown") == pytest.approx(losses(Path(full["run_dir"])), rel=1e-4)
+    d = checkpoint_weights(grown["checkpoint"])
+    assert all(torch.allclose(a[k], d[k], rtol=1e-3, atol=1e-5) for k in a)
+
+
+def test_torn_checkpoints_are_skipped_by_export_and_resume(ray_cluster, tiny_dataset, tmp_path, capsys):
+    from ftscale.train.export import export
+
+    summary = run(tiny_dataset, tmp_path, run_name="torn", max_steps=4, checkpoint_every=1)
+    run_dir = Path(summary["run_dir"])
+    first_losses = losses(run_dir)
+    (run_dir / "checkpoint_0000004" / "ftscale_commit.json").unlink()  # interrupted before its commit
+    shard = run_dir / "checkpoint_0000003" / "ds" / "zero_pp_rank_1_mp_rank_00_optim_states.pt"
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # same size: only the checksum sees it
+    shard.write_bytes(bytes(data))
+    out = export(str(run_dir), str(tmp_path / "hf"))
+    assert json.loads((out / "ftscale_export.json").read_text())["step"] == 2
+    err = capsys.readouterr().err
+    assert "skipping checkpoint_0000004: no commit marker" in err
+    assert "skipping checkpoint_0000003: ds/zero_pp_rank_1_mp_rank_00_optim_states.pt does not match" in err
+    again = run(tiny_dataset, tmp_path, run_name="torn", max_steps=4, checkpoint_every=1)
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    replayed = [r["loss"] for r in rows if "loss" in r][4:]
+    assert replayed == first_losses[2:]  # resumed from step 2, bit-exactly
+    assert again["checkpoint"].endswith("checkpoint_0000004")
+    assert json.loads((Path(again["checkpoint"]) / "ftscale_commit.json").read_text())["step"] == 4
 
 
 def test_killed_worker_resumes_automatically(ray_cluster, tiny_dataset, tmp_path):
@@ -87,7 +128,7 @@ def test_killed_worker_resumes_automatically(ray_cluster, tiny_dataset, tmp_path
     thread.start()
     victim_dir = tmp_path / "victim"
     deadline = time.time() + 300
-    while not (victim_dir / "checkpoint_0000004" / "ftscale_run.json").exists():
+    while not (victim_dir / "checkpoint_0000004" / "ftscale_commit.json").exists():
         assert time.time() < deadline and thread.is_alive(), "run did not reach step 4"
         time.sleep(0.5)
     pids = [int(line.split()[0]) for line in subprocess.run(

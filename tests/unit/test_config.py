@@ -177,3 +177,22 @@ def test_validate_cli(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert "optim.eps: must be > 0, got 0.0" in capsys.readouterr().err
     assert main(["validate", str(tmp_path / "missing.yaml")]) == 2
     assert "config file not found" in capsys.readouterr().err
+
+
+def test_elastic_num_workers_keeps_the_global_batch() -> None:
+    base = {**TRAIN, "seq_len": 128, "micro_batch_size": 2, "tokens_per_step": 1024}
+
+    def elastic(data: dict, workers: str) -> TrainConfig:
+        return build(TrainConfig, apply_overrides(copy.deepcopy(data), [f"num_workers={workers}"]))
+
+    cfg = elastic(base, "[1,2]")
+    assert cfg.worker_counts() == [1, 2]
+    # 256 tokens per micro-batch: 4 micro-batches on 1 worker, 2 on each of 2: the same 1024 tokens
+    assert [w * cfg.grad_accum_steps(w) * 256 for w in cfg.worker_counts()] == [1024, 1024]
+    with pytest.raises(ConfigError, match="with 3 workers, tokens_per_step 1024 is not a whole number"):
+        elastic(base, "[1,4]")
+    for workers in ("[2,1]", "[0,2]", "[1,2,3]"):
+        with pytest.raises(ConfigError, match="^num_workers:"):
+            elastic(base, workers)
+    with pytest.raises(ConfigError, match="an elastic run .* needs tokens_per_step"):
+        elastic(TRAIN, "[1,2]")

@@ -380,7 +380,7 @@ def test_resume_at_random_steps_is_bit_exact(dataset):
             for _ in range(k):
                 next(ld)
             state = ld.state_dict()
-            assert set(state) == {"version", "seed", "epoch", "rows_consumed"}
+            assert set(state) == {"version", "seed", "epoch", "rows_consumed", "sequence"}
             fresh = make(root, W=W, B=B, rank=r)
             fresh.load_state_dict(json.loads(json.dumps(state)))  # survives JSON
             for i in range(k, total):
@@ -430,7 +430,7 @@ def test_skip_rows_equals_consuming_them(dataset):
     c.skip_rows(n0 + 4)
     assert c.epoch == 1 and c.rows_consumed == 4
     d = make(root, B=2)
-    d.load_state_dict({"version": 1, "seed": 7, "epoch": 1, "rows_consumed": 4})
+    d.load_state_dict({**d.state_dict(), "epoch": 1, "rows_consumed": 4})
     assert _same(next(c), next(d))
     with pytest.raises(ConfigError):
         c.skip_rows(-1)
@@ -439,7 +439,32 @@ def test_skip_rows_equals_consuming_them(dataset):
 def test_state_from_another_seed_is_refused(dataset):
     root, _ = dataset
     with pytest.raises(ConfigError, match="seed"):
-        make(root, seed=1).load_state_dict({"version": 1, "seed": 2, "epoch": 0, "rows_consumed": 0})
+        make(root, seed=1).load_state_dict({**make(root, seed=2).state_dict(), "epoch": 0, "rows_consumed": 0})
+
+
+@pytest.mark.parametrize("change, named", [
+    (dict(seq_len=SEQ_LEN // 2), "seq_len"),
+    (dict(mixture={"web": 1.0}), "sources"),
+    (dict(mixture={"web": 1.0, "chat": 3.0}), "weights"),
+    (dict(strategy="ffd"), "strategy"),
+])
+def test_state_of_another_sequence_is_refused(dataset, change, named):
+    root, _ = dataset
+    state = make(root, {"web": 1.0, "chat": 1.0}).state_dict()
+    other = make(root, **{"mixture": {"web": 1.0, "chat": 1.0}, **change})
+    with pytest.raises(ConfigError, match=f"changed: .*{named}"):
+        other.load_state_dict(state)
+    make(root, {"chat": 1.0, "web": 1.0}).load_state_dict(state)  # the same mixture, spelt in another order
+
+
+def test_state_of_a_re_prepared_dataset_is_refused(tmp_path):
+    build_dataset(tmp_path / "a", seed=0)
+    build_dataset(tmp_path / "b", seed=1)
+    state = make(tmp_path / "a").state_dict()
+    with pytest.raises(ConfigError, match="changed: dataset"):
+        make(tmp_path / "b").load_state_dict(state)
+    with pytest.raises(ConfigError, match="version 1"):
+        make(tmp_path / "a").load_state_dict({**state, "version": 1})
 
 
 def test_max_epochs_and_steps_per_epoch(dataset):

@@ -11,6 +11,7 @@ import pytest
 from ftscale.cli import main
 from ftscale.errors import InputError
 from ftscale.report import load_run_metrics, render, render_run, summarize_run
+from ftscale.train.runs import commit, write_rank_files
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 SOURCES = ("bible", "web&<code>")  # the second needs HTML escaping
@@ -56,6 +57,8 @@ def run_dir(tmp_path: Path) -> Path:
               "max_steps": 10, "micro_batch_size": 2, "data": {"path": "/data/x", "mixture": {"bible": 1.0}},
               "optim": {"lr": 1e-3}}
     (checkpoint / "ftscale_run.json").write_text(json.dumps({"config": config, "step": 10}))
+    write_rank_files(checkpoint, 0)  # a complete checkpoint: listed and committed, as the trainer does
+    commit(checkpoint, 1, 10)
     return run
 
 

@@ -61,3 +61,23 @@ def test_guarded_adamw_clips_and_skips():
     assert torch.equal(p.detach(), moved) and opt.last_skipped
     assert all(torch.equal(opt.state[p][k], v) for k, v in state.items())  # moments untouched
     assert math.isclose(verdicts[-1], 200.0)
+
+
+def test_a_skipped_step_does_not_advance_the_schedule():
+    from ftscale.train.optim import make_scheduler
+
+    p = torch.nn.Parameter(torch.ones(2))
+    skip = {"now": False}
+    opt = make_optimizer([p], lr=1e-2, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.0, clip_norm=0.0,
+                         partitioned=False, judge=lambda norm: skip["now"])
+    sched = make_scheduler(opt, warmup_steps=4, total_steps=20, lr=1e-2, min_lr=1e-3)
+    lrs = []
+    for step in range(6):
+        skip["now"] = step in (1, 2)
+        p.grad = torch.ones(2)
+        opt.step()
+        sched.step()  # what DeepSpeed does after every step that did not overflow
+        lrs.append(sched.get_last_lr()[0])
+    # warmup counts applied steps: 2 skips leave it two steps behind
+    assert lrs == pytest.approx([5e-3, 5e-3, 5e-3, 7.5e-3, 1e-2, lr_lambda(4, 20, 1e-2, 1e-3)(4) * 1e-2])
+    assert sched.state_dict()["last_epoch"] == 4

@@ -104,14 +104,15 @@ def _same_shape(value: Any, tp: Any) -> bool:
 
 
 def parse_count(text: str) -> int | None:
-    """'10M' → 10_000_000, '2k' → 2000, '1.5B' → 1_500_000_000; None when not a count."""
+    """'10M' → 10_000_000, '2k' → 2000, '1.5B' → 1_500_000_000; None when not a count
+    (also 'inf', 'nan' and the like)."""
     text = text.strip().replace("_", "")
     scale = {"k": 10**3, "m": 10**6, "b": 10**9, "g": 10**9, "t": 10**12}
     try:
         if text and text[-1].lower() in scale:
             return int(float(text[:-1]) * scale[text[-1].lower()])
         return int(text)
-    except ValueError:
+    except (ValueError, OverflowError):  # int(float("inf")) overflows, int(float("nan")) is a ValueError
         return None
 
 
@@ -145,6 +146,16 @@ def build(cls: type, data: Any, key: str = "") -> Any:
 
 def _join(prefix: str, name: Any) -> str:
     return f"{prefix}.{name}" if prefix else str(name)
+
+
+def plain_name(name: Any) -> bool:
+    """Whether ``name`` can name a file or directory inside another: one path component, not
+    hidden, not ``.``/``..``, no separator or NUL (run names, source names)."""
+    return (isinstance(name, str) and bool(name) and not name.startswith(".")
+            and not any(c in name for c in "/\\\0"))
+
+
+PLAIN_NAME_RULE = "a plain name: not empty, no '/' or '\\', not starting with '.'"
 
 
 def require(obj: Any, key: str, name: str, ok: bool, rule: str) -> None:
@@ -191,8 +202,12 @@ def load_yaml(path: str | Path) -> dict:
         raise ConfigError(f"config file not found: {p}")
     try:
         data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{p}: not UTF-8 text (byte {e.start}); save the config as UTF-8") from e
+    except OSError as e:
+        raise ConfigError(f"{p}: cannot be read: {e.strerror or e}") from e
     except yaml.YAMLError as e:
-        raise ConfigError(f"{p}: not valid YAML: {e}") from e
+        raise ConfigError(f"{p}: not valid YAML: {' '.join(str(e).split())}") from e
     if not isinstance(data, dict):
         raise ConfigError(f"{p}: the top level must be a mapping of keys")
     return data

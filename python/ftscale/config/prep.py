@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
-from ftscale.config.base import require
+from ftscale.config.base import PLAIN_NAME_RULE, plain_name, require
 from ftscale.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -35,8 +35,8 @@ class SourceConfig:
     max_record_bytes: int | None = None
 
     def check(self, key: str) -> None:
-        if not self.name or "/" in self.name or self.name.startswith("."):
-            raise ConfigError(f"{key}.name: {self.name!r} must be a plain non-empty name (used as a directory)")
+        if not plain_name(self.name):
+            raise ConfigError(f"{key}.name: {self.name!r} must be {PLAIN_NAME_RULE} (it names a directory)")
         if not self.paths:
             raise ConfigError(f"{key}.paths: give at least one file or directory")
         if self.kind == "sft" and self.overlong == "split":

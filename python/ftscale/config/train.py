@@ -6,7 +6,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from ftscale.config.base import require
+from ftscale.config.base import PLAIN_NAME_RULE, plain_name, require
 from ftscale.config.eval import EvalConfig
 from ftscale.errors import ConfigError
 
@@ -110,7 +110,12 @@ class SpikeConfig:
 @dataclass(frozen=True)
 class TrainConfig:
     """A training run. ``tokens_per_step`` sets gradient accumulation:
-    accum = ceil(tokens_per_step / (micro_batch_size · seq_len · workers))."""
+    accum = ceil(tokens_per_step / (micro_batch_size · seq_len · workers)).
+
+    ``num_workers: [min, max]`` makes the run elastic (Ray Train's elastic scaling): it
+    starts with as many workers as fit and carries on with fewer when a node is lost. Every
+    worker count in the range must then divide tokens_per_step into whole micro-batches, so
+    the global batch (and the data sequence) is the same whichever count runs."""
 
     data: DataConfig
     model: ModelConfig
@@ -128,7 +133,7 @@ class TrainConfig:
     zero_stage: Literal[0, 1, 2, 3] = 2
     offload_optimizer: bool = False
     offload_params: bool = False
-    num_workers: int = 2
+    num_workers: int | list[int] = 2  # or [min, max]: elastic
     use_gpu: bool | None = None  # None: use GPUs when the cluster has them
     cpus_per_worker: int = 1
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -146,7 +151,8 @@ class TrainConfig:
     export_on_finish: bool = True
 
     def check(self, key: str) -> None:
-        for name, minimum in (("seq_len", 8), ("micro_batch_size", 1), ("max_steps", 1), ("num_workers", 1),
+        self._check_workers(key)
+        for name, minimum in (("seq_len", 8), ("micro_batch_size", 1), ("max_steps", 1),
                               ("cpus_per_worker", 1), ("checkpoint_every", 1), ("keep_checkpoints", 1),
                               ("eval_every", 0), ("eval_batches", 1), ("early_stop_patience", 0),
                               ("log_every", 1), ("seed", 0), ("max_failures", -1)):
@@ -166,11 +172,36 @@ class TrainConfig:
         if self.eval.guard is not None and not self.eval_on_start:
             raise ConfigError("eval.guard: the guard compares each evaluation with the one before training; "
                               "set eval_on_start: true")
-        if not self.run_name or "/" in self.run_name:
-            raise ConfigError(f"run_name: {self.run_name!r} must be a plain non-empty name")
+        if not plain_name(self.run_name):
+            raise ConfigError(f"run_name: {self.run_name!r} must be {PLAIN_NAME_RULE} (it names the run's "
+                              "directory inside storage_path)")
 
-    def grad_accum_steps(self) -> int:
-        per_step = self.micro_batch_size * self.seq_len * self.num_workers
+    def _check_workers(self, key: str) -> None:
+        if isinstance(self.num_workers, int):
+            require(self, key, "num_workers", self.num_workers >= 1, ">= 1")
+            return
+        require(self, key, "num_workers", len(self.num_workers) == 2 and 1 <= self.num_workers[0] <= self.num_workers[1],
+                "a count >= 1, or [min, max] with 1 <= min <= max")
+        if self.tokens_per_step is None:
+            raise ConfigError("num_workers: an elastic run ([min, max]) needs tokens_per_step, so that the global "
+                              "batch does not change with the number of workers")
+        row_tokens = self.micro_batch_size * self.seq_len
+        uneven = [w for w in self.worker_counts() if self.tokens_per_step % (row_tokens * w)]
+        if uneven:
+            raise ConfigError(f"num_workers: with {uneven[0]} workers, tokens_per_step {self.tokens_per_step} is not "
+                              f"a whole number of micro-batches of {row_tokens} tokens per worker; choose "
+                              f"tokens_per_step a multiple of {row_tokens} x every worker count in the range")
+
+    def worker_counts(self) -> list[int]:
+        """Every number of workers the run may have."""
+        if isinstance(self.num_workers, int):
+            return [self.num_workers]
+        return list(range(self.num_workers[0], self.num_workers[1] + 1))
+
+    def grad_accum_steps(self, world_size: int | None = None) -> int:
+        """Micro-batches per rank per step with ``world_size`` workers (default: the largest count)."""
+        workers = world_size if world_size is not None else self.worker_counts()[-1]
+        per_step = self.micro_batch_size * self.seq_len * workers
         if self.tokens_per_step is None:
             return 1
         return max(1, -(-self.tokens_per_step // per_step))

@@ -1,7 +1,8 @@
 """Atomic file writes: write to a temporary name in the same directory, fsync, rename.
 
 A reader (or a resumed run) therefore sees either the old file or the complete new one,
-never a torn write.
+never a torn write. A write that fails for want of space or permission is an OutputError
+naming the file; the temporary file is removed.
 """
 
 from __future__ import annotations
@@ -36,6 +37,9 @@ def atomic_path(path: Path) -> Iterator[Path]:
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise OutputError(f"cannot write {path}: {e.strerror or e}; free space or choose a writable output") from e
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

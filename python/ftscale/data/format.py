@@ -108,6 +108,17 @@ def _str(value: Any, where: str) -> str:
     return value
 
 
+def _name(value: Any, where: str) -> str:
+    """A source name: it names files and directories (report plots, shard folders), so it must
+    be one plain path component."""
+    from ftscale.config.base import PLAIN_NAME_RULE, plain_name
+
+    name = _str(value, where)
+    if not plain_name(name):
+        _fail(where, f"must be {PLAIN_NAME_RULE}, got {name!r}")
+    return name
+
+
 def _sha(value: Any, where: str) -> str:
     if not isinstance(value, str) or not _SHA256.fullmatch(value):
         _fail(where, f"must be a sha256 hex digest, got {value!r}")
@@ -349,7 +360,7 @@ class Manifest:
                             f"{_RERUN} with this version")
         sources = _dict(_get(obj, "sources", where), f"{where} sources")
         tokenizer = _dict(_get(obj, "tokenizer", where), f"{where} tokenizer")
-        for key in ("eos_token_id", "pad_token_id", "bos_token_id"):
+        for key in ("eos_token_id", "pad_token_id", "bos_token_id", "vocab_size"):
             if tokenizer.get(key) is not None:
                 _count(tokenizer[key], f"{where} tokenizer.{key}")
         seq_len = _count(_get(obj, "seq_len", where), f"{where} seq_len")
@@ -357,7 +368,7 @@ class Manifest:
             _fail(f"{where} seq_len", "must be >= 1")
         return cls(
             seq_len=seq_len, seed=_count(_get(obj, "seed", where), f"{where} seed"),
-            sources={_str(name, f"{where} sources key"): SourceEntry.from_json(entry, root, f"{where} sources.{name}")
+            sources={_name(name, f"{where} sources key"): SourceEntry.from_json(entry, root, f"{where} sources.{name}")
                      for name, entry in sources.items()},
             tokenizer=tokenizer, config=_dict(obj.get("config", {}), f"{where} config"),
             config_fingerprint=_str(obj.get("config_fingerprint", ""), f"{where} config_fingerprint"),

@@ -46,7 +46,10 @@ contiguous block of ``W * micro_batch_size`` global rows. An epoch has
 the next epoch starts with a fresh plan (``drop_last=False`` keeps it instead, padding the
 last step with empty rows). The resume state is ``(seed, epoch,
 rows_consumed)`` with ``rows_consumed`` counted in global rows, so a run may resume with a
-different world size and continue the same global sequence.
+different world size and continue the same global sequence. It also carries what the plan
+is made of (``sequence``: the selected shards' checksums, mixture, seq_len, strategy and
+the other plan parameters); a state whose sequence differs is refused, so a resume after
+re-running prep or changing the mixture never silently continues another sequence.
 
 Row layout: each row holds its pieces back to back, then padding. Labels are -100 where the
 loss mask is 0, on padding, and on the first token of every piece (the token a model would
@@ -69,7 +72,7 @@ from ftscale.data.store import Store, open_store
 from ftscale.errors import ConfigError, DataError
 from ftscale.memory import return_freed_memory
 
-STATE_VERSION = 1
+STATE_VERSION = 2  # 2: the state carries its sequence (version 1 states had none and are refused)
 _PERM_STREAM = 0x726F7773  # "rows": keeps the row permutation's seed stream apart from others
 # Open store files per rank, least recently used closed first: thousands of shards stay
 # below the usual soft limit of 1,024 descriptors per process.
@@ -452,9 +455,22 @@ class PackedLoader:
             return self.rows_per_epoch // self.rows_per_step
         return -(-self.rows_per_epoch // self.rows_per_step)
 
+    def sequence(self) -> dict[str, Any]:
+        """What the global row sequence is a function of, besides the seed (JSON data)."""
+        import hashlib
+
+        digest = hashlib.sha256()
+        for _, shard in self.manifest.shards(self.split, self.sources):
+            digest.update(shard.store_sha256.encode())
+        return {"split": self.split, "dataset": digest.hexdigest(), "sources": list(self.sources),
+                "weights": list(self.weights), "seq_len": self.seq_len, "strategy": self.strategy,
+                "tokens_per_epoch": self.tokens_per_epoch, "temperature": self.temperature,
+                "max_repeat": self.max_repeat, "family_cap": self.family_cap, "drop_last": self.drop_last}
+
     def state_dict(self) -> dict:
         """Resume state; identical on every rank."""
-        return {"version": STATE_VERSION, "seed": self.seed, "epoch": self.epoch, "rows_consumed": self.rows_consumed}
+        return {"version": STATE_VERSION, "seed": self.seed, "epoch": self.epoch, "rows_consumed": self.rows_consumed,
+                "sequence": self.sequence()}
 
     def load_state_dict(self, state: dict) -> None:
         """Continue where ``state`` left off, also with another world size or micro-batch size:
@@ -465,7 +481,16 @@ class PackedLoader:
         except (KeyError, TypeError, ValueError) as e:
             raise ConfigError(f"loader state must hold version, seed, epoch and rows_consumed; got {state!r}") from e
         if version != STATE_VERSION:
-            raise ConfigError(f"loader state version {version} is not supported (expected {STATE_VERSION})")
+            raise ConfigError(f"loader state version {version} is not supported (expected {STATE_VERSION}; "
+                              "a version 1 state does not say which data sequence it belongs to): start a new run")
+        saved = state.get("sequence")
+        current = self.sequence()
+        if not isinstance(saved, dict) or saved != current:
+            changed = [k for k in current if not isinstance(saved, dict) or saved.get(k) != current[k]]
+            raise ConfigError(
+                f"loader state belongs to another data sequence (changed: {', '.join(changed)}; 'dataset' means "
+                "the prepared shards differ, e.g. prep was re-run); resuming would silently continue a different "
+                "sequence: restore the original dataset and settings, or start a new run_name")
         if seed != self.seed:
             raise ConfigError(
                 f"loader state was saved with seed {seed}, this loader has seed {self.seed}; "

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ftscale.data.faults import crash_at
-from ftscale.errors import ConfigError
+from ftscale.errors import ConfigError, DataError
 
 DEFAULT_MEMORY_BUDGET = 2 << 30
 MIN_MEMORY_BUDGET = 256 << 20
@@ -204,11 +204,28 @@ def plan_job(sources: list[SourceInput], output: Path, opts: EngineOptions, sett
                num_threads=opts.num_threads)
 
 
+def require_valid_records(job: Any) -> None:
+    """DataError for a source none of whose records passed validation: almost always the wrong
+    text or messages field, or the wrong files, and never worth deduplicating or tokenizing."""
+    for spec, counts in zip(job.sources, job.source_counts().values()):
+        if counts["read"] > counts["quarantined"]:
+            continue
+        field = spec.messages_field or spec.text_field
+        need = "a list of chat messages" if spec.messages_field else "a non-empty string"
+        if not counts["read"]:
+            raise DataError(f"source {spec.name!r}: its files hold no records (empty, or blank lines only)")
+        reasons = ", ".join(f"{r}: {n:,}" for r, n in counts["quarantined_by_reason"].items())
+        raise DataError(f"source {spec.name!r}: all {counts['read']:,} records were rejected ({reasons}); each "
+                        f"needs field {field!r} holding {need}: set the source's field name to the one your "
+                        "data uses, or check its paths")
+
+
 def run_global(job: Any, steps: list[Any], stages: Any, *, scores: bool = False) -> None:
     """The first pass over every unit, then each global step's reduce, in order."""
     with stages.stage("read", f"{len(job.tasks)} units of work, {job.executor.name} executor"):
         job.first_pass(steps, scores=scores)
     stages.add_step_seconds(job.metas)
+    require_valid_records(job)
     for step in steps:
         if step.global_step:
             crash_at(f"reduce:{step.name}")

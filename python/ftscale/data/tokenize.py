@@ -36,6 +36,7 @@ class Tokenizer:
     vocab_size: int
     chat_template: str | None
     fingerprint: str
+    vocab_sha256: str = ""  # of the token → id map alone: what a model's embedding rows are indexed by
 
     def encode_batch(self, texts: Sequence[str]) -> list[np.ndarray]:
         """Token ids (int32) of each text, without special tokens."""
@@ -57,7 +58,11 @@ class Tokenizer:
     def describe(self) -> dict[str, Any]:
         return {"path": self.path, "fingerprint": self.fingerprint, "eos_token_id": self.eos_token_id,
                 "bos_token_id": self.bos_token_id, "pad_token_id": self.pad_token_id,
-                "vocab_size": self.vocab_size, "chat_template": self.chat_template}
+                "vocab_size": self.vocab_size, "chat_template": self.chat_template, "vocab_sha256": self.vocab_sha256}
+
+
+def _vocab_digest(vocab: dict[str, int]) -> str:
+    return hashlib.sha256(json.dumps(sorted(vocab.items()), ensure_ascii=False).encode()).hexdigest()
 
 
 def _read_template(value: str | None) -> str | None:
@@ -111,7 +116,8 @@ def _load_hf(directory: str, chat_template: str | None, shown: str, gguf_file: s
     h.update(json.dumps([tok.chat_template, tok.eos_token_id, tok.bos_token_id, pad]).encode())
     return Tokenizer(path=shown, hf=tok, tiktoken=None, eos_token_id=int(tok.eos_token_id),
                      bos_token_id=tok.bos_token_id, pad_token_id=int(pad), vocab_size=len(tok),
-                     chat_template=tok.chat_template, fingerprint=h.hexdigest())
+                     chat_template=tok.chat_template, fingerprint=h.hexdigest(),
+                     vocab_sha256=_vocab_digest(tok.get_vocab()))
 
 
 def _load_tiktoken(path: Path) -> Tokenizer:
@@ -121,10 +127,16 @@ def _load_tiktoken(path: Path) -> Tokenizer:
     except ImportError as e:
         raise ConfigError("tokenizer.path: reading a .tiktoken file needs the `tiktoken` package "
                           "(pip install tiktoken)") from e
-    ranks = load_tiktoken_bpe(str(path))
+    try:
+        ranks = load_tiktoken_bpe(str(path))
+    except (OSError, ValueError) as e:  # base64 or rank errors of a damaged file are ValueErrors
+        raise ConfigError(f"tokenizer.path: {path} is not a readable .tiktoken file "
+                          f"({str(e).splitlines()[0][:200]})") from e
     eos = len(ranks)
     enc = tiktoken.Encoding(name=path.stem, pat_str=GPT2_PATTERN, mergeable_ranks=ranks,
                             special_tokens={TIKTOKEN_EOS: eos})
     digest = hashlib.sha256(path.read_bytes() + GPT2_PATTERN.encode()).hexdigest()
+    vocab = {token.hex(): rank for token, rank in ranks.items()}  # tokens are bytes: hex keeps them apart
     return Tokenizer(path=str(path), hf=None, tiktoken=enc, eos_token_id=eos, bos_token_id=None,
-                     pad_token_id=eos, vocab_size=eos + 1, chat_template=None, fingerprint=digest)
+                     pad_token_id=eos, vocab_size=eos + 1, chat_template=None, fingerprint=digest,
+                     vocab_sha256=_vocab_digest({**vocab, TIKTOKEN_EOS.encode().hex(): eos}))

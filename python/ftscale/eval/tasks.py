@@ -19,6 +19,8 @@ A tasks file::
 
 Relative paths are relative to the tasks file (to the launch directory for inline tasks).
 Every item is validated when it is read; a bad line is a DataError naming file, line and field.
+Items are held in memory (on every training rank), so a file is read with bounded lines
+(the readers' record cap) and at most ``MAX_ITEMS`` items unless ``max_items`` says how many.
 """
 
 from __future__ import annotations
@@ -74,29 +76,45 @@ class TextItem:
 
 
 Item = ChoiceItem | GenItem | TextItem
+MAX_ITEMS = 100_000  # without max_items; benchmark test sets hold a few thousand (MMLU: 14,042)
 
 
 def _records(path: str, limit: int | None) -> list[tuple[int, dict[str, Any]]]:
     """``(line number, object)`` of each non-blank line; at most ``limit`` records."""
+    import zlib
+
+    import zstandard
+
+    from ftscale.data.io.jsonl import LongLine, iter_lines, open_binary
+    from ftscale.data.io.validate import DEFAULT_MAX_RECORD_BYTES as item_max_bytes
     from ftscale.paths import resolve_path
 
     p = resolve_path(path)
     if not p.is_file():
         raise InputError(f"task items: {path} not found (a JSONL file, one item per line)")
-    out = []
-    with open(p, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except ValueError as e:
-                raise DataError(f"{path}:{lineno}: not a JSON object ({e})") from e
-            if not isinstance(record, dict):
-                raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(record).__name__}")
-            out.append((lineno, record))
-            if limit is not None and len(out) == limit:
-                break
+    out: list[tuple[int, dict[str, Any]]] = []
+    try:
+        with open_binary(p) as stream:
+            for lineno, (line, _) in enumerate(iter_lines(stream, item_max_bytes), 1):
+                if line is None:
+                    continue
+                if isinstance(line, LongLine):
+                    raise DataError(f"{path}:{lineno}: an item of {line.size_bytes} bytes; items are held in "
+                                    f"memory, at most {item_max_bytes} bytes each")
+                try:
+                    record = json.loads(line.decode("utf-8"))
+                except (ValueError, RecursionError) as e:  # UnicodeDecodeError is a ValueError
+                    raise DataError(f"{path}:{lineno}: not a JSON object in UTF-8 ({e})") from e
+                if not isinstance(record, dict):
+                    raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(record).__name__}")
+                if limit is None and len(out) == MAX_ITEMS:
+                    raise DataError(f"{path}: more than {MAX_ITEMS:,} items; set the task's max_items to read the "
+                                    "first N (items are held in memory on every rank)")
+                out.append((lineno, record))
+                if limit is not None and len(out) == limit:
+                    break
+    except (OSError, EOFError, zlib.error, zstandard.ZstdError) as e:
+        raise InputError(f"task items: cannot read {path}: {e}") from e
     if not out:
         raise DataError(f"{path}: no items (the file has no JSON lines)")
     return out

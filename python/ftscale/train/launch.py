@@ -2,7 +2,10 @@
 
 Local by default; with ``RAY_ADDRESS`` set — as inside ``ray job submit`` — it joins that
 cluster (``ftscale.ray_cluster``), so the same command works in both places. Relaunching a run with the same ``run_name`` and ``storage_path`` resumes from its latest
-complete checkpoint; Ray Train also restarts failed workers from it (``max_failures``).
+complete checkpoint; Ray Train also restarts failed workers from it (``max_failures``). The
+workers choose that checkpoint themselves (``train.resume``); the driver's lookup only names
+it in the summary. A finished run exports to ``run_dir/export``, or ``export-2``, ``export-3``,
+... when an earlier export is there: an export is never overwritten.
 """
 
 from __future__ import annotations
@@ -56,9 +59,12 @@ def launch(cfg: TrainConfig, callbacks: list[Any] | None = None) -> dict[str, An
     """Run training; returns a summary (run dir, last and best checkpoint, final metrics,
     export dir). ``callbacks``: Ray Train callbacks (a sweep passes Tune's reporter)."""
     from ftscale.data.format import read_manifest, verify_dataset
+    from ftscale.train.compat import check_model_tokenizer
 
     cfg = absolute_paths(cfg)
-    check_against_dataset(cfg, read_manifest(cfg.data.path))
+    manifest = read_manifest(cfg.data.path)
+    check_against_dataset(cfg, manifest)
+    check_model_tokenizer(cfg, manifest.tokenizer)
     # Checksums once, here, before any worker starts; the workers' loaders check store headers
     # and sizes only. What the run reads: the mixture's train shards and, when it evaluates,
     # every source's val shards.
@@ -83,9 +89,8 @@ def launch(cfg: TrainConfig, callbacks: list[Any] | None = None) -> dict[str, An
     resume = latest_checkpoint(directory)
     trainer = TorchTrainer(
         train_loop,
-        train_loop_config={"config": to_dict(cfg), "run_dir": str(directory),
-                           "resume_from": str(resume) if resume else None},
-        scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=use_gpu,
+        train_loop_config={"config": to_dict(cfg), "run_dir": str(directory)},
+        scaling_config=ScalingConfig(num_workers=_workers(cfg.num_workers), use_gpu=use_gpu,
                                      resources_per_worker={"CPU": cfg.cpus_per_worker}),
         run_config=RunConfig(
             name=cfg.run_name, storage_path=cfg.storage_path,
@@ -109,8 +114,22 @@ def launch(cfg: TrainConfig, callbacks: list[Any] | None = None) -> dict[str, An
     if cfg.export_on_finish and last is not None:
         from ftscale.train.export import export
 
-        summary["export"] = str(export(str(last), str(directory / "export")))
+        summary["export"] = str(export(str(last), str(_new_export_dir(directory))))
     return summary
+
+
+def _workers(num_workers: int | list[int]) -> int | tuple[int, int]:
+    """Ray's form of num_workers: a count, or (min, max) for elastic scaling."""
+    return num_workers if isinstance(num_workers, int) else (num_workers[0], num_workers[1])
+
+
+def _new_export_dir(directory: Path) -> Path:
+    """``directory/export``, or the first free ``export-N`` (N >= 2) beside it."""
+    candidate, n = directory / "export", 1
+    while candidate.exists():
+        n += 1
+        candidate = directory / f"export-{n}"
+    return candidate
 
 
 def _checkpoint_config(cfg: TrainConfig, checkpoint_config: Any, score: str) -> Any:

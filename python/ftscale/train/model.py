@@ -50,6 +50,9 @@ def load_model(path: str | None, inline_config: dict[str, Any] | None, *,
 
 
 def _load_pretrained(path: str, torch_dtype: torch.dtype, attn: str) -> torch.nn.Module:
+    import pickle
+
+    from safetensors import SafetensorError
     from transformers import AutoModelForCausalLM
 
     try:
@@ -67,8 +70,9 @@ def _load_pretrained(path: str, torch_dtype: torch.dtype, attn: str) -> torch.nn
     try:
         model = AutoModelForCausalLM.from_pretrained(directory, local_files_only=True, dtype=torch_dtype,
                                                      attn_implementation=attn, **extra)
-    except (OSError, ValueError, KeyError) as e:  # unknown model_type, broken or partial checkpoints
-        raise ConfigError(f"model.path: cannot load a causal LM from {path}: {e}") from e
+    except (OSError, ValueError, KeyError, EOFError, RuntimeError, SafetensorError, pickle.UnpicklingError) as e:
+        # unknown model_type, broken or partial checkpoints, damaged weight files
+        raise ConfigError(f"model.path: cannot load a causal LM from {path}: {str(e).splitlines()[0][:300]}") from e
     _drop_quantization_state(model)
     return model
 

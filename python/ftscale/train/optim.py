@@ -5,7 +5,9 @@ guard's skip done in one place, inside ``step()``. DeepSpeed calls that ``step()
 parameters this rank owns (all of them at ZeRO-0, a disjoint fp32 partition at ZeRO-1/2/3),
 so the squared norms are summed over ranks when partitioned. DeepSpeed's own clipping is
 turned off (``gradient_clipping: 0``) so the norm the guard sees is the raw one. A skipped
-step leaves weights and Adam moments untouched (DeepSpeed still zeroes the gradients).
+step leaves weights and Adam moments untouched (DeepSpeed still zeroes the gradients), and
+the learning-rate schedule (``make_scheduler``) stays where it was: the schedule counts
+applied steps, so a run with skips still warms up over ``warmup_steps`` real updates.
 """
 
 from __future__ import annotations
@@ -50,6 +52,22 @@ def make_optimizer(params: Any, lr: float, betas: tuple[float, float], eps: floa
             return super().step(closure)
 
     return GuardedAdamW(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
+
+
+def make_scheduler(optimizer: Any, warmup_steps: int, total_steps: int, lr: float, min_lr: float) -> Any:
+    """torch's LambdaLR over ``lr_lambda`` that does not advance on a step ``optimizer`` skipped.
+
+    DeepSpeed steps the scheduler after every optimizer step that did not overflow; a
+    spike-skipped step is not an overflow to it, so the skip is checked here."""
+    import torch
+
+    class SkipAwareLambdaLR(torch.optim.lr_scheduler.LambdaLR):
+        def step(self, epoch: Any = None) -> None:
+            if getattr(self.optimizer, "last_skipped", False):
+                return
+            super().step(epoch)
+
+    return SkipAwareLambdaLR(optimizer, lr_lambda(warmup_steps, total_steps, lr, min_lr))
 
 
 def lr_lambda(warmup_steps: int, total_steps: int, lr: float, min_lr: float) -> Callable[[int], float]:

@@ -5,14 +5,19 @@ per rank; the loss is normalised by the number of loss tokens in the whole globa
 (all micro-batches of all ranks), so gradients do not depend on how tokens fall into
 micro-batches. Checkpoints hold the DeepSpeed engine (weights, optimizer, scheduler), the
 loader position, every RNG state and the guard/eval state, so a resumed run continues
-bit-exactly.
+bit-exactly. They are complete or invisible (``runs``): every rank lists its files, rank 0
+commits them after a barrier, and the checkpoint to resume or roll back to is chosen once
+and broadcast (``resume``). Nothing in a checkpoint is unpickled beyond tensors
+(``torch_load``): the run's own state is JSON (``ftscale_run.json``, and one
+``ftscale_rng_rank<R>.json`` per rank).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import random
+import pickle
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -21,10 +26,11 @@ from typing import Any
 import numpy as np
 
 from ftscale.config import TrainConfig, build, to_dict
-from ftscale.errors import ConfigError
+from ftscale.errors import ConfigError, InputError
 from ftscale.train.runs import DS_TAG, RUN_FILE, checkpoint_name
 
-STATE_FILE = "ftscale_state_rank{rank}.pt"
+RNG_FILE = "ftscale_rng_rank{rank}.json"
+UNIVERSAL_DIR = ".ftscale-universal"  # in the run directory: checkpoints converted for another world size
 # Ray keeps the checkpoints with the highest score (CheckpointConfig) and always the latest:
 # scoring a checkpoint by its step, plus this when it was the best at the time, keeps the
 # current best (the latest of the bests) whatever keep_checkpoints is.
@@ -60,7 +66,8 @@ class Recipe:
 
     # ------------------------------------------------------------------ setup
 
-    def setup(self, checkpoint_dir: str | None) -> None:
+    def setup(self) -> None:
+        """Build everything, then resume from the run's newest complete checkpoint, if any."""
         import torch
 
         cfg = self.cfg
@@ -73,11 +80,15 @@ class Recipe:
         from ftscale.data.format import read_manifest
         from ftscale.train.ds_config import build_ds_config, resolve_precision
         from ftscale.train.model import apply_lora, flops_per_token, load_model, trainable_parameters
-        from ftscale.train.optim import lr_lambda, make_optimizer
+        from ftscale.train.optim import make_optimizer, make_scheduler
         from ftscale.train.gate import Gate
+        from ftscale.train.resume import choose_checkpoint
+        from ftscale.train.rng import seed_everything
         from ftscale.train.spike import SpikeGuard
+        from ftscale.train.torch_load import weights_only_loads
 
-        self._seed_everything(cfg.seed + self.rank)
+        weights_only_loads()
+        seed_everything(cfg.seed + self.rank)
         torch.use_deterministic_algorithms(True, warn_only=True)
         self.manifest = read_manifest(cfg.data.path)
         self.gate = Gate(cfg.eval.select, cfg.eval.guard)
@@ -98,7 +109,7 @@ class Recipe:
             model = apply_lora(model, cfg.lora.r, cfg.lora.alpha, cfg.lora.dropout, cfg.lora.target_modules)
         self.trainable, self.total_params = trainable_parameters(model)
         self.flops_per_token = flops_per_token(self.model_config, cfg.seq_len, self.trainable / self.total_params)
-        self.grad_accum = cfg.grad_accum_steps()
+        self.grad_accum = cfg.grad_accum_steps(self.world_size)
         self.guard = SpikeGuard(cfg.spike.window, cfg.spike.z_threshold, cfg.spike.min_history,
                                 cfg.spike.max_spikes, cfg.spike.enabled)
         self.current_loss = 0.0
@@ -112,8 +123,7 @@ class Recipe:
             [p for p in model.parameters() if p.requires_grad], lr=cfg.optim.lr, betas=tuple(cfg.optim.betas),
             eps=cfg.optim.eps, weight_decay=cfg.optim.weight_decay, clip_norm=cfg.optim.grad_clip,
             partitioned=cfg.zero_stage >= 1, judge=judge)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lr_lambda(cfg.optim.warmup_steps, cfg.max_steps, cfg.optim.lr, cfg.optim.min_lr))
+        scheduler = make_scheduler(optimizer, cfg.optim.warmup_steps, cfg.max_steps, cfg.optim.lr, cfg.optim.min_lr)
         ds_config = build_ds_config(
             zero_stage=cfg.zero_stage, micro_batch_size=cfg.micro_batch_size, grad_accum_steps=self.grad_accum,
             world_size=self.world_size, precision=self.precision, offload_optimizer=cfg.offload_optimizer,
@@ -125,8 +135,9 @@ class Recipe:
             cfg.data.path, cfg.data.mixture, cfg.seq_len, cfg.micro_batch_size, self.rank, self.world_size,
             cfg.seed, tokens_per_epoch=cfg.data.tokens_per_epoch, strategy=cfg.data.strategy,
             temperature=cfg.data.temperature, max_repeat=cfg.data.max_repeat)
-        if checkpoint_dir is not None:
-            self.load(checkpoint_dir)
+        resume = choose_checkpoint(self.run_dir, self.rank, self.world_size, self.device)
+        if resume is not None:
+            self.load(resume)
         if self.rank == 0:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             self.metrics_file = open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8")
@@ -155,14 +166,6 @@ class Recipe:
                               f"with {tok['path']}")
         assert self.cfg.eval.tasks is not None
         self.suite = TaskSuite(load_tasks(self.cfg.eval.tasks), self.cfg.eval.batch_size)
-
-    @staticmethod
-    def _seed_everything(seed: int) -> None:
-        import torch
-
-        random.seed(seed)
-        np.random.seed(seed % 2**32)
-        torch.manual_seed(seed)
 
     # ------------------------------------------------------------------ train
 
@@ -331,9 +334,8 @@ class Recipe:
 
     # ------------------------------------------------------------------ checkpoints
 
-    def _state(self) -> dict[str, Any]:
-        import torch
-
+    def _shared_state(self) -> dict[str, Any]:
+        """What every rank holds alike (the loss and norm the guard judges are all-reduced), as JSON."""
         return {
             "step": self.step,
             "loader": self.loader.state_dict(),
@@ -342,30 +344,40 @@ class Recipe:
             "best_val": self.best_val,
             "evals_without_gain": self.evals_without_gain,
             "skipped_windows": self.skipped_windows,
-            "rng": {"python": random.getstate(), "numpy": np.random.get_state(),
-                    "torch": torch.get_rng_state(),
-                    "cuda": torch.cuda.get_rng_state_all() if self.on_gpu else None},
         }
 
     def save(self, metrics: dict[str, Any], best: bool = False) -> None:
+        """Every rank writes its part and lists it; once all uploads are done, rank 0 commits."""
         import ray.train
-        import torch
 
+        from ftscale.train.resume import barrier
+        from ftscale.train.rng import rng_state
+        from ftscale.train.runs import clear, commit, write_rank_files
+
+        target = self.run_dir / checkpoint_name(self.step)
+        if self.rank == 0:
+            clear(target)
+        barrier()  # no rank uploads into what is left of an earlier attempt at this step
         with tempfile.TemporaryDirectory(prefix="ftscale-ckpt-") as tmp:
             self.engine.save_checkpoint(tmp, tag=DS_TAG)
-            torch.save(self._state(), Path(tmp) / STATE_FILE.format(rank=self.rank))
+            (Path(tmp) / RNG_FILE.format(rank=self.rank)).write_text(json.dumps(rng_state(self.on_gpu)))
             if self.rank == 0:
                 run = {"config": to_dict(self.cfg), "step": self.step, "world_size": self.world_size,
-                       "loader": self.loader.state_dict(), "metrics": metrics,
-                       "tokenizer": self.manifest.tokenizer, "method": self.cfg.method, "gate": self.gate.describe()}
+                       "global_batch_rows": self._global_batch_rows(), "loader": self.loader.state_dict(),
+                       "metrics": metrics, "state": self._shared_state(), "tokenizer": self.manifest.tokenizer,
+                       "method": self.cfg.method, "gate": self.gate.describe()}
                 (Path(tmp) / RUN_FILE).write_text(json.dumps(run, indent=2, default=str))
                 base_config = getattr(self.model_config, "to_dict", lambda: {})()
                 (Path(tmp) / "model_config.json").write_text(json.dumps(base_config, indent=2, default=str))
+            write_rank_files(Path(tmp), self.rank)
             reported = _scalars(metrics)
             if self.cfg.eval.select is not None:
                 reported[KEEP_SCORE] = self.step + (KEEP_BEST_BONUS if best else 0.0)
             ray.train.report(reported, checkpoint=ray.train.Checkpoint.from_directory(tmp),
                              checkpoint_dir_name=checkpoint_name(self.step))
+        barrier()  # report returns once this rank's upload is done: after the barrier, all are
+        if self.rank == 0:
+            commit(target, self.world_size, self.step)
         self.last_checkpoint_step = self.step
 
     @staticmethod
@@ -375,34 +387,110 @@ class Recipe:
 
         ray.train.report(_scalars(metrics))
 
-    def load(self, checkpoint_dir: str) -> None:
-        import torch
+    def load(self, path: Path) -> None:
+        """Continue from checkpoint ``path`` (complete and verified: see ``resume``)."""
+        from ftscale.train.resume import barrier
+        from ftscale.train.rng import seed_everything, set_rng_state
+        from ftscale.train.torch_load import refusal_message, refused
 
-        path = Path(checkpoint_dir)
-        self.engine.load_checkpoint(str(path), tag=DS_TAG, load_optimizer_states=True, load_lr_scheduler_states=True)
-        state_path = path / STATE_FILE.format(rank=self.rank)
-        if not state_path.exists():
-            state_path = path / STATE_FILE.format(rank=0)  # world size changed: rank 0's view
-        state = torch.load(state_path, weights_only=False)
-        self.step = state["step"]
-        self.loader.load_state_dict(state["loader"])
-        self.guard.load_state_dict(state["guard"])
-        self.gate.load_state_dict(state["gate"])
-        self.best_val = state["best_val"]
-        self.evals_without_gain = state["evals_without_gain"]
-        self.skipped_windows = state["skipped_windows"]
-        rng = state["rng"]
-        random.setstate(rng["python"])
-        np.random.set_state(rng["numpy"])
-        torch.set_rng_state(rng["torch"])
-        if self.on_gpu and rng["cuda"] is not None:
-            torch.cuda.set_rng_state_all(rng["cuda"])
+        run = _read_json(path / RUN_FILE)
+        saved_world = run.get("world_size")
+        if saved_world != self.world_size:
+            self._check_elastic_resume(run, path / RUN_FILE)
+        # ZeRO-1/2/3 partition the optimizer by rank: another world size loads DeepSpeed's
+        # universal form of the checkpoint (one file per parameter), converted once.
+        universal = saved_world != self.world_size and self.cfg.zero_stage >= 1
+        source = self._universal_copy(path) if universal else path
+        try:
+            self._load_engine(source, universal)
+        except pickle.UnpicklingError as e:
+            if refused(e):
+                raise InputError(refusal_message(path, e)) from e
+            raise
+        if universal:
+            barrier()  # every rank has read the converted copy: it can go
+            if self.rank == 0:
+                shutil.rmtree(source, ignore_errors=True)
+        self._load_shared(run.get("state"), path / RUN_FILE)
+        if saved_world == self.world_size:
+            set_rng_state(_read_json(path / RNG_FILE.format(rank=self.rank)), self.on_gpu,
+                          str(path / RNG_FILE.format(rank=self.rank)))
+        else:
+            # A rank's generators belong to its rank: with another world size there is no state to
+            # take over, so every rank starts fresh streams, derived from the seed, rank and step.
+            seed_everything(self.cfg.seed + self.rank + 7919 * self.step)
+            if self.rank == 0:
+                print(f"ftscale: resuming a {saved_world}-worker checkpoint on {self.world_size} workers: same "
+                      "global batch and data sequence; random generators (dropout) reseeded", flush=True)
         self.last_checkpoint_step = self.step
+
+    def _global_batch_rows(self) -> int:
+        """Sequences per optimizer step, over all ranks and micro-batches."""
+        return self.world_size * self.grad_accum * self.cfg.micro_batch_size
+
+    def _check_elastic_resume(self, run: dict[str, Any], where: Path) -> None:
+        """A checkpoint of another world size resumes only with the same ZeRO stage and global batch."""
+        saved = run.get("config", {})
+        if not isinstance(saved, dict) or saved.get("zero_stage") != self.cfg.zero_stage:
+            raise ConfigError(f"zero_stage: the checkpoint ({where.parent.name}) was trained with ZeRO-"
+                              f"{saved.get('zero_stage') if isinstance(saved, dict) else '?'}; resume with that stage")
+        rows = run.get("global_batch_rows")
+        if rows != self._global_batch_rows():
+            raise ConfigError(f"num_workers: {where.parent.name} was trained with {rows} sequences per step on "
+                              f"{run.get('world_size')} workers; {self.world_size} workers give "
+                              f"{self._global_batch_rows()}, which would change the optimisation: choose a worker "
+                              "count that divides tokens_per_step into whole micro-batches")
+
+    def _universal_copy(self, checkpoint: Path) -> Path:
+        """DeepSpeed's universal checkpoint of ``checkpoint`` (rank 0 converts it once into the
+        run directory; every rank waits for it)."""
+        from argparse import Namespace
+
+        from ftscale.train.resume import barrier
+
+        target = self.run_dir / UNIVERSAL_DIR / checkpoint.name
+        if self.rank == 0 and not (target / "done").is_file():
+            from deepspeed.checkpoint.ds_to_universal import main as ds_to_universal
+
+            tmp = target.with_name(f"{target.name}.tmp-{os.getpid()}")
+            shutil.rmtree(tmp, ignore_errors=True)
+            print(f"ftscale: converting {checkpoint.name} to DeepSpeed's universal format for "
+                  f"{self.world_size} workers", flush=True)
+            # One process, no pool: the conversion runs in this worker, with its weights-only loads.
+            ds_to_universal(Namespace(input_folder=str(checkpoint / DS_TAG), output_folder=str(tmp / DS_TAG),
+                                      num_extract_workers=1, num_merge_workers=1, keep_temp_folder=False,
+                                      strict=True, inject_missing_state=True))
+            (tmp / "done").write_text(checkpoint.name)
+            shutil.rmtree(target, ignore_errors=True)
+            os.replace(tmp, target)
+        barrier()
+        return target
+
+    def _load_engine(self, path: Path, universal: bool) -> None:
+        # DeepSpeed 0.19 reads this flag only when loading (engine.load_universal_checkpoint()),
+        # so one engine can load either form; there is no public setter.
+        self.engine._config.load_universal_checkpoint = universal
+        self.engine.load_checkpoint(str(path), tag=DS_TAG, load_optimizer_states=True, load_lr_scheduler_states=True)
+
+    def _load_shared(self, state: Any, where: Path) -> None:
+        try:
+            self.step = int(state["step"])
+            self.loader.load_state_dict(state["loader"])
+            self.guard.load_state_dict(state["guard"])
+            self.gate.load_state_dict(state["gate"])
+            self.best_val = None if state["best_val"] is None else float(state["best_val"])
+            self.evals_without_gain = int(state["evals_without_gain"])
+            self.skipped_windows = [dict(w) for w in state["skipped_windows"]]
+        except (KeyError, TypeError, ValueError) as e:
+            raise InputError(f"{where}: the run state is malformed ({type(e).__name__}: {e}); "
+                             "the checkpoint is damaged") from e
 
     def _rollback(self) -> None:
         """Too many spikes: reload the last checkpoint and skip the data read since then."""
+        from ftscale.train.resume import choose_checkpoint
+
         bad_until = self.loader.state_dict()
-        ckpt_dir = self._latest_checkpoint()
+        ckpt_dir = choose_checkpoint(self.run_dir, self.rank, self.world_size, self.device)
         if ckpt_dir is None:
             return
         self.load(ckpt_dir)
@@ -416,12 +504,6 @@ class Recipe:
                   "rows_skipped": skip}
         self.skipped_windows.append(window)
         self._log({"step": self.step, "rollback": window})
-
-    def _latest_checkpoint(self) -> str | None:
-        from ftscale.train.runs import latest_checkpoint
-
-        found = latest_checkpoint(self.run_dir)
-        return str(found) if found else None
 
     # ------------------------------------------------------------------ logging
 
@@ -461,6 +543,17 @@ def _scalars(metrics: dict[str, Any]) -> dict[str, float]:
     return {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
+def _read_json(path: Path) -> dict[str, Any]:
+    """A JSON object of a checkpoint; InputError when it is unreadable or not an object."""
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise InputError(f"{path} cannot be read ({e}); the checkpoint is damaged") from e
+    if not isinstance(value, dict):
+        raise InputError(f"{path}: expected a JSON object; the checkpoint is damaged")
+    return value
+
+
 def train_loop(loop_config: dict[str, Any]) -> None:
     """Entry point of every Ray Train worker."""
     import ray.train
@@ -468,12 +561,9 @@ def train_loop(loop_config: dict[str, Any]) -> None:
     cfg = build(TrainConfig, loop_config["config"])
     ctx = ray.train.get_context()
     recipe = Recipe(cfg, ctx.get_world_rank(), ctx.get_world_size(), Path(loop_config["run_dir"]))
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as d:
-            recipe.setup(d)
-    else:
-        recipe.setup(loop_config.get("resume_from"))
+    # On a first launch, a relaunch and a restart after a failure alike, the run directory is
+    # searched for its newest complete checkpoint (not Ray's last report, which may be torn).
+    recipe.setup()
     try:
         recipe.train()
     finally:

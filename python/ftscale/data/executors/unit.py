@@ -19,6 +19,7 @@ from ftscale.data.job import UnitTask
 from ftscale.data.steps.base import Batch, Step, UnitContext
 from ftscale.data.steps.records import write_ipc
 from ftscale.data.atomic import ensure_dir
+from ftscale.errors import OutputError
 from ftscale.memory import release, use_returning_allocators
 from ftscale.data.workdir import fresh_unit_dir, read_meta, unit_dir, write_meta
 
@@ -100,13 +101,18 @@ def run_unit(task: UnitTask, steps: list[Step], sink: KeySink) -> dict[str, Any]
     for step in steps:
         cumulative.append(0.0)
         stream = _timed(step.run(stream, ctx), cumulative, len(cumulative) - 1)
-    for _ in stream:
-        release()  # the batch is done: its memory goes back to the OS, not to the allocators' caches
+    try:
+        for _ in stream:
+            release()  # the batch is done: its memory goes back to the OS, not to the allocators' caches
+        finished = sink.finish()
+    except OSError as e:  # the readers map their own errors: what is left is a spill that could not be written
+        raise OutputError(f"cannot write the work directory {task.work} ({e.strerror or e}); free space there or "
+                          "choose another with --work-dir") from e
     names = ["read"] + [s.name for s in steps]
     seconds = {name: round(cumulative[i] - (cumulative[i - 1] if i else 0.0), 6) for i, name in enumerate(names)}
     if task.pass_name != FIRST_PASS:
         del seconds["read"]  # later passes start from an empty stream; their first step loads the spill
-    meta = {**ctx.meta, **sink.finish(), "counters": ctx.counters, "seconds": seconds}
+    meta = {**ctx.meta, **finished, "counters": ctx.counters, "seconds": seconds}
     write_meta(root, meta_name(task.pass_name), meta)
     if task.pass_name == FIRST_PASS:
         unit_finished()

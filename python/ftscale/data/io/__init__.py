@@ -37,7 +37,7 @@ from ftscale.data.io.jsonl import plan_jsonl, read_jsonl
 from ftscale.data.io.schema import SourceSchema, conform, unify
 from ftscale.data.io.uids import file_uid_base, record_uids, splitmix64_array
 from ftscale.data.io.validate import PROVENANCE_COLUMNS, QUARANTINE_SCHEMA, REASONS, ReadOptions
-from ftscale.errors import ConfigError
+from ftscale.errors import ConfigError, InputError
 
 UNIT_FORMATS = ("jsonl", "parquet", "ipc_file", "ipc_stream")
 
@@ -145,17 +145,25 @@ def read_unit(unit: ReadUnit, opts: ReadOptions, *, batch_bytes: int = 64 << 20)
 
 def read_source(source: str, paths: Sequence[str | Path] | str | Path, *, text_field: str = "text",
                 messages_field: str | None = None, max_record_bytes: int | None = None,
-                batch_bytes: int = 64 << 20) -> SourceRead:
+                batch_bytes: int = 64 << 20, max_bytes: int | None = None) -> SourceRead:
     """Read, validate and quarantine every record of one source into memory.
 
     ``text_field`` is validated for plain-text records; when ``messages_field`` is given the
     records are chat records (or Alpaca records, converted to messages) and that field is
     validated instead. ``max_record_bytes`` bounds a record's size (see ``validate``). The
     result is the same for every ``batch_bytes``; it holds the whole source, so use
-    ``plan_units`` + ``read_unit`` for large inputs.
+    ``plan_units`` + ``read_unit`` for large inputs. ``max_bytes`` bounds what it holds: once
+    the kept records' Arrow bytes exceed it, reading stops with an InputError.
     """
     opts = ReadOptions(text_field, messages_field, max_record_bytes)
-    batches = [batch for unit in plan_units(source, paths) for batch in read_unit(unit, opts, batch_bytes=batch_bytes)]
+    batches, held = [], 0
+    for unit in plan_units(source, paths):
+        for batch in read_unit(unit, opts, batch_bytes=batch_bytes):
+            held += batch.records.nbytes
+            if max_bytes is not None and held > max_bytes:
+                raise InputError(f"source {source!r} ({unit.path}) holds more than {max_bytes >> 20} MiB of records, "
+                                 "more than may be held in memory here; use a smaller sample of it")
+            batches.append(batch)
     schema = unify(batch.records.schema for batch in batches)
     records = pa.concat_tables([conform(batch.records, schema) for batch in batches])
     quarantine = pa.concat_tables([batch.quarantine for batch in batches])

@@ -6,11 +6,14 @@ size is counted after its trailing CR/LF bytes are removed.
 
 Memory: one batch, that is the parsed records of about ``batch_bytes`` of (decompressed)
 input lines as Python objects (several times their bytes) and then their Arrow table,
-plus one line. A line is held whole only up to ``line_hold_bytes`` (max_record_bytes, or
-``LINE_CAP_BYTES`` without one, and at least the raw text a quarantine row keeps); a
+plus one line. A line is held whole only up to ``line_hold_bytes`` (the record cap,
+``ReadOptions.record_cap_bytes``, and at least the raw text a quarantine row keeps); a
 longer line is read past in ``_SKIP_CHUNK_BYTES`` pieces while only its first
 ``line_hold_bytes`` bytes are held, and quarantined as oversize with its first
-``RAW_KEEP_BYTES`` as raw text.
+``RAW_KEEP_BYTES`` as raw text. Decompression streams too: ``readline`` with a limit pulls
+at most that many decompressed bytes, so a small archive that inflates to one enormous line
+(a decompression bomb) costs a bounded read buffer, not the line; zstd frames asking for a
+window beyond zstandard's default limit (128 MiB) are refused as unreadable.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import gzip
 import io
 import json
 import re
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO, NamedTuple
@@ -40,12 +44,9 @@ from ftscale.data.io.validate import (
 )
 from ftscale.errors import InputError
 
-# Without max_record_bytes a line longer than this is quarantined as oversize instead of
-# being parsed: a record this big is not text anyone trains on, and holding it would let
-# one bad line exhaust memory.
-LINE_CAP_BYTES = 64 << 20
 RAW_KEEP_BYTES = RAW_MAX_CHARS * 4  # a quarantine row keeps the first 10,000 characters
 _SKIP_CHUNK_BYTES = 1 << 20
+ZSTD_MAX_WINDOW_BYTES = 1 << 27
 _UTF8_BOM = b"\xef\xbb\xbf"
 # json.loads accepts "\ud800" escapes that yield strings UTF-8 cannot encode; only lines
 # containing such an escape need the (slower) full check.
@@ -61,7 +62,7 @@ class LongLine(NamedTuple):
 
 def line_hold_bytes(opts: ReadOptions) -> int:
     """The longest line the reader holds whole, in bytes."""
-    return max(opts.max_record_bytes or LINE_CAP_BYTES, RAW_KEEP_BYTES)
+    return max(opts.record_cap_bytes, RAW_KEEP_BYTES)
 
 
 def open_binary(path: Path) -> BinaryIO:
@@ -71,7 +72,10 @@ def open_binary(path: Path) -> BinaryIO:
         return gzip.open(path, "rb")  # type: ignore[return-value]
     if name.endswith(".zst"):
         # read_across_frames: files made by concatenating .zst files hold several frames
-        reader = zstandard.ZstdDecompressor().stream_reader(open(path, "rb"), read_across_frames=True)
+        # max_window_size: libzstd's default limit, spelt out: a frame may not make the
+        # decompressor allocate more than 128 MiB of window before a byte is checked.
+        reader = zstandard.ZstdDecompressor(max_window_size=ZSTD_MAX_WINDOW_BYTES).stream_reader(
+            open(path, "rb"), read_across_frames=True)
         return io.BufferedReader(reader)  # type: ignore[arg-type]
     return open(path, "rb")
 
@@ -126,9 +130,8 @@ def iter_lines(stream: BinaryIO, hold_bytes: int, *, skip_chunk_bytes: int = _SK
 
 
 def _parse_line(line: bytes, opts: ReadOptions) -> tuple[str | None, str, dict | None]:
-    limit = opts.max_record_bytes
-    if len(line) > (limit or LINE_CAP_BYTES):
-        return "oversize", _oversize_detail(len(line), limit), None
+    if len(line) > opts.record_cap_bytes:
+        return "oversize", opts.oversize_detail(len(line)), None
     try:
         text = line.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -146,12 +149,6 @@ def _parse_line(line: bytes, opts: ReadOptions) -> tuple[str | None, str, dict |
             return "invalid_utf8", "a JSON string holds an unpaired surrogate escape (\\ud800-\\udfff)", None
     reason, detail = check_record(record, opts)
     return reason, detail, record if reason is None else None
-
-
-def _oversize_detail(size_bytes: int, limit: int | None) -> str:
-    if limit is not None:
-        return f"{size_bytes} bytes > max_record_bytes={limit}"
-    return f"{size_bytes} bytes > the reader's line cap of {LINE_CAP_BYTES} bytes (lines this long are not parsed)"
 
 
 def table_from_records(records: list[dict], opts: ReadOptions) -> tuple[pa.Table, bool, bool]:
@@ -251,8 +248,7 @@ def read_jsonl(path: Path, source: str, file_id: str, opts: ReadOptions, batch_b
                 if line is not None:
                     row += 1
                     if isinstance(line, LongLine):
-                        batch.reject(row, "oversize", _oversize_detail(line.size_bytes, opts.max_record_bytes),
-                                     line.head)
+                        batch.reject(row, "oversize", opts.oversize_detail(line.size_bytes), line.head)
                     else:
                         reason, detail, record = _parse_line(line, opts)
                         if reason is None:
@@ -265,7 +261,7 @@ def read_jsonl(path: Path, source: str, file_id: str, opts: ReadOptions, batch_b
                     batch, yielded = _Batch(), True
                 if stop is not None and position >= stop:  # the next line belongs to the next unit
                     break
-    except (OSError, EOFError, zstandard.ZstdError) as exc:
-        raise InputError(f"cannot read {path}: {exc}") from exc
+    except (OSError, EOFError, zlib.error, zstandard.ZstdError) as exc:
+        raise InputError(f"cannot read {path}: {exc}; the file is damaged (re-create or re-download it)") from exc
     if not yielded or batch.input_bytes:
         yield _finish(batch, source, file_id, opts)

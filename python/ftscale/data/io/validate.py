@@ -3,9 +3,10 @@
 A record is plain text (``ReadOptions.text_field`` must be a non-blank string) or chat
 (``messages_field`` must be a list of {role, content} messages with roles in
 ``CHAT_ROLES`` and some non-blank content; an Alpaca record with instruction/output and
-no messages is converted to [user, assistant]). ``max_record_bytes`` bounds a record:
-the raw line for JSONL, the UTF-8 bytes of the text (or of all message contents) for
-columnar formats. A rejected record gets one reason from ``REASONS``.
+no messages is converted to [user, assistant]). ``max_record_bytes`` bounds a record
+(default ``DEFAULT_MAX_RECORD_BYTES``): the raw line for JSONL, the UTF-8 bytes of the text
+(or of all message contents) for columnar formats; ``max_messages`` bounds a conversation's
+turns. Both reject as ``oversize``. A rejected record gets one reason from ``REASONS``.
 """
 
 from __future__ import annotations
@@ -29,6 +30,14 @@ REASONS = (
 )
 PROVENANCE_COLUMNS = ("uid", "source", "file", "row")
 RAW_MAX_CHARS = 10_000
+# Records above this are quarantined as oversize unless max_record_bytes says otherwise: no
+# one trains on a 16 MiB document, and parsing one takes several times its size in memory.
+DEFAULT_MAX_RECORD_BYTES = 16 << 20
+# Turns per conversation. SFT renders the prefix up to every assistant turn with the chat
+# template (``data.chat``), so a conversation costs about turns x bytes: the cap bounds that
+# to 512 renderings of the record. Real multi-turn sets stay far below (ShareGPT-style
+# conversations: tens of messages).
+DEFAULT_MAX_MESSAGES = 1024
 QUARANTINE_SCHEMA = pa.schema([
     ("uid", pa.uint64()), ("source", pa.string()), ("file", pa.string()), ("row", pa.int64()),
     ("reason", pa.string()), ("detail", pa.string()), ("raw", pa.string()),
@@ -40,11 +49,12 @@ _PROVENANCE_LIKE = re.compile(r"(?:input_)*(?:uid|source|file|row)")
 
 @dataclass(frozen=True)
 class ReadOptions:
-    """How to validate records: which field holds the text (or the chat messages), and the size cap."""
+    """How to validate records: which field holds the text (or the chat messages), and the size caps."""
 
     text_field: str = "text"
     messages_field: str | None = None
-    max_record_bytes: int | None = None
+    max_record_bytes: int | None = None  # None: DEFAULT_MAX_RECORD_BYTES
+    max_messages: int = DEFAULT_MAX_MESSAGES
 
     def __post_init__(self) -> None:
         for key, value in (("text_field", self.text_field), ("messages_field", self.messages_field)):
@@ -54,6 +64,18 @@ class ReadOptions:
         valid = isinstance(limit, int) and not isinstance(limit, bool) and limit > 0
         if limit is not None and not valid:
             raise ConfigError(f"max_record_bytes must be a positive integer or None, got {limit!r}")
+        turns = self.max_messages
+        if not (isinstance(turns, int) and not isinstance(turns, bool) and turns > 0):
+            raise ConfigError(f"max_messages must be a positive integer, got {turns!r}")
+
+    @property
+    def record_cap_bytes(self) -> int:
+        """The largest record kept, in bytes."""
+        return self.max_record_bytes or DEFAULT_MAX_RECORD_BYTES
+
+    def oversize_detail(self, size_bytes: int, what: str = "bytes") -> str:
+        default = "" if self.max_record_bytes else " (the default cap)"
+        return f"{size_bytes} {what} > max_record_bytes={self.record_cap_bytes}{default}"
 
     @property
     def validated(self) -> str:
@@ -90,9 +112,11 @@ def _check_text(record: dict, name: str) -> tuple[str | None, str]:
     return None, ""
 
 
-def _check_messages(messages: Any, name: str) -> tuple[str | None, str]:
+def _check_messages(messages: Any, name: str, max_messages: int) -> tuple[str | None, str]:
     if not isinstance(messages, list):
         return "wrong_type", f"field {name!r} is {json_type_name(messages)}, expected a list of messages"
+    if len(messages) > max_messages:
+        return "oversize", f"{len(messages)} messages > max_messages={max_messages}"
     for i, message in enumerate(messages):
         if not (isinstance(message, dict) and isinstance(message.get("role"), str)
                 and isinstance(message.get("content"), str)):
@@ -107,7 +131,7 @@ def _check_messages(messages: Any, name: str) -> tuple[str | None, str]:
     return None, ""
 
 
-def check_chat(record: dict, name: str) -> tuple[str | None, str, list | None]:
+def check_chat(record: dict, name: str, max_messages: int = DEFAULT_MAX_MESSAGES) -> tuple[str | None, str, list | None]:
     """Validate a chat record; an Alpaca record becomes [user, assistant] messages."""
     messages = record.get(name)
     if messages is None:
@@ -121,7 +145,7 @@ def check_chat(record: dict, name: str) -> tuple[str | None, str, list | None]:
             return "wrong_type", f"Alpaca field 'input' is {json_type_name(extra)}, expected a string", None
         prompt = instruction + ("\n\n" + extra if extra and extra.strip() else "")
         messages = [{"role": "user", "content": prompt}, {"role": "assistant", "content": output}]
-    reason, detail = _check_messages(messages, name)
+    reason, detail = _check_messages(messages, name, max_messages)
     return reason, detail, messages
 
 
@@ -129,7 +153,7 @@ def check_record(record: dict, opts: ReadOptions) -> tuple[str | None, str]:
     """Validate one parsed record in place (Alpaca records get their messages field)."""
     if opts.messages_field is None:
         return _check_text(record, opts.text_field)
-    reason, detail, messages = check_chat(record, opts.messages_field)
+    reason, detail, messages = check_chat(record, opts.messages_field, opts.max_messages)
     if reason is None:
         record[opts.messages_field] = messages
     return reason, detail
@@ -175,8 +199,7 @@ def check_text_column(table: pa.Table, opts: ReadOptions, codes: np.ndarray, det
     null = column.is_null().to_numpy(zero_copy_only=False)
     nbytes = pc.fill_null(pc.binary_length(column), 0).to_numpy(zero_copy_only=False)
     blank = pc.fill_null(pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(column)), 0), False)
-    limit = opts.max_record_bytes
-    oversize = nbytes > limit if limit is not None else np.zeros(n, dtype=bool)
+    oversize = nbytes > opts.record_cap_bytes
     verdict = np.select(
         [null, oversize, blank.to_numpy(zero_copy_only=False)],
         [REASONS.index(r) for r in ("missing_field", "oversize", "empty_text")], default=-1)
@@ -184,7 +207,7 @@ def check_text_column(table: pa.Table, opts: ReadOptions, codes: np.ndarray, det
     for i in np.flatnonzero(pending & (codes >= 0)).tolist():
         details[i] = {
             "missing_field": f"field {name!r} is null",
-            "oversize": f"{nbytes[i]} bytes > max_record_bytes={limit}",
+            "oversize": opts.oversize_detail(int(nbytes[i])),
             "empty_text": f"field {name!r} is empty or whitespace-only",
         }[REASONS[codes[i]]]
     return table.set_column(table.column_names.index(name), name, column)
@@ -211,11 +234,11 @@ def check_chat_column(table: pa.Table, opts: ReadOptions, codes: np.ndarray, det
     messages_out: list[list | None] = []
     converted = False
     for i, record in enumerate(rows):
-        reason, detail, messages = check_chat(record, name)
-        if reason is None and opts.max_record_bytes is not None:
+        reason, detail, messages = check_chat(record, name, opts.max_messages)
+        if reason is None:
             nbytes = sum(len(m["content"].encode("utf-8")) for m in messages)  # type: ignore[union-attr]
-            if nbytes > opts.max_record_bytes:
-                reason, detail = "oversize", f"{nbytes} content bytes > max_record_bytes={opts.max_record_bytes}"
+            if nbytes > opts.record_cap_bytes:
+                reason, detail = "oversize", opts.oversize_detail(nbytes, "content bytes")
         if reason is not None:
             codes[i], details[i] = REASONS.index(reason), detail
             if reason == "missing_field" and name not in table.column_names:

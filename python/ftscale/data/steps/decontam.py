@@ -23,6 +23,11 @@ from ftscale.errors import InputError
 if TYPE_CHECKING:
     from ftscale.data.job import Job, Shared
 
+# An eval set is held whole, with its n-gram index, by the driver and shipped to every worker:
+# benchmark sets are megabytes (MMLU's test split: ~8 MiB of text), so 1 GiB of records means
+# the wrong file, and refusing it keeps the driver's memory bounded.
+EVAL_SET_MAX_BYTES = 1 << 30
+
 
 @dataclass
 class EvalSet:
@@ -77,7 +82,8 @@ class Decontaminate(Step):
         o = self.o
         self.evals = []
         for name, path in o.eval_sets:
-            ev = read_source(name, [path], text_field=o.text_field, messages_field=o.messages_field)
+            ev = read_source(name, [path], text_field=o.text_field, messages_field=o.messages_field,
+                             max_bytes=EVAL_SET_MAX_BYTES)
             if ev.records.num_rows == 0:
                 raise InputError(f"eval set {path} has no usable records ({ev.counts}); check the eval text field")
             texts, owners = segments_of(ev.records, o.text_field, o.messages_field, o.roles)
