@@ -238,13 +238,13 @@ def parse_size(text: str, flag: str = "--gpu-mem") -> int:
 
 def load_model_config(path: str) -> PretrainedConfig:
     """The transformers config of ``--model``: a Hugging Face model directory, a config.json
-    file, a .gguf file or ``pkg:MODULE/file`` (see ``ftscale.data.tokenize.resolve_path``)."""
+    file, a .gguf file, ``pkg:MODULE/file`` or a cached Hub id (see ``ftscale.paths.resolve_model_ref``)."""
     from transformers import AutoConfig
 
-    from ftscale.paths import resolve_path
+    from ftscale.paths import resolve_model_ref
 
     try:
-        p = resolve_path(path)
+        p = resolve_model_ref(path)
     except ConfigError as e:
         raise InputError(f"--model: {e}") from e
     if not p.exists():

@@ -14,7 +14,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ftscale.errors import ConfigError
-from ftscale.paths import resolve_path
+from ftscale.paths import hub_reference, pin_model_ref, resolve_model_ref
 
 # The pre-tokenisation pattern of GPT-2's BPE; a .tiktoken file stores ranks only, so the
 # pattern must be known. Used for `.tiktoken` files (e.g. whisper's gpt2.tiktoken).
@@ -71,16 +71,22 @@ def _read_template(value: str | None) -> str | None:
 
 
 def load_tokenizer(path: str, chat_template: str | None = None) -> Tokenizer:
-    p = resolve_path(path)
+    """``path``: a tokenizer directory, a ``.gguf`` or ``.tiktoken`` file, ``pkg:`` or a Hub id
+    (``ftscale.paths.resolve_model_ref``); a Hub id is recorded pinned to its cached commit."""
+    try:
+        p = resolve_model_ref(path)
+    except ConfigError as e:
+        raise ConfigError(f"tokenizer.path: {e}") from e
+    pinned = pin_model_ref(path) if hub_reference(path) is not None else None
     if not p.exists():
         raise ConfigError(f"tokenizer.path: {path} not found; give a tokenizer directory "
                           "(tokenizer.json), a .gguf file or a .tiktoken file")
     if p.is_file() and p.suffix == ".tiktoken":
         return _load_tiktoken(p)
     if p.is_file() and p.suffix == ".gguf":
-        return _load_hf(str(p.parent), chat_template, gguf_file=p.name, shown=str(p))
+        return _load_hf(str(p.parent), chat_template, gguf_file=p.name, shown=pinned or str(p))
     if p.is_dir() and (p / "tokenizer.json").is_file():
-        return _load_hf(str(p), chat_template, shown=str(p))
+        return _load_hf(str(p), chat_template, shown=pinned or str(p))
     raise ConfigError(f"tokenizer.path: {path} is neither a directory with tokenizer.json, "
                       "a .gguf file nor a .tiktoken file")
 

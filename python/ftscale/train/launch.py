@@ -14,6 +14,7 @@ from typing import Any
 
 from ftscale.config import TrainConfig, check_against_dataset, to_dict
 from ftscale.errors import FtscaleError
+from ftscale.paths import pin_model_ref
 from ftscale.ray_cluster import init_ray
 
 # No per-tensor progress bars while loading a model (one per worker would flood the log):
@@ -35,8 +36,8 @@ def absolute_paths(cfg: TrainConfig) -> TrainConfig:
 
     data = dataclasses.replace(cfg.data, path=str(Path(cfg.data.path).expanduser().resolve()))
     model = cfg.model
-    if model.path and not model.path.startswith("pkg:"):
-        model = dataclasses.replace(model, path=str(Path(model.path).expanduser().resolve()))
+    if model.path:
+        model = dataclasses.replace(model, path=pin_model_ref(model.path))
     tasks = cfg.eval.tasks
     if isinstance(tasks, str):
         tasks = str(Path(tasks).expanduser().resolve())

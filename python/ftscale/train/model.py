@@ -1,8 +1,8 @@
 """Loading the model to fine-tune, wrapping it with LoRA, and counting its FLOPs.
 
 ``load_model`` accepts the ``model`` section of the train config: ``model.path`` (a local
-Hugging Face directory, a ``.gguf`` file, or ``pkg:MODULE/relative/file`` for a file
-shipped in an installed package) or ``model.config`` (an inline transformers config dict,
+Hugging Face directory, a ``.gguf`` file, ``pkg:MODULE/relative/file`` for a file shipped
+in an installed package, or a Hub id found in the local Hugging Face cache) or ``model.config`` (an inline transformers config dict,
 randomly initialised from ``seed``: for tests and demos). Nothing is downloaded.
 """
 
@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Literal
 
-from ftscale.paths import resolve_path
+from ftscale.paths import resolve_model_ref
 from ftscale.errors import ConfigError
 from ftscale.train.attention import resolve_attn_implementation
 
@@ -53,7 +53,7 @@ def _load_pretrained(path: str, torch_dtype: torch.dtype, attn: str) -> torch.nn
     from transformers import AutoModelForCausalLM
 
     try:
-        p = resolve_path(path)
+        p = resolve_model_ref(path)
     except ConfigError as e:
         raise ConfigError(f"model.path: {e}") from e
     if p.is_file() and p.suffix == ".gguf":
