@@ -95,7 +95,7 @@ def test_kind_comes_from_the_top_level_keys() -> None:
     ("prep", "tokenizer.path=gpt2.tiktoken", "sources.1.kind"),  # sft needs a chat template
     # bad choices
     ("train", "zero_stage=4", "zero_stage"),
-    ("train", "method=qlora", "method"),
+    ("train", "method=adalora", "method"),
     ("prep", "sources.0.kind=foo", "sources.0.kind"),
     ("prep", "sources.1.overlong=split", "sources.1.overlong"),
     # unknown keys (with a suggestion where one is close)

@@ -10,6 +10,8 @@ from ftscale.config.base import require
 from ftscale.config.eval import EvalConfig
 from ftscale.errors import ConfigError
 
+CPU_WORKERS = 2  # num_workers "auto" without GPUs: data parallelism still exercised, 2 cores busy
+
 @dataclass(frozen=True)
 class ModelConfig:
     """Exactly one of ``path`` (HF directory, .gguf file, or pkg:MODULE/file) and ``config``
@@ -39,6 +41,32 @@ class LoraConfig:
             raise ConfigError(f"{key}.dropout: must be in [0, 1), got {self.dropout}")
         require(self, key, "alpha", self.alpha > 0, "> 0")
         require(self, key, "target_modules", self.target_modules != [], "'all-linear' or a non-empty list")
+
+
+@dataclass(frozen=True)
+class PeftConfig:
+    """Options of the peft methods besides LoRA's own (``lora``, which ``dora`` and ``qlora``
+    use too). ``options``: any further keyword of the method's peft config class (e.g.
+    ``{init_lora_weights: pissa}`` for lora, ``{prefix_projection: true}`` for prefix tuning)."""
+
+    # ia3: the scaled modules and those of them scaled at their input (None: peft's defaults
+    # for the architecture, e.g. k_proj, v_proj, down_proj / down_proj for LLaMA)
+    target_modules: list[str] | None = None
+    feedforward_modules: list[str] | None = None
+    # prompt_tuning / prefix_tuning: learned positions before every document
+    num_virtual_tokens: int = 20
+    init_text: str | None = None  # prompt_tuning: start from this text's token embeddings (else random)
+    # qlora: the frozen base stored in 4 bits (bitsandbytes); NF4 with double quantization is QLoRA's recipe
+    quant_type: Literal["nf4", "fp4"] = "nf4"
+    double_quant: bool = True
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def check(self, key: str) -> None:
+        require(self, key, "num_virtual_tokens", self.num_virtual_tokens >= 1, ">= 1")
+        require(self, key, "target_modules", self.target_modules != [], "a non-empty list (or left out)")
+        if self.feedforward_modules is not None and self.target_modules is not None:
+            extra = sorted(set(self.feedforward_modules) - set(self.target_modules))
+            require(self, key, "feedforward_modules", not extra, f"a subset of target_modules (not {extra})")
 
 
 @dataclass(frozen=True)
@@ -116,8 +144,10 @@ class TrainConfig:
     model: ModelConfig
     run_name: str = "ftscale-run"
     storage_path: str = "runs"
-    method: Literal["full", "lora"] = "full"
+    # full: every weight; lora / dora / qlora (LoRA on a 4-bit base, CUDA) / ia3 through peft
+    method: Literal["full", "lora", "dora", "qlora", "ia3"] = "full"
     lora: LoraConfig = field(default_factory=LoraConfig)
+    peft: PeftConfig = field(default_factory=PeftConfig)
     seq_len: int = 2048
     micro_batch_size: int = 1
     tokens_per_step: int | None = None
@@ -128,7 +158,9 @@ class TrainConfig:
     zero_stage: Literal[0, 1, 2, 3] = 2
     offload_optimizer: bool = False
     offload_params: bool = False
-    num_workers: int = 2
+    # "auto": one worker per GPU of the cluster, else CPU_WORKERS (a one-GPU machine gets one
+    # worker, not two that wait forever for a second GPU)
+    num_workers: int | Literal["auto"] = "auto"
     use_gpu: bool | None = None  # None: use GPUs when the cluster has them
     cpus_per_worker: int = 1
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -146,11 +178,11 @@ class TrainConfig:
     export_on_finish: bool = True
 
     def check(self, key: str) -> None:
-        for name, minimum in (("seq_len", 8), ("micro_batch_size", 1), ("max_steps", 1), ("num_workers", 1),
-                              ("cpus_per_worker", 1), ("checkpoint_every", 1), ("keep_checkpoints", 1),
+        for name, minimum in (("seq_len", 8), ("micro_batch_size", 1), ("max_steps", 1), ("cpus_per_worker", 1), ("checkpoint_every", 1), ("keep_checkpoints", 1),
                               ("eval_every", 0), ("eval_batches", 1), ("early_stop_patience", 0),
                               ("log_every", 1), ("seed", 0), ("max_failures", -1)):
             require(self, key, name, getattr(self, name) >= minimum, f">= {minimum}")
+        require(self, key, "num_workers", self.num_workers == "auto" or self.num_workers >= 1, "'auto' or >= 1")
         for name in ("tokens_per_step", "stop_at_step"):
             require(self, key, name, getattr(self, name) is None or getattr(self, name) >= 1, ">= 1")
         require(self, key, "peak_tflops", self.peak_tflops is None or self.peak_tflops > 0, "> 0")
@@ -158,6 +190,13 @@ class TrainConfig:
             raise ConfigError("offload_params: parameter offload needs zero_stage: 3")
         if self.offload_optimizer and self.zero_stage == 0:
             raise ConfigError("offload_optimizer: optimizer offload needs zero_stage 1, 2 or 3")
+        if self.method == "qlora":
+            if self.model.path is None:
+                raise ConfigError("method: qlora loads model.path's weights in 4 bits; an inline model.config has none")
+            if self.zero_stage == 3:
+                raise ConfigError("zero_stage: qlora keeps the 4-bit base whole on every GPU; use zero_stage 0-2")
+            if self.precision == "fp32":
+                raise ConfigError("precision: qlora computes in bf16 on the GPU; use precision: auto or bf16")
         if self.early_stop_patience and not self.eval_every:
             raise ConfigError("early_stop_patience: early stopping counts evaluations; set eval_every > 0")
         for name in ("tasks", "select", "guard"):
@@ -169,8 +208,21 @@ class TrainConfig:
         if not self.run_name or "/" in self.run_name:
             raise ConfigError(f"run_name: {self.run_name!r} must be a plain non-empty name")
 
-    def grad_accum_steps(self) -> int:
-        per_step = self.micro_batch_size * self.seq_len * self.num_workers
+    def workers(self, cluster_gpus: float, use_gpu: bool) -> int:
+        """Ray Train workers: ``num_workers``, or for "auto" one per GPU of the cluster when
+        training on GPUs, else ``CPU_WORKERS``."""
+        if self.num_workers != "auto":
+            return self.num_workers
+        return max(1, int(cluster_gpus)) if use_gpu else CPU_WORKERS
+
+    def grad_accum_steps(self, workers: int | None = None) -> int:
+        """Micro-batches per rank per step on ``workers`` ranks (default: ``num_workers``,
+        which must then be a number)."""
+        if workers is None:
+            if self.num_workers == "auto":
+                raise ValueError("num_workers is 'auto': pass the resolved worker count")
+            workers = self.num_workers
+        per_step = self.micro_batch_size * self.seq_len * workers
         if self.tokens_per_step is None:
             return 1
         return max(1, -(-self.tokens_per_step // per_step))

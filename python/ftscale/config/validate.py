@@ -28,8 +28,11 @@ class Validated(typing.NamedTuple):
         if self.kind == "prep":
             sources = ", ".join(f"{s.name} ({s.kind})" for s in c.sources)
             return f"{len(c.sources)} source(s): {sources}; seq_len {c.seq_len}; output {c.output}"
-        return (f"{c.method}, ZeRO-{c.zero_stage}, seq_len {c.seq_len}, {c.num_workers} workers x micro-batch "
-                f"{c.micro_batch_size}, grad accum {c.grad_accum_steps()}, {c.max_steps} steps")
+        if c.num_workers == "auto":
+            workers = "workers: one per GPU (else 2 on CPU)"
+        else:
+            workers = f"{c.num_workers} workers x micro-batch {c.micro_batch_size}, grad accum {c.grad_accum_steps()}"
+        return f"{c.method}, ZeRO-{c.zero_stage}, seq_len {c.seq_len}, {workers}, {c.max_steps} steps"
 
 
 def detect_kind(data: dict) -> Literal["prep", "train"]:

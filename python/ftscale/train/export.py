@@ -8,6 +8,7 @@ live model, which writes empty tensors under ZeRO-3.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -68,7 +69,8 @@ def export(source: str, out: str, merge_lora: bool = False, average_last: int = 
 
     from ftscale.config import TrainConfig, build
     from ftscale.data.tokenize import load_tokenizer
-    from ftscale.train.model import apply_lora, load_model
+    from ftscale.train.adapters import apply_method, is_adapter_key
+    from ftscale.train.model import load_model
     from ftscale.train.runs import RUN_FILE
 
     chosen = _checkpoints(source, average_last, best)
@@ -77,17 +79,24 @@ def export(source: str, out: str, merge_lora: bool = False, average_last: int = 
     states = [fp32_state_dict(c) for c in chosen]
     state = {k: sum(s[k] for s in states) / len(states) for k in states[0]} if len(states) > 1 else states[0]
     model = load_model(cfg.model.path, cfg.model.config, dtype="float32", attn_implementation="sdpa", seed=cfg.seed)
-    if cfg.method == "lora":
-        model = apply_lora(model, cfg.lora.r, cfg.lora.alpha, cfg.lora.dropout, cfg.lora.target_modules)
+    if cfg.method == "qlora":
+        # The adapters apply to the full-precision base (what QLoRA's 4-bit weights approximate),
+        # so only they come from the checkpoint.
+        cfg = dataclasses.replace(cfg, method="lora")
+        state = {k: v for k, v in state.items() if is_adapter_key(k)}
+    model = apply_method(model, cfg)
     missing, unexpected = model.load_state_dict(state, strict=False)
     # Tied weights (lm_head = embeddings) are stored once; anything else missing is a bug.
     tied = {k for k in missing if "lm_head" in k and getattr(model.config, "tie_word_embeddings", False)}
+    if run["config"]["method"] == "qlora":
+        tied |= {k for k in missing if not is_adapter_key(k)}
     if set(missing) - tied or unexpected:
         raise RuntimeError(f"checkpoint does not match the model: missing {sorted(set(missing) - tied)[:5]}, "
                            f"unexpected {sorted(unexpected)[:5]}")
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
-    if cfg.method == "lora" and merge_lora:
+    merged = cfg.method != "full" and merge_lora
+    if merged:
         model = model.merge_and_unload()
     if hasattr(model, "hf_quantizer"):
         model.hf_quantizer = None
@@ -99,6 +108,6 @@ def export(source: str, out: str, merge_lora: bool = False, average_last: int = 
     if tokenizer.hf is not None:
         tokenizer.hf.save_pretrained(str(out_dir))
     (out_dir / "ftscale_export.json").write_text(json.dumps(
-        {"checkpoints": [str(c) for c in chosen], "step": run["step"], "method": cfg.method,
-         "merged_lora": bool(cfg.method == "lora" and merge_lora)}, indent=2))
+        {"checkpoints": [str(c) for c in chosen], "step": run["step"], "method": run["config"]["method"],
+         "merged_lora": merged}, indent=2))
     return out_dir

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -74,7 +75,7 @@ def launch(cfg: TrainConfig, callbacks: list[Any] | None = None) -> dict[str, An
     from ftscale.train.recipe import KEEP_SCORE, train_loop
     from ftscale.train.runs import best_checkpoint, latest_checkpoint, run_dir
 
-    use_gpu = cfg.use_gpu if cfg.use_gpu is not None else ray.cluster_resources().get("GPU", 0) >= 1
+    cfg, use_gpu = _scaling(cfg, ray.cluster_resources().get("GPU", 0))
     env = dict(WORKER_ENV)
     if not use_gpu:
         env["DS_ACCELERATOR"] = "cpu"
@@ -106,12 +107,23 @@ def launch(cfg: TrainConfig, callbacks: list[Any] | None = None) -> dict[str, An
     best = best_checkpoint(directory)
     summary: dict[str, Any] = {"run_dir": str(directory), "checkpoint": str(last) if last else None,
                                "best_checkpoint": str(best) if best else None,
-                               "metrics": dict(result.metrics or {}), "resumed_from": str(resume) if resume else None}
+                               "metrics": dict(result.metrics or {}), "resumed_from": str(resume) if resume else None,
+                               "workers": cfg.num_workers, "use_gpu": use_gpu}
     if cfg.export_on_finish and last is not None:
         from ftscale.train.export import export
 
         summary["export"] = str(export(str(last), str(directory / "export")))
     return summary
+
+
+def _scaling(cfg: TrainConfig, cluster_gpus: float) -> tuple[TrainConfig, bool]:
+    """``(cfg with num_workers resolved, use_gpu)`` for a cluster with ``cluster_gpus`` GPUs."""
+    use_gpu = cfg.use_gpu if cfg.use_gpu is not None else cluster_gpus >= 1
+    workers = cfg.workers(cluster_gpus, use_gpu)
+    if use_gpu and workers > cluster_gpus:  # not an error: an autoscaler may still add GPUs
+        print(f"ftscale train: warning: {workers} GPU workers asked for, the Ray cluster has {cluster_gpus:g} GPU(s) "
+              "now; Ray waits for more (num_workers: auto uses the GPUs there are)", file=sys.stderr, flush=True)
+    return dataclasses.replace(cfg, num_workers=workers), use_gpu
 
 
 def _checkpoint_config(cfg: TrainConfig, checkpoint_config: Any, score: str) -> Any:

@@ -25,14 +25,16 @@ DTYPES = ("float32", "bfloat16")
 
 def load_model(path: str | None, inline_config: dict[str, Any] | None, *,
                dtype: Literal["float32", "bfloat16"] = "float32", attn_implementation: str = "auto",
-               seed: int = 0) -> torch.nn.Module:
+               seed: int = 0, quantization: Any = None) -> torch.nn.Module:
     """A ``transformers`` causal LM with parameters in ``dtype``.
 
     Exactly one of ``path`` and ``inline_config``. A ``.gguf`` file is dequantised to
     ``dtype`` and its quantization state is dropped, so ``save_pretrained`` writes a plain
     model. ``attn_implementation``: see ``ftscale.train.attention.resolve_attn_implementation``;
     the chosen one is in ``model.config._attn_implementation``. ``seed`` seeds the random
-    initialisation of an inline config (the global RNG is left untouched).
+    initialisation of an inline config (the global RNG is left untouched). ``quantization``: a
+    transformers quantization config (qlora's 4-bit bitsandbytes one) for ``path``'s weights,
+    loaded straight onto the current CUDA device.
     """
     import torch
 
@@ -46,10 +48,11 @@ def load_model(path: str | None, inline_config: dict[str, Any] | None, *,
     if inline_config is not None:
         return _from_inline_config(inline_config, torch_dtype, attn, seed)
     assert path is not None  # exactly one of the two, checked above
-    return _load_pretrained(path, torch_dtype, attn)
+    return _load_pretrained(path, torch_dtype, attn, quantization)
 
 
-def _load_pretrained(path: str, torch_dtype: torch.dtype, attn: str) -> torch.nn.Module:
+def _load_pretrained(path: str, torch_dtype: torch.dtype, attn: str, quantization: Any = None) -> torch.nn.Module:
+    import torch
     from transformers import AutoModelForCausalLM
 
     try:
@@ -64,12 +67,21 @@ def _load_pretrained(path: str, torch_dtype: torch.dtype, attn: str) -> torch.nn
         raise ConfigError(f"model.path: {path} not found; give a Hugging Face model directory or a .gguf file")
     else:
         raise ConfigError(f"model.path: {path} is neither a directory with config.json nor a .gguf file")
+    if quantization is not None:
+        if extra:
+            raise ConfigError(f"model.path: {path} is a GGUF file; qlora quantizes a Hugging Face model directory")
+        if not torch.cuda.is_available():
+            raise ConfigError("method: qlora stores the base model in 4 bits with bitsandbytes, which needs a CUDA GPU")
+        extra = {"quantization_config": quantization, "device_map": {"": torch.cuda.current_device()}}
     try:
         model = AutoModelForCausalLM.from_pretrained(directory, local_files_only=True, dtype=torch_dtype,
                                                      attn_implementation=attn, **extra)
+    except ImportError as e:  # bitsandbytes (qlora) not installed
+        raise ConfigError(f"model.path: loading {path} in 4 bits needs bitsandbytes (pip install bitsandbytes): {e}") from e
     except (OSError, ValueError, KeyError) as e:  # unknown model_type, broken or partial checkpoints
         raise ConfigError(f"model.path: cannot load a causal LM from {path}: {e}") from e
-    _drop_quantization_state(model)
+    if quantization is None:
+        _drop_quantization_state(model)
     return model
 
 

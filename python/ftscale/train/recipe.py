@@ -72,11 +72,13 @@ class Recipe:
         from ftscale.data.loader import PackedLoader
         from ftscale.data.format import read_manifest
         from ftscale.train.ds_config import build_ds_config, resolve_precision
-        from ftscale.train.model import apply_lora, flops_per_token, load_model, trainable_parameters
+        from ftscale.train.adapters import apply_method, quantization_config, require_cuda_for
+        from ftscale.train.model import flops_per_token, load_model, trainable_parameters
         from ftscale.train.optim import lr_lambda, make_optimizer
         from ftscale.train.gate import Gate
         from ftscale.train.spike import SpikeGuard
 
+        require_cuda_for(cfg.method, self.on_gpu)
         self._seed_everything(cfg.seed + self.rank)
         torch.use_deterministic_algorithms(True, warn_only=True)
         self.manifest = read_manifest(cfg.data.path)
@@ -89,13 +91,13 @@ class Recipe:
         self.compute_dtype = torch.bfloat16 if self.precision == "bf16" else torch.float32
         model = load_model(cfg.model.path, cfg.model.config,
                            dtype="bfloat16" if self.precision == "bf16" else "float32",
-                           attn_implementation=cfg.model.attn_implementation, seed=cfg.seed)
+                           attn_implementation=cfg.model.attn_implementation, seed=cfg.seed,
+                           quantization=quantization_config(cfg))
         self.attn_implementation = model.config._attn_implementation
         self.model_config = model.config
         if cfg.model.gradient_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        if cfg.method == "lora":
-            model = apply_lora(model, cfg.lora.r, cfg.lora.alpha, cfg.lora.dropout, cfg.lora.target_modules)
+        model = apply_method(model, cfg)
         self.trainable, self.total_params = trainable_parameters(model)
         self.flops_per_token = flops_per_token(self.model_config, cfg.seq_len, self.trainable / self.total_params)
         self.grad_accum = cfg.grad_accum_steps()
