@@ -204,7 +204,7 @@ def run_demo(opts: DemoOptions) -> dict[str, Any]:
     shutil.rmtree(directory, ignore_errors=True)  # the demo always trains from scratch
     workers = f"{opts.workers} Ray workers" if opts.workers else "Ray workers: one per GPU, else 2 on CPU"
     with stages.stage("train", f"LoRA r={opts.lora_r}, {workers}, DeepSpeed ZeRO-2, {opts.steps} steps"):
-        summary = launch(train_cfg)
+        summary = launch(train_cfg, live_progress=False)  # inside a stage line: the workers' step lines
     with stages.stage("export", "merge LoRA into a Hugging Face model"):
         model_dir = export(str(directory), str(out / "model"), merge_lora=True)
     with stages.stage("final answer", "exported model, loaded with plain transformers"):

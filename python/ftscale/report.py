@@ -35,10 +35,18 @@ STAGES = (("quarantined", "quarantined", "#C44E52"), ("exact_duplicate", "exact 
 
 
 def render(path: str | Path, out_dir: str | Path | None = None) -> Path:
-    """Report of a run directory or of a prepared dataset, told apart by the files they hold."""
+    """Report of a run directory or of a prepared dataset, told apart by the files they hold.
+    A run in object storage (a URI) is read through a local mirror of its metrics and run
+    files; its report goes to ``out_dir``, by default ``./<run name>-report``."""
     from ftscale.data.format import MANIFEST
+    from ftscale.train.storage import is_remote, local_path, mirrored
 
-    p = Path(path)
+    if is_remote(str(path)):
+        with mirrored(str(path)) as mirror:
+            if not (mirror / METRICS_FILE).is_file():
+                raise InputError(f"{path}: no {METRICS_FILE}; expected a run directory written by `ftscale train`")
+            return render_run(mirror, out_dir or Path(f"{str(path).rstrip('/').rsplit('/', 1)[-1]}-report"))
+    p = Path(local_path(str(path)))
     if (p / METRICS_FILE).is_file():
         return render_run(p, out_dir)
     if (p / MANIFEST).is_file():

@@ -136,6 +136,38 @@ class SpikeConfig:
 
 
 @dataclass(frozen=True)
+class WandbConfig:
+    """A Weights & Biases run per ftscale run (``wandb.init`` keywords). ``mode: offline``
+    writes under ``dir`` for a later ``wandb sync``; the API key comes from ``wandb login`` or
+    ``WANDB_API_KEY`` on the workers."""
+
+    project: str = "ftscale"
+    entity: str | None = None
+    mode: Literal["online", "offline", "disabled"] = "online"
+    group: str | None = None
+    tags: list[str] = field(default_factory=list)
+    dir: str | None = None  # None: wandb's default (./wandb of the rank-0 worker)
+
+
+@dataclass(frozen=True)
+class MlflowConfig:
+    """An MLflow run per launch in ``experiment`` (created when missing). ``tracking_uri``:
+    a server (``http://...``), ``sqlite:///...`` or ``databricks``; None: ``MLFLOW_TRACKING_URI``."""
+
+    tracking_uri: str | None = None
+    experiment: str = "ftscale"
+    tags: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class LoggingConfig:
+    """Experiment trackers fed with every logged metric, next to metrics.jsonl and TensorBoard."""
+
+    wandb: WandbConfig | None = None
+    mlflow: MlflowConfig | None = None
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     """A training run. ``tokens_per_step`` sets gradient accumulation:
     accum = ceil(tokens_per_step / (micro_batch_size · seq_len · workers))."""
@@ -173,6 +205,7 @@ class TrainConfig:
     early_stop_patience: int = 0  # evaluations without improvement before stopping; 0: never
     eval: EvalConfig = field(default_factory=EvalConfig)  # task scores, best-checkpoint choice, forgetting guard
     log_every: int = 1
+    logging: LoggingConfig = field(default_factory=LoggingConfig)  # W&B, MLflow
     peak_tflops: float | None = None  # per device, for MFU; None: known GPUs, else MFU is not reported
     max_failures: int = 2  # worker/node failures Ray Train recovers from automatically
     export_on_finish: bool = True

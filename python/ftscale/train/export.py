@@ -62,10 +62,17 @@ def fp32_state_dict(checkpoint: Path) -> dict[str, Any]:
     return {k: v.float() for k, v in states["module"].items()}
 
 
-def export(source: str, out: str, merge_lora: bool = False, average_last: int = 1, best: bool = False) -> Path:
+def export(source: str, out: str, merge_lora: bool = False, average_last: int = 1,
+           best: bool = False) -> Path | str:
     """``source`` (a checkpoint, or a run directory: its latest checkpoint, or its best one with
-    ``best``; the last ``average_last`` averaged) as a model directory in ``out``."""
+    ``best``; the last ``average_last`` averaged) as a model directory in ``out``. Either may be
+    a storage URI (``ftscale.train.storage``); a URI ``out`` is returned as it is."""
     import torch
+
+    from ftscale.train.storage import export_remote, is_uri
+
+    if is_uri(source) or is_uri(out):
+        return export_remote(source, out, merge_lora=merge_lora, average_last=average_last, best=best)
 
     from ftscale.config import TrainConfig, build
     from ftscale.data.tokenize import load_tokenizer

@@ -7,6 +7,7 @@ complete checkpoint; Ray Train also restarts failed workers from it (``max_failu
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import sys
@@ -16,6 +17,7 @@ from typing import Any
 from ftscale.config import TrainConfig, check_against_dataset, to_dict
 from ftscale.errors import FtscaleError
 from ftscale.paths import pin_model_ref
+from ftscale.train.storage import filesystem, is_remote, join, local_path, mirrored
 from ftscale.ray_cluster import init_ray
 
 # No per-tensor progress bars while loading a model (one per worker would flood the log):
@@ -44,8 +46,10 @@ def absolute_paths(cfg: TrainConfig) -> TrainConfig:
         tasks = str(Path(tasks).expanduser().resolve())
     elif tasks is not None:
         tasks = load_tasks(tasks)  # the items' paths, made absolute
+    storage = cfg.storage_path if is_remote(cfg.storage_path) else str(
+        Path(local_path(cfg.storage_path)).expanduser().resolve())
     return dataclasses.replace(cfg, data=data, model=model, eval=dataclasses.replace(cfg.eval, tasks=tasks),
-                               storage_path=str(Path(cfg.storage_path).expanduser().resolve()))
+                               storage_path=storage)
 
 
 def _root_cause(error: BaseException) -> str:
@@ -54,12 +58,15 @@ def _root_cause(error: BaseException) -> str:
     return lines[-1] if lines else repr(error)
 
 
-def launch(cfg: TrainConfig, callbacks: list[Any] | None = None) -> dict[str, Any]:
+def launch(cfg: TrainConfig, callbacks: list[Any] | None = None, live_progress: bool = True) -> dict[str, Any]:
     """Run training; returns a summary (run dir, last and best checkpoint, final metrics,
-    export dir). ``callbacks``: Ray Train callbacks (a sweep passes Tune's reporter)."""
+    export dir). ``callbacks``: Ray Train callbacks (a sweep passes Tune's reporter).
+    ``live_progress``: a bar on the driver's terminal (when stderr is one) instead of the
+    workers' step lines."""
     from ftscale.data.format import read_manifest, verify_dataset
 
     cfg = absolute_paths(cfg)
+    run = run_location(cfg)
     check_against_dataset(cfg, read_manifest(cfg.data.path))
     # Checksums once, here, before any worker starts; the workers' loaders check store headers
     # and sizes only. What the run reads: the mixture's train shards and, when it evaluates,
@@ -71,9 +78,10 @@ def launch(cfg: TrainConfig, callbacks: list[Any] | None = None) -> dict[str, An
     import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
+    from ray.util.queue import Queue
 
+    from ftscale.progress import TrainProgress
     from ftscale.train.recipe import KEEP_SCORE, train_loop
-    from ftscale.train.runs import best_checkpoint, latest_checkpoint, run_dir
 
     cfg, use_gpu = _scaling(cfg, ray.cluster_resources().get("GPU", 0))
     env = dict(WORKER_ENV)
@@ -81,12 +89,15 @@ def launch(cfg: TrainConfig, callbacks: list[Any] | None = None) -> dict[str, An
         env["DS_ACCELERATOR"] = "cpu"
         env["OMP_NUM_THREADS"] = str(cfg.cpus_per_worker)
         os.environ["DS_ACCELERATOR"] = "cpu"  # the driver imports DeepSpeed too, for export
-    directory = run_dir(cfg.storage_path, cfg.run_name)
-    resume = latest_checkpoint(directory)
+    resume, _ = _latest_and_best(run)
+    # A live bar on the driver's terminal (rank 0 sends it its steps); logs and sweeps get the
+    # workers' step lines with pace and ETA instead.
+    live = live_progress and sys.stderr.isatty() and not callbacks
+    progress = Queue(actor_options={"num_cpus": 0}) if live else None
     trainer = TorchTrainer(
         train_loop,
-        train_loop_config={"config": to_dict(cfg), "run_dir": str(directory),
-                           "resume_from": str(resume) if resume else None},
+        train_loop_config={"config": to_dict(cfg), "run_dir": run, "resume_from": resume,
+                           "progress": progress},
         scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=use_gpu,
                                      resources_per_worker={"CPU": cfg.cpus_per_worker}),
         run_config=RunConfig(
@@ -98,22 +109,41 @@ def launch(cfg: TrainConfig, callbacks: list[Any] | None = None) -> dict[str, An
         ),
     )
     try:
-        result = trainer.fit()
+        with TrainProgress().follow(progress) if progress is not None else contextlib.nullcontext():
+            result = trainer.fit()
     except ray.train.TrainingFailedError as e:
         raise FtscaleError(f"training failed: {_root_cause(e)}") from e
     if result.error is not None:
         raise FtscaleError(f"training failed: {_root_cause(result.error)}") from result.error
-    last = latest_checkpoint(directory)
-    best = best_checkpoint(directory)
-    summary: dict[str, Any] = {"run_dir": str(directory), "checkpoint": str(last) if last else None,
-                               "best_checkpoint": str(best) if best else None,
-                               "metrics": dict(result.metrics or {}), "resumed_from": str(resume) if resume else None,
+    last, best = _latest_and_best(run)
+    summary: dict[str, Any] = {"run_dir": run, "checkpoint": last, "best_checkpoint": best,
+                               "metrics": dict(result.metrics or {}), "resumed_from": resume,
                                "workers": cfg.num_workers, "use_gpu": use_gpu}
     if cfg.export_on_finish and last is not None:
         from ftscale.train.export import export
 
-        summary["export"] = str(export(str(last), str(directory / "export")))
+        summary["export"] = str(export(last, join(run, "export")))
     return summary
+
+
+def run_location(cfg: TrainConfig) -> str:
+    """The run directory ``{storage_path}/{run_name}``: a local path, or a URI (checked here,
+    before Ray starts, so a wrong bucket or missing credentials is one line)."""
+    from ftscale.train.runs import run_dir
+
+    if not is_remote(cfg.storage_path):
+        return str(run_dir(cfg.storage_path, cfg.run_name))
+    filesystem(cfg.storage_path)
+    return join(cfg.storage_path, cfg.run_name)
+
+
+def _latest_and_best(run: str) -> tuple[str | None, str | None]:
+    """The run's latest and best complete checkpoints, as paths or URIs inside ``run``."""
+    from ftscale.train.runs import best_checkpoint, latest_checkpoint
+
+    with mirrored(run) as directory:
+        found = latest_checkpoint(directory), best_checkpoint(directory)
+    return tuple(join(run, p.name) if p is not None else None for p in found)  # type: ignore[return-value]
 
 
 def _scaling(cfg: TrainConfig, cluster_gpus: float) -> tuple[TrainConfig, bool]:

@@ -43,17 +43,21 @@ def _all_reduce_sum(values: list[float], device: Any) -> list[float]:
 
 
 class Recipe:
-    def __init__(self, cfg: TrainConfig, rank: int, world_size: int, run_dir: Path) -> None:
+    def __init__(self, cfg: TrainConfig, rank: int, world_size: int, run_dir: str | Path) -> None:
         self.cfg = cfg
         self.rank = rank
         self.world_size = world_size
-        self.run_dir = run_dir
+        self.run_dir = str(run_dir)  # a local directory or a storage URI (ftscale.train.storage)
+        self.log_dir: Path | None = None  # where rank 0 writes metrics: run_dir, or a staging copy of it
         self.step = 0
         self.best_val: float | None = None
         self.evals_without_gain = 0
         self.skipped_windows: list[dict[str, int]] = []
         self.metrics_file = None
         self.tb = None
+        self.trackers: Any = None  # rank 0's W&B / MLflow sessions (ftscale.train.tracking)
+        self.progress: Any = None  # rank 0: the driver's progress queue (its bar replaces the step lines)
+        self.clock: Any = None  # ftscale.progress.StepClock of this session's steps
         self.last_checkpoint_step = -1
         self.suite: Any = None  # ftscale.eval.runner.TaskSuite when eval.tasks is set
         self.tokenizer: Any = None
@@ -130,14 +134,17 @@ class Recipe:
         if checkpoint_dir is not None:
             self.load(checkpoint_dir)
         if self.rank == 0:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            self.metrics_file = open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8")
+            self.log_dir = self._stage_logs()
+            self.metrics_file = open(self.log_dir / "metrics.jsonl", "a", encoding="utf-8")
             try:
                 from torch.utils.tensorboard import SummaryWriter
 
-                self.tb = SummaryWriter(str(self.run_dir / "tensorboard"))
+                self.tb = SummaryWriter(str(self.log_dir / "tensorboard"))
             except ImportError:  # tensorboard is optional; the JSONL file has everything
                 self.tb = None
+            from ftscale.train.tracking import Trackers
+
+            self.trackers = Trackers(cfg, self.run_dir, to_dict(cfg))
         if self.rank == 0:
             print(f"ftscale: {self.world_size} workers, {'GPU' if self.on_gpu else 'CPU'} ({torch.get_num_threads()} "
                   f"threads/worker), {self.precision}, ZeRO-{cfg.zero_stage}, {self.attn_implementation} attention, "
@@ -169,8 +176,11 @@ class Recipe:
     # ------------------------------------------------------------------ train
 
     def train(self) -> None:
+        from ftscale.progress import StepClock
+
         cfg = self.cfg
         last = min(cfg.max_steps, cfg.stop_at_step or cfg.max_steps)
+        self.clock = StepClock(self.step, last)
         if cfg.eval_on_start and self.step == 0:
             metrics = {"step": 0, **self.evaluate()}
             self._judge(metrics)
@@ -369,6 +379,7 @@ class Recipe:
             ray.train.report(reported, checkpoint=ray.train.Checkpoint.from_directory(tmp),
                              checkpoint_dir_name=checkpoint_name(self.step))
         self.last_checkpoint_step = self.step
+        self._sync_logs()
 
     @staticmethod
     def _report(metrics: dict[str, Any]) -> None:
@@ -421,9 +432,41 @@ class Recipe:
 
     def _latest_checkpoint(self) -> str | None:
         from ftscale.train.runs import latest_checkpoint
+        from ftscale.train.storage import fetch_checkpoint, is_remote, mirror_run
 
-        found = latest_checkpoint(self.run_dir)
-        return str(found) if found else None
+        if not is_remote(self.run_dir):
+            found = latest_checkpoint(Path(self.run_dir))
+            return str(found) if found else None
+        mirror = mirror_run(self.run_dir, Path(tempfile.mkdtemp(prefix="ftscale-rollback-")))
+        found = latest_checkpoint(mirror)
+        return str(fetch_checkpoint(self.run_dir, mirror, found)) if found else None
+
+    def _stage_logs(self) -> Path:
+        """Rank 0's log directory: the run directory itself, or for a storage URI a local copy
+        of its metrics (appended to on resume) that ``_sync_logs`` uploads."""
+        from ftscale.train.storage import download, exists, is_remote, join
+
+        if not is_remote(self.run_dir):
+            Path(self.run_dir).mkdir(parents=True, exist_ok=True)
+            return Path(self.run_dir)
+        staging = Path(tempfile.mkdtemp(prefix="ftscale-run-"))
+        if exists(join(self.run_dir, "metrics.jsonl")):
+            download(join(self.run_dir, "metrics.jsonl"), staging / "metrics.jsonl")
+        return staging
+
+    def _sync_logs(self) -> None:
+        """Upload rank 0's metrics and TensorBoard files to a remote run directory."""
+        from ftscale.train.storage import is_remote, join, upload
+
+        if self.log_dir is None or not is_remote(self.run_dir):
+            return
+        if self.metrics_file is not None:
+            self.metrics_file.flush()
+        if self.tb is not None:
+            self.tb.flush()
+        for name in ("metrics.jsonl", "tensorboard"):
+            if (self.log_dir / name).exists():
+                upload(self.log_dir / name, join(self.run_dir, name))
 
     # ------------------------------------------------------------------ logging
 
@@ -433,12 +476,17 @@ class Recipe:
         if "loss" not in metrics and "val_loss" in metrics:
             print(f"step {metrics['step']}/{self.cfg.max_steps} " + " ".join(
                 f"{k} {v:.4f}" for k, v in metrics.items() if _shown(k)), flush=True)
-        if "loss" in metrics and metrics["step"] % self.cfg.log_every == 0:
+        if "loss" in metrics and self.progress is not None:
+            self.progress.put_nowait({"step": metrics["step"], "total": self.cfg.max_steps, "loss": metrics["loss"],
+                                      "tokens_per_s": metrics["tokens_per_s"]})
+        elif "loss" in metrics and metrics["step"] % self.cfg.log_every == 0:
+            pace = self.clock.describe(metrics["step"]) if self.clock is not None else ""
             print(f"step {metrics['step']}/{self.cfg.max_steps} loss {metrics['loss']:.4f} "
                   f"lr {metrics['lr']:.2e} grad_norm {metrics['grad_norm']:.3f} "
                   f"tokens/s {metrics['tokens_per_s']:,.0f}"
                   + "".join(f" {k} {v:.4f}" for k, v in metrics.items() if _shown(k))
-                  + (f" SKIPPED ({metrics['skipped']})" if "skipped" in metrics else ""), flush=True)
+                  + (f" SKIPPED ({metrics['skipped']})" if "skipped" in metrics else "")
+                  + (f" ({pace})" if pace else ""), flush=True)
         if self.metrics_file is not None:
             self.metrics_file.write(json.dumps({"time": time.time(), **metrics}, default=str) + "\n")
             self.metrics_file.flush()
@@ -446,12 +494,17 @@ class Recipe:
             for k, v in _scalars(metrics).items():
                 if k != "step":
                     self.tb.add_scalar(k, v, metrics.get("step", self.step))
+        if self.trackers is not None:
+            self.trackers.log(_scalars(metrics), metrics.get("step", self.step))
 
     def cleanup(self) -> None:
+        self._sync_logs()
         if self.metrics_file is not None:
             self.metrics_file.close()
         if self.tb is not None:
             self.tb.close()
+        if self.trackers is not None:
+            self.trackers.close()
 
 
 def _shown(key: str) -> bool:
@@ -469,13 +522,18 @@ def train_loop(loop_config: dict[str, Any]) -> None:
 
     cfg = build(TrainConfig, loop_config["config"])
     ctx = ray.train.get_context()
-    recipe = Recipe(cfg, ctx.get_world_rank(), ctx.get_world_size(), Path(loop_config["run_dir"]))
+    recipe = Recipe(cfg, ctx.get_world_rank(), ctx.get_world_size(), loop_config["run_dir"])
+    if recipe.rank == 0:
+        recipe.progress = loop_config.get("progress")
     checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None and loop_config.get("resume_from"):
+        # a path or a storage URI; Ray downloads a remote one for as_directory()
+        checkpoint = ray.train.Checkpoint(loop_config["resume_from"])
     if checkpoint is not None:
         with checkpoint.as_directory() as d:
             recipe.setup(d)
     else:
-        recipe.setup(loop_config.get("resume_from"))
+        recipe.setup(None)
     try:
         recipe.train()
     finally:
