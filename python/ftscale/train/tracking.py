@@ -10,6 +10,7 @@ named after ``run_name``.
 from __future__ import annotations
 
 import hashlib
+import os
 from typing import Any
 
 from ftscale.errors import ConfigError
@@ -75,10 +76,16 @@ def _open_wandb(w: Any, run_name: str, run_dir: str, params: dict[str, Any]) -> 
     for key in ("entity", "group", "dir"):
         if getattr(w, key) is not None:
             kwargs[key] = getattr(w, key)
+    if w.mode != "online":
+        # Ray asks for an API key unless WANDB_MODE says offline/disabled (this rank-0 process only)
+        os.environ["WANDB_MODE"] = w.mode
     try:
         return setup_wandb(config=params, rank_zero_only=False, **kwargs)
     except RuntimeError as e:  # Ray's "Wandb was not found"
         raise ConfigError(f"logging.wandb: {e}") from e
+    except ValueError as e:  # Ray's "No WandB API key found"
+        raise ConfigError("logging.wandb: no W&B API key on the rank-0 worker; run `wandb login` there, set "
+                          "WANDB_API_KEY in its environment, or use mode: offline") from e
 
 
 def _open_mlflow(m: Any, run_name: str, params: dict[str, Any]) -> Any:
