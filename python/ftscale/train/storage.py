@@ -81,7 +81,9 @@ def download(uri: str, dest: Path) -> Path:
     kind = _kind(fs, path)
     if kind == pafs.FileType.NotFound:
         raise InputError(f"{uri} not found")
-    dest.parent.mkdir(parents=True, exist_ok=True)
+    # copy_files creates the subdirectories it lists but not the destination itself, so a
+    # directory of plain files (an exported adapter) would fail without this
+    (dest if kind == pafs.FileType.Directory else dest.parent).mkdir(parents=True, exist_ok=True)
     try:
         pafs.copy_files(path, str(dest), source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())
     except OSError as e:
