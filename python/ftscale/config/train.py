@@ -47,22 +47,18 @@ class LoraConfig:
 class PeftConfig:
     """Options of the peft methods besides LoRA's own (``lora``, which ``dora`` and ``qlora``
     use too). ``options``: any further keyword of the method's peft config class (e.g.
-    ``{init_lora_weights: pissa}`` for lora, ``{prefix_projection: true}`` for prefix tuning)."""
+    ``{init_lora_weights: pissa}`` for lora, ``{init_ia3_weights: false}`` for ia3)."""
 
     # ia3: the scaled modules and those of them scaled at their input (None: peft's defaults
     # for the architecture, e.g. k_proj, v_proj, down_proj / down_proj for LLaMA)
     target_modules: list[str] | None = None
     feedforward_modules: list[str] | None = None
-    # prompt_tuning / prefix_tuning: learned positions before every document
-    num_virtual_tokens: int = 20
-    init_text: str | None = None  # prompt_tuning: start from this text's token embeddings (else random)
     # qlora: the frozen base stored in 4 bits (bitsandbytes); NF4 with double quantization is QLoRA's recipe
     quant_type: Literal["nf4", "fp4"] = "nf4"
     double_quant: bool = True
     options: dict[str, Any] = field(default_factory=dict)
 
     def check(self, key: str) -> None:
-        require(self, key, "num_virtual_tokens", self.num_virtual_tokens >= 1, ">= 1")
         require(self, key, "target_modules", self.target_modules != [], "a non-empty list (or left out)")
         if self.feedforward_modules is not None and self.target_modules is not None:
             extra = sorted(set(self.feedforward_modules) - set(self.target_modules))
