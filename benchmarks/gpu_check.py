@@ -7,11 +7,12 @@ under 8 minutes from a cold start, one line per check, results in ``benchmarks/r
     python benchmarks/gpu_check.py --write-readme # README "GPU results" table from benchmarks/results/gpu.json
 
 Checks, in order (H200 seconds estimated, imports and model initialisation included):
-  qlora               the trainer has no QLoRA: reports "not built" (0 s)
   env                 versions, GPU, datasheet bf16 peak, flash-attn status, measured bf16 matmul TFLOP/s (20 s)
   parity_tiny         packed rows: flash_attention_2 varlen and sdpa_segments vs each document alone (loss,
   parity_1b           hidden states, gradients, bf16 tolerance) + a cross-document control; tiny / ~1B (20 s / 45 s)
   data                CPT documents with log-normal lengths through `ftscale prep` (30 s)
+  qlora               ~0.2B saved model as a 4-bit NF4 base + LoRA, 8 steps, adapter loads in peft (25 s, estimated;
+                      skipped without bitsandbytes; on CPU: the trainer's refusal is checked)
   throughput_ftscale  ~1B Llama, bf16, packed 4x4096, ZeRO-2, one GPU: real tokens/s and MFU (90 s)
   throughput_hf       the named peer, HF Trainer + dynamic padding, same model, documents, slots (75 s)
   plan                `ftscale plan` vs torch.cuda.max_memory_allocated: full, full + grad ckpt, LoRA (110 s)

@@ -48,19 +48,20 @@ class Sizes:
     det_model: dict
     det_micro_batch: int
     det_steps: int
+    qlora_steps: int  # QLoRA smoke steps (det_model, det_micro_batch rows)
     matmul_n: int
     budget_s: float
     estimate_s: dict[str, float] = field(default_factory=dict)
 
 
-_GPU_ESTIMATES = {"env": 20, "qlora": 0, "parity_tiny": 20, "parity_1b": 45, "data": 30,
+_GPU_ESTIMATES = {"env": 20, "qlora": 25, "parity_tiny": 20, "parity_1b": 45, "data": 30,
                   "throughput_ftscale": 90, "throughput_hf": 75, "plan": 110, "determinism": 60}
 _FULL = Sizes(
     device="cuda", parity=(("parity_tiny", TINY, 256, "bfloat16"), ("parity_1b", LLAMA_1B, 4096, "bfloat16")),
     model=LLAMA_1B, seq_len=4096, micro_batch=4, warmup_steps=3, measure_steps=10,
     documents=(600, 400.0, 0.9, 2600),  # ~2.4 tokens per word with the 512-token BPE: median ~1k tokens
     plan_configs=(("full", False), ("full", True), ("lora", False)), plan_micro_batch=1,
-    det_model=SMALL, det_micro_batch=2, det_steps=6, matmul_n=8192, budget_s=450.0, estimate_s=_GPU_ESTIMATES)
+    det_model=SMALL, det_micro_batch=2, det_steps=6, qlora_steps=8, matmul_n=8192, budget_s=450.0, estimate_s=_GPU_ESTIMATES)
 MODES = {
     "full": _FULL,
     "quick": replace(_FULL, warmup_steps=2, measure_steps=4, documents=(300, 400.0, 0.9, 2600),
@@ -72,16 +73,16 @@ MODES = {
                               ("parity_1b", {**TINY, "tie_word_embeddings": True}, 128, "float32")),
         model=TINY, seq_len=128, micro_batch=2, warmup_steps=1, measure_steps=2, documents=(80, 40.0, 0.8, 150),
         plan_configs=_FULL.plan_configs, plan_micro_batch=1, det_model=TINY, det_micro_batch=2, det_steps=3,
-        matmul_n=256, budget_s=600.0),
+        qlora_steps=2, matmul_n=256, budget_s=600.0),
 }
-CHECK_ORDER = ("qlora", "env", "parity_tiny", "parity_1b", "data", "throughput_ftscale", "throughput_hf", "plan",
+CHECK_ORDER = ("env", "parity_tiny", "parity_1b", "data", "qlora", "throughput_ftscale", "throughput_hf", "plan",
                "determinism")
 # One process runs every check (--cpu-smoke): the HF peer goes before the first check that
 # sets up the recipe, whose torch.distributed group would make the Trainer wrap its model in DDP.
-SHARED_PROCESS_ORDER = ("env", "parity_tiny", "parity_1b", "data", "throughput_hf", "throughput_ftscale", "plan",
-                        "determinism")
-IN_PARENT = ("qlora",)  # cheap, no torch: run by the orchestrator itself
-REQUIRES = {"throughput_ftscale": ("data",), "throughput_hf": ("data",), "plan": ("data",),
+SHARED_PROCESS_ORDER = ("env", "parity_tiny", "parity_1b", "data", "throughput_hf", "qlora", "throughput_ftscale",
+                        "plan", "determinism")
+IN_PARENT: tuple[str, ...] = ()  # checks cheap enough for the orchestrator itself (no torch): none now
+REQUIRES = {"qlora": ("data",), "throughput_ftscale": ("data",), "throughput_hf": ("data",), "plan": ("data",),
             "determinism": ("data",)}
 
 
@@ -206,18 +207,66 @@ def check_env(ctx: Context) -> dict[str, Any]:
 
 
 def check_qlora(ctx: Context) -> dict[str, Any]:
-    """QLoRA is a smoke test (a few steps, loss falls, adapter exports) once the trainer has
-    it; today ``TrainConfig.method`` has no ``qlora`` and only the planner plans it."""
-    import typing
+    """QLoRA through the trainer's recipe: a saved random model loaded as a 4-bit NF4 base
+    (bitsandbytes), LoRA on every linear layer, a few steps on the check's dataset, the
+    adapter saved and loaded by plain ``peft`` on the full-precision base. On CPU: the trainer
+    must refuse ``method: qlora`` with its one-line error (bitsandbytes 4-bit needs CUDA)."""
+    import importlib.util
+    import json
+    import math
 
-    from ftscale.config import TrainConfig
+    from ftscale.errors import ConfigError
+    from ftscale.train.model import load_model
+    from recipe_harness import recipe, run_steps, train_config
 
-    methods = typing.get_args(typing.get_type_hints(TrainConfig)["method"])
-    if "qlora" not in methods:
-        return {"status": "not_built", "methods": list(methods),
-                "summary": f"not built: the trainer runs method {' | '.join(methods)} (ftscale plan plans qlora)"}
-    return {"status": "fail", "methods": list(methods),
-            "summary": "the trainer accepts qlora but gpu_check has no QLoRA smoke yet: add one"}
+    s = ctx.sizes
+    base = ctx.work / "qlora_base"
+    load_model(None, s.det_model, seed=0).save_pretrained(base)
+    run_dir = ctx.work / "runs" / "qlora"
+    config = train_config(ctx.dataset, run_dir, s.det_model, device=ctx.device, seq_len=s.seq_len,
+                          micro_batch=s.det_micro_batch, steps=s.qlora_steps, method="qlora", zero_stage=0)
+    config["model"] = {"path": str(base), "gradient_checkpointing": True}
+    config["optim"] = {"lr": 1e-3, "min_lr": 1e-4, "warmup_steps": 1}
+    if not ctx.on_cuda:
+        from ftscale.config import TrainConfig, build
+        from ftscale.train.recipe import Recipe
+
+        try:  # no process group: setup refuses before it would need one
+            Recipe(build(TrainConfig, config), 0, 1, run_dir).setup()
+        except ConfigError as e:
+            refused = "needs a CUDA GPU" in str(e) and "\n" not in str(e)
+            return {"status": "ok" if refused else "fail", "cuda": False, "error": str(e),
+                    "summary": f"needs CUDA; on CPU the trainer refuses it: {e}"}
+        return {"status": "fail", "cuda": False, "summary": "the trainer set up method qlora on CPU"}
+    if importlib.util.find_spec("bitsandbytes") is None:
+        return {"status": "skipped", "summary": "bitsandbytes is not installed (pip install 'ftscale[qlora]')"}
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    with recipe(config, run_dir) as r:
+        model = r.engine.module
+        four_bit = sum(type(m).__name__ == "Linear4bit" for m in model.modules())
+        trainable = sorted({n.split(".")[-2] for n, p in model.named_parameters() if p.requires_grad})
+        stats = run_steps(r, s.qlora_steps)
+        adapter = ctx.work / "qlora_adapter"
+        model.save_pretrained(str(adapter))
+    losses = [x["loss"] for x in stats]
+    loaded = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), str(adapter))
+    lora_tensors = sum("lora_" in n for n, _ in loaded.named_parameters())
+    fell = sum(losses[-2:]) / 2 < losses[0]
+    problems = [text for bad, text in (
+        (four_bit == 0, "no Linear4bit layer in the base"),
+        (not all(math.isfinite(x) for x in losses), "a loss is not finite"),
+        (trainable != ["default"], f"trainable tensors outside the adapter: {trainable}"),
+        (lora_tensors == 0, "the saved adapter has no LoRA tensors in plain peft"),
+        (not fell, "loss did not fall")) if bad]
+    adapter_config = json.loads((adapter / "adapter_config.json").read_text())
+    summary = (f"{four_bit} Linear4bit layers ({adapter_config['peft_type']} r={adapter_config['r']}), "
+               f"{len(losses)} steps: loss {losses[0]:.3f} -> {losses[-1]:.3f}; adapter loads in peft on the "
+               f"full-precision base ({lora_tensors} LoRA tensors)" + ("; FAILED: " + "; ".join(problems)
+                                                                      if problems else ""))
+    return {"status": "fail" if problems else "ok", "cuda": True, "linear4bit_layers": four_bit, "losses": losses,
+            "loss_fell": fell, "lora_tensors": lora_tensors, "problems": problems, "summary": summary}
 
 
 def check_parity(ctx: Context, name: str) -> dict[str, Any]:

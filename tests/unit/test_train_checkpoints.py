@@ -263,3 +263,94 @@ def test_export_refuses_a_non_empty_directory_before_reading_anything(tmp_path):
     with pytest.raises(OutputError, match="not empty; choose a new directory or pass --overwrite"):
         export(str(tmp_path / "no-such-run"), str(out))
     assert (out / "keep.txt").read_text() == "mine"
+
+
+# ------------------------------------------------------------------------- object storage
+
+@pytest.fixture
+def s3_run(monkeypatch, tmp_path):
+    """A run URI in a real S3 API (moto's server on loopback): the checkpoints of a run whose
+    ``storage_path`` is an object store, with no shared directory to commit or check in."""
+    boto3 = pytest.importorskip("boto3")
+    moto_server = pytest.importorskip("moto.server")
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    for key, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                       "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": f"http://{host}:{port}"}.items():
+        monkeypatch.setenv(key, value)
+    boto3.client("s3").create_bucket(Bucket="ckpt")
+    yield "s3://ckpt/runs/run"
+    server.stop()
+
+
+def upload_checkpoint(run_uri: str, tmp: Path, step: int, ranks: tuple[int, ...] = (0, 1)) -> str:
+    """Each rank's part uploaded the way Ray Train persists a report, then committed by rank 0."""
+    from ftscale.train.storage import commit_remote, join, upload
+
+    uri = join(run_uri, checkpoint_name(step))
+    for rank in ranks:
+        upload(rank_part(tmp, rank, step), uri)
+    commit_remote(run_uri, checkpoint_name(step), 2, step)
+    return uri
+
+
+def remote_scan(run_uri: str, tmp: Path) -> tuple[list[str], list[tuple[str, str]]]:
+    from ftscale.train.storage import mirror_run, remote_sizes
+
+    mirror = mirror_run(run_uri, tmp / f"mirror-{len(list(tmp.glob('mirror-*')))}")
+    found, skipped = runs.scan(mirror, remote_sizes(run_uri, mirror))
+    return [p.name for p in found], [(p.name, why) for p, why in skipped]
+
+
+def put(uri: str, data: bytes) -> None:
+    from ftscale.train.storage import filesystem
+
+    fs, path = filesystem(uri)
+    with fs.open_output_stream(path) as f:
+        f.write(data)
+
+
+def test_a_remote_checkpoint_is_committed_and_torn_ones_are_skipped(s3_run, tmp_path):
+    from ftscale.train.storage import download, filesystem, join
+
+    upload_checkpoint(s3_run, tmp_path, 2)
+    marker = json.loads((download(join(s3_run, checkpoint_name(2), COMMIT_FILE), tmp_path / "m.json")).read_text())
+    assert "ds/zero_pp_rank_1_mp_rank_00_optim_states.pt" in marker["files"] and marker["world_size"] == 2
+    with pytest.raises(OutputError, match="rank 1's file list did not arrive"):
+        upload_checkpoint(s3_run, tmp_path, 4, ranks=(0,))
+    deleted = upload_checkpoint(s3_run, tmp_path, 6)
+    fs, path = filesystem(join(deleted, "ds", "zero_pp_rank_1_mp_rank_00_optim_states.pt"))
+    fs.delete_file(path)
+    truncated = upload_checkpoint(s3_run, tmp_path, 8)
+    put(join(truncated, "ds", "mp_rank_00_model_states.pt"), b"short")
+    found, skipped = remote_scan(s3_run, tmp_path)
+    assert found == [checkpoint_name(2)]
+    assert dict(skipped) == {
+        checkpoint_name(4): "no commit marker: it was never completed (interrupted while saving?)",
+        checkpoint_name(6): "ds/zero_pp_rank_1_mp_rank_00_optim_states.pt is missing",
+        checkpoint_name(8): "ds/mp_rank_00_model_states.pt has 5 bytes, 5000 were written"}
+
+
+def test_remote_resume_and_export_choose_the_newest_checkpoint_that_verifies(s3_run, tmp_path, capsys):
+    from ftscale.train.resume import choose_checkpoint
+    from ftscale.train.storage import _fetch_for_export, download, join
+
+    upload_checkpoint(s3_run, tmp_path, 2)
+    changed = upload_checkpoint(s3_run, tmp_path, 4)
+    local = download(join(changed, "ds", "mp_rank_00_model_states.pt"), tmp_path / "model_states.pt")
+    flip_a_byte(local)  # same size: only a checksum sees it
+    put(join(changed, "ds", "mp_rank_00_model_states.pt"), local.read_bytes())
+    chosen = choose_checkpoint(s3_run, 0, 1, torch.device("cpu"), tmp_path / "scratch")
+    assert chosen == tmp_path / "scratch" / checkpoint_name(2) and runs.verified(chosen) == chosen
+    assert not (tmp_path / "scratch" / checkpoint_name(4)).exists()  # the bad download is gone
+    out = capsys.readouterr().out
+    assert f"skipping {checkpoint_name(4)}: ds/mp_rank_00_model_states.pt does not match its checksum" in out
+    # export of the run: the newest checkpoint whose download verifies
+    picked = _fetch_for_export(s3_run, tmp_path / "export-mirror", 1, False)
+    assert picked.name == checkpoint_name(2) and runs.verified(picked) == picked
+    assert f"skipping {checkpoint_name(4)}: ds/mp_rank_00_model_states.pt does not match" in capsys.readouterr().err
+    # export of that one checkpoint: downloaded, and refused by the local pass's checksums
+    picked = _fetch_for_export(changed, tmp_path / "export-mirror-2", 1, False)
+    with pytest.raises(InputError, match="does not match its checksum"):
+        runs.verified(picked)

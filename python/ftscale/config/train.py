@@ -10,6 +10,8 @@ from ftscale.config.base import PLAIN_NAME_RULE, plain_name, require
 from ftscale.config.eval import EvalConfig
 from ftscale.errors import ConfigError
 
+CPU_WORKERS = 2  # num_workers "auto" without GPUs: data parallelism still exercised, 2 cores busy
+
 @dataclass(frozen=True)
 class ModelConfig:
     """Exactly one of ``path`` (HF directory, .gguf file, or pkg:MODULE/file) and ``config``
@@ -39,6 +41,28 @@ class LoraConfig:
             raise ConfigError(f"{key}.dropout: must be in [0, 1), got {self.dropout}")
         require(self, key, "alpha", self.alpha > 0, "> 0")
         require(self, key, "target_modules", self.target_modules != [], "'all-linear' or a non-empty list")
+
+
+@dataclass(frozen=True)
+class PeftConfig:
+    """Options of the peft methods besides LoRA's own (``lora``, which ``dora`` and ``qlora``
+    use too). ``options``: any further keyword of the method's peft config class (e.g.
+    ``{init_lora_weights: pissa}`` for lora, ``{init_ia3_weights: false}`` for ia3)."""
+
+    # ia3: the scaled modules and those of them scaled at their input (None: peft's defaults
+    # for the architecture, e.g. k_proj, v_proj, down_proj / down_proj for LLaMA)
+    target_modules: list[str] | None = None
+    feedforward_modules: list[str] | None = None
+    # qlora: the frozen base stored in 4 bits (bitsandbytes); NF4 with double quantization is QLoRA's recipe
+    quant_type: Literal["nf4", "fp4"] = "nf4"
+    double_quant: bool = True
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def check(self, key: str) -> None:
+        require(self, key, "target_modules", self.target_modules != [], "a non-empty list (or left out)")
+        if self.feedforward_modules is not None and self.target_modules is not None:
+            extra = sorted(set(self.feedforward_modules) - set(self.target_modules))
+            require(self, key, "feedforward_modules", not extra, f"a subset of target_modules (not {extra})")
 
 
 @dataclass(frozen=True)
@@ -108,6 +132,38 @@ class SpikeConfig:
 
 
 @dataclass(frozen=True)
+class WandbConfig:
+    """A Weights & Biases run per ftscale run (``wandb.init`` keywords). ``mode: offline``
+    writes under ``dir`` for a later ``wandb sync``; the API key comes from ``wandb login`` or
+    ``WANDB_API_KEY`` on the workers."""
+
+    project: str = "ftscale"
+    entity: str | None = None
+    mode: Literal["online", "offline", "disabled"] = "online"
+    group: str | None = None
+    tags: list[str] = field(default_factory=list)
+    dir: str | None = None  # None: wandb's default (./wandb of the rank-0 worker)
+
+
+@dataclass(frozen=True)
+class MlflowConfig:
+    """An MLflow run per launch in ``experiment`` (created when missing). ``tracking_uri``:
+    a server (``http://...``), ``sqlite:///...`` or ``databricks``; None: ``MLFLOW_TRACKING_URI``."""
+
+    tracking_uri: str | None = None
+    experiment: str = "ftscale"
+    tags: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class LoggingConfig:
+    """Experiment trackers fed with every logged metric, next to metrics.jsonl and TensorBoard."""
+
+    wandb: WandbConfig | None = None
+    mlflow: MlflowConfig | None = None
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     """A training run. ``tokens_per_step`` sets gradient accumulation:
     accum = ceil(tokens_per_step / (micro_batch_size · seq_len · workers)).
@@ -121,8 +177,10 @@ class TrainConfig:
     model: ModelConfig
     run_name: str = "ftscale-run"
     storage_path: str = "runs"
-    method: Literal["full", "lora"] = "full"
+    # full: every weight; lora / dora / qlora (LoRA on a 4-bit base, CUDA) / ia3 through peft
+    method: Literal["full", "lora", "dora", "qlora", "ia3"] = "full"
     lora: LoraConfig = field(default_factory=LoraConfig)
+    peft: PeftConfig = field(default_factory=PeftConfig)
     seq_len: int = 2048
     micro_batch_size: int = 1
     tokens_per_step: int | None = None
@@ -133,7 +191,9 @@ class TrainConfig:
     zero_stage: Literal[0, 1, 2, 3] = 2
     offload_optimizer: bool = False
     offload_params: bool = False
-    num_workers: int | list[int] = 2  # or [min, max]: elastic
+    # "auto": one worker per GPU of the cluster, else CPU_WORKERS (a one-GPU machine gets one
+    # worker, not two that wait forever for a second GPU); [min, max]: elastic
+    num_workers: int | list[int] | Literal["auto"] = "auto"
     use_gpu: bool | None = None  # None: use GPUs when the cluster has them
     cpus_per_worker: int = 1
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -146,6 +206,7 @@ class TrainConfig:
     early_stop_patience: int = 0  # evaluations without improvement before stopping; 0: never
     eval: EvalConfig = field(default_factory=EvalConfig)  # task scores, best-checkpoint choice, forgetting guard
     log_every: int = 1
+    logging: LoggingConfig = field(default_factory=LoggingConfig)  # W&B, MLflow
     peak_tflops: float | None = None  # per device, for MFU; None: known GPUs, else MFU is not reported
     max_failures: int = 2  # worker/node failures Ray Train recovers from automatically
     export_on_finish: bool = True
@@ -164,6 +225,13 @@ class TrainConfig:
             raise ConfigError("offload_params: parameter offload needs zero_stage: 3")
         if self.offload_optimizer and self.zero_stage == 0:
             raise ConfigError("offload_optimizer: optimizer offload needs zero_stage 1, 2 or 3")
+        if self.method == "qlora":
+            if self.model.path is None:
+                raise ConfigError("method: qlora loads model.path's weights in 4 bits; an inline model.config has none")
+            if self.zero_stage == 3:
+                raise ConfigError("zero_stage: qlora keeps the 4-bit base whole on every GPU; use zero_stage 0-2")
+            if self.precision == "fp32":
+                raise ConfigError("precision: qlora computes in bf16 on the GPU; use precision: auto or bf16")
         if self.early_stop_patience and not self.eval_every:
             raise ConfigError("early_stop_patience: early stopping counts evaluations; set eval_every > 0")
         for name in ("tasks", "select", "guard"):
@@ -177,11 +245,13 @@ class TrainConfig:
                               "directory inside storage_path)")
 
     def _check_workers(self, key: str) -> None:
+        if self.num_workers == "auto":
+            return  # resolved to a count at launch (``workers``), which needs no elastic checks
         if isinstance(self.num_workers, int):
-            require(self, key, "num_workers", self.num_workers >= 1, ">= 1")
+            require(self, key, "num_workers", self.num_workers >= 1, "'auto' or >= 1")
             return
         require(self, key, "num_workers", len(self.num_workers) == 2 and 1 <= self.num_workers[0] <= self.num_workers[1],
-                "a count >= 1, or [min, max] with 1 <= min <= max")
+                "'auto', a count >= 1, or [min, max] with 1 <= min <= max")
         if self.tokens_per_step is None:
             raise ConfigError("num_workers: an elastic run ([min, max]) needs tokens_per_step, so that the global "
                               "batch does not change with the number of workers")
@@ -192,14 +262,24 @@ class TrainConfig:
                               f"a whole number of micro-batches of {row_tokens} tokens per worker; choose "
                               f"tokens_per_step a multiple of {row_tokens} x every worker count in the range")
 
+    def workers(self, cluster_gpus: float, use_gpu: bool) -> int | list[int]:
+        """Ray Train workers: ``num_workers`` (a count or elastic [min, max]), or for "auto"
+        one per GPU of the cluster when training on GPUs, else ``CPU_WORKERS``."""
+        if self.num_workers != "auto":
+            return self.num_workers
+        return max(1, int(cluster_gpus)) if use_gpu else CPU_WORKERS
+
     def worker_counts(self) -> list[int]:
-        """Every number of workers the run may have."""
+        """Every number of workers the run may have (``num_workers`` resolved: not "auto")."""
+        if self.num_workers == "auto":
+            raise ValueError("num_workers is 'auto': resolve it with workers() first")
         if isinstance(self.num_workers, int):
             return [self.num_workers]
         return list(range(self.num_workers[0], self.num_workers[1] + 1))
 
     def grad_accum_steps(self, world_size: int | None = None) -> int:
-        """Micro-batches per rank per step with ``world_size`` workers (default: the largest count)."""
+        """Micro-batches per rank per step with ``world_size`` workers (default: the largest
+        count of a resolved ``num_workers``)."""
         workers = world_size if world_size is not None else self.worker_counts()[-1]
         per_step = self.micro_batch_size * self.seq_len * workers
         if self.tokens_per_step is None:

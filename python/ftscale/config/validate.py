@@ -28,8 +28,11 @@ class Validated(typing.NamedTuple):
         if self.kind == "prep":
             sources = ", ".join(f"{s.name} ({s.kind})" for s in c.sources)
             return f"{len(c.sources)} source(s): {sources}; seq_len {c.seq_len}; output {c.output}"
-        return (f"{c.method}, ZeRO-{c.zero_stage}, seq_len {c.seq_len}, {c.num_workers} workers x micro-batch "
-                f"{c.micro_batch_size}, grad accum {c.grad_accum_steps()}, {c.max_steps} steps")
+        if c.num_workers == "auto":
+            workers = "workers: one per GPU (else 2 on CPU)"
+        else:
+            workers = f"{c.num_workers} workers x micro-batch {c.micro_batch_size}, grad accum {c.grad_accum_steps()}"
+        return f"{c.method}, ZeRO-{c.zero_stage}, seq_len {c.seq_len}, {workers}, {c.max_steps} steps"
 
 
 def detect_kind(data: dict) -> Literal["prep", "train"]:
@@ -55,13 +58,16 @@ def validate_file(path: str | Path, overrides: list[str] | None = None) -> Valid
     return Validated(kind, train, _train_warnings(train))
 
 
-def _missing(path: str) -> bool:
-    from ftscale.paths import resolve_path
+def _reference_warning(key: str, ref: str) -> str | None:
+    """Why the model or tokenizer reference ``ref`` cannot be loaded yet, or None."""
+    from ftscale.paths import resolve_model_ref
 
     try:
-        return not resolve_path(path).exists()
-    except ConfigError:  # pkg:MODULE/... of a package not installed (yet)
-        return True
+        if resolve_model_ref(ref).exists():
+            return None
+    except ConfigError as e:  # pkg: of a package not installed (yet), a Hub id not cached (yet)
+        return f"{key}: {e}"
+    return f"{key}: {ref} does not exist"
 
 
 def _prep_warnings(cfg: PrepConfig) -> list[str]:
@@ -69,8 +75,9 @@ def _prep_warnings(cfg: PrepConfig) -> list[str]:
     from ftscale.errors import InputError
 
     warnings = []
-    if _missing(cfg.tokenizer.path):
-        warnings.append(f"tokenizer.path: {cfg.tokenizer.path} does not exist")
+    missing = _reference_warning("tokenizer.path", cfg.tokenizer.path)
+    if missing:
+        warnings.append(missing)
     inputs = [(f"sources.{i}.paths", s.paths) for i, s in enumerate(cfg.sources)]
     for key, paths in inputs + [("decontaminate.eval_paths", cfg.decontaminate.eval_paths)]:
         try:
@@ -120,8 +127,9 @@ def _train_warnings(cfg: TrainConfig) -> list[str]:
     from ftscale.data.format import MANIFEST, read_manifest
 
     warnings = []
-    if cfg.model.path is not None and _missing(cfg.model.path):
-        warnings.append(f"model.path: {cfg.model.path} does not exist")
+    missing = _reference_warning("model.path", cfg.model.path) if cfg.model.path is not None else None
+    if missing:
+        warnings.append(missing)
     if not (Path(cfg.data.path) / MANIFEST).is_file():
         warnings.append(f"data.path: {cfg.data.path} is not a prepared dataset yet (no {MANIFEST}); "
                         "run `ftscale prep` before training")

@@ -86,13 +86,14 @@ class Job:
 
     # ----------------------------------------------------------------------------- pass 1
 
-    def first_pass(self, steps: list[Step], scores: bool = False) -> None:
-        """Run the first pass over every unit, then number the documents and rank them."""
+    def first_pass(self, steps: list[Step], scores: bool = False, on_unit: Any = None) -> None:
+        """Run the first pass over every unit (``on_unit(n)`` as units finish: a progress
+        bar), then number the documents and rank them."""
         from ftscale import _core
 
         for step in steps:
             step.prepare(self)
-        self.metas = self.executor.map_units(self.tasks, steps)
+        self.metas = self.executor.map_units(self.tasks, steps, on_unit)
         counts = np.array([int(m["records"]) for m in self.metas], dtype=np.int64)
         self.bases = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
         n = int(self.bases[-1])

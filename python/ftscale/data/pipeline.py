@@ -222,8 +222,9 @@ def require_valid_records(job: Any) -> None:
 
 def run_global(job: Any, steps: list[Any], stages: Any, *, scores: bool = False) -> None:
     """The first pass over every unit, then each global step's reduce, in order."""
-    with stages.stage("read", f"{len(job.tasks)} units of work, {job.executor.name} executor"):
-        job.first_pass(steps, scores=scores)
+    with stages.stage("read", f"{len(job.tasks)} units of work, {job.executor.name} executor",
+                      total=len(job.tasks)) as advance:
+        job.first_pass(steps, scores=scores, on_unit=advance)
     stages.add_step_seconds(job.metas)
     require_valid_records(job)
     for step in steps:

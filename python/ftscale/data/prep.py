@@ -73,8 +73,8 @@ def run_prep(cfg: PrepConfig, stages: Any) -> Manifest:
         job = plan_job(sources, out, engine, {"prep": job_print}, key_rows_per_doc(steps), stages)
     try:
         run_global(job, steps, stages)
-        with stages.stage("tokenize", f"{job.alive.sum():,} records"):
-            metas = _tokenize_pass(job, cfg)
+        with stages.stage("tokenize", f"{job.alive.sum():,} records", total=len(job.tasks)) as advance:
+            metas = _tokenize_pass(job, cfg, advance)
         stages.add_step_seconds(metas)
         crash_at("write shards")
         with stages.stage("write shards", str(out)):
@@ -94,15 +94,16 @@ def run_prep(cfg: PrepConfig, stages: Any) -> Manifest:
     return manifest
 
 
-def _tokenize_pass(job: Any, cfg: PrepConfig) -> list[dict[str, Any]]:
-    """The second pass: every unit's kept records tokenized, split and spilled."""
+def _tokenize_pass(job: Any, cfg: PrepConfig, on_unit: Any = None) -> list[dict[str, Any]]:
+    """The second pass: every unit's kept records tokenized, split and spilled (``on_unit(n)``
+    as units finish)."""
     from ftscale.data.steps.tokenize import LoadKept, SpillTokens, Tokenize
     from ftscale.data.steps.write import source_schema
 
     schemas = [source_schema(job, s) for s in range(len(job.sources))]
     steps = [LoadKept(job.alive, job.bases, schemas), Tokenize(cfg), SpillTokens(cfg.val_fraction, cfg.seed)]
     tasks = [replace(t, pass_name=TOKENIZE_PASS) for t in job.tasks]
-    return job.executor.map_units(tasks, steps)
+    return job.executor.map_units(tasks, steps, on_unit)
 
 
 def _write_dataset(job: Any, metas: list[dict[str, Any]], cfg: PrepConfig, out: Path) -> dict[str, SourceEntry]:

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -14,7 +16,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ftscale.errors import ConfigError
-from ftscale.paths import resolve_path
+from ftscale.paths import hub_reference, pin_model_ref, resolve_model_ref
 
 # The pre-tokenisation pattern of GPT-2's BPE; a .tiktoken file stores ranks only, so the
 # pattern must be known. Used for `.tiktoken` files (e.g. whisper's gpt2.tiktoken).
@@ -76,16 +78,22 @@ def _read_template(value: str | None) -> str | None:
 
 
 def load_tokenizer(path: str, chat_template: str | None = None) -> Tokenizer:
-    p = resolve_path(path)
+    """``path``: a tokenizer directory, a ``.gguf`` or ``.tiktoken`` file, ``pkg:`` or a Hub id
+    (``ftscale.paths.resolve_model_ref``); a Hub id is recorded pinned to its cached commit."""
+    try:
+        p = resolve_model_ref(path)
+    except ConfigError as e:
+        raise ConfigError(f"tokenizer.path: {e}") from e
+    pinned = pin_model_ref(path) if hub_reference(path) is not None else None
     if not p.exists():
         raise ConfigError(f"tokenizer.path: {path} not found; give a tokenizer directory "
                           "(tokenizer.json), a .gguf file or a .tiktoken file")
     if p.is_file() and p.suffix == ".tiktoken":
         return _load_tiktoken(p)
     if p.is_file() and p.suffix == ".gguf":
-        return _load_hf(str(p.parent), chat_template, gguf_file=p.name, shown=str(p))
+        return _load_hf(str(p.parent), chat_template, gguf_file=p.name, shown=pinned or str(p))
     if p.is_dir() and (p / "tokenizer.json").is_file():
-        return _load_hf(str(p), chat_template, shown=str(p))
+        return _load_hf(str(p), chat_template, shown=pinned or str(p))
     raise ConfigError(f"tokenizer.path: {path} is neither a directory with tokenizer.json, "
                       "a .gguf file nor a .tiktoken file")
 
@@ -99,12 +107,17 @@ def _load_hf(directory: str, chat_template: str | None, shown: str, gguf_file: s
     hf_logging.set_verbosity_error()
     logging.getLogger("transformers").setLevel(logging.ERROR)
     kwargs: dict[str, Any] = {"local_files_only": True}
-    if gguf_file:
+    cached = gguf_tokenizer_cache(Path(directory) / gguf_file) if gguf_file else None
+    if cached is not None and (cached / "tokenizer.json").is_file():
+        directory = str(cached)
+    elif gguf_file:
         kwargs["gguf_file"] = gguf_file
     try:
         tok = AutoTokenizer.from_pretrained(directory, **kwargs)
     except Exception as e:  # transformers raises many types for unusable files
         raise ConfigError(f"tokenizer.path: cannot load a tokenizer from {shown}: {e}") from e
+    if cached is not None and "gguf_file" in kwargs:  # converted just now: keep it for next time
+        _keep(tok, cached)
     template = _read_template(chat_template)
     if template is not None:
         tok.chat_template = template
@@ -118,6 +131,32 @@ def _load_hf(directory: str, chat_template: str | None, shown: str, gguf_file: s
                      bos_token_id=tok.bos_token_id, pad_token_id=int(pad), vocab_size=len(tok),
                      chat_template=tok.chat_template, fingerprint=h.hexdigest(),
                      vocab_sha256=_vocab_digest(tok.get_vocab()))
+
+
+def gguf_tokenizer_cache(gguf: Path) -> Path | None:
+    """Where the tokenizer converted from GGUF file ``gguf`` is kept, keyed by the file's path,
+    size and modification time: ``$FTSCALE_CACHE_DIR`` (default ``~/.cache/ftscale``)
+    ``/gguf-tokenizers/<key>``. Converting SmolLM2's GGUF vocabulary takes ~15-30 s on 2 cores,
+    reading the saved conversion ~1 s, and both give the same tokenizer (same fingerprint).
+    None when the file cannot be stat'ed."""
+    try:
+        stat = gguf.resolve().stat()
+    except OSError:
+        return None
+    key = hashlib.sha256(f"{gguf.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:32]
+    root = Path(os.environ.get("FTSCALE_CACHE_DIR") or Path.home() / ".cache" / "ftscale")
+    return root / "gguf-tokenizers" / key
+
+
+def _keep(tok: Any, cached: Path) -> None:
+    """Save a freshly converted tokenizer (before any template override) into its cache
+    directory, atomically; a cache that cannot be written is skipped (it only saves time)."""
+    tmp = cached.with_name(f"{cached.name}.tmp-{os.getpid()}")
+    try:
+        tok.save_pretrained(str(tmp))
+        os.replace(tmp, cached)
+    except OSError:  # read-only home, or another process renamed its copy first
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _load_tiktoken(path: Path) -> Tokenizer:

@@ -50,10 +50,15 @@ class EvalOptions:
 def resolve_model(source: str, best: bool, scratch: ExitStack) -> tuple[str, str]:
     """``(model path, label)``: a path ``load_model`` and ``load_tokenizer`` both accept. A
     checkpoint or run directory is exported into a temporary directory owned by ``scratch``."""
-    from ftscale.paths import resolve_path
+    from ftscale.paths import resolve_model_ref
     from ftscale.train.runs import RUN_FILE, best_checkpoint, latest_checkpoint
+    from ftscale.train.storage import export_remote, is_remote
 
-    p = resolve_path(source)
+    if is_remote(source):  # a run or checkpoint in object storage: its checkpoint, exported here
+        tmp = scratch.enter_context(tempfile.TemporaryDirectory(prefix="ftscale-eval-model-"))
+        export_remote(source, tmp, merge_lora=True, best=best)
+        return tmp, source
+    p = resolve_model_ref(source)
     checkpoint: Path | None = None
     if (p / RUN_FILE).is_file():
         checkpoint = p

@@ -35,9 +35,9 @@ def model_vocab_size(cfg: Any) -> int | None:
 
 
 def _model_tokenizer_path(model_path: str) -> Path | None:
-    from ftscale.paths import resolve_path
+    from ftscale.paths import resolve_model_ref
 
-    p = resolve_path(model_path)
+    p = resolve_model_ref(model_path)  # a Hub id: its cached snapshot
     if (p.is_file() and p.suffix == ".gguf") or (p.is_dir() and (p / "tokenizer.json").is_file()):
         return p
     return None
@@ -46,8 +46,6 @@ def _model_tokenizer_path(model_path: str) -> Path | None:
 def check_model_tokenizer(cfg: Any, tokenizer: dict[str, Any]) -> None:
     """ConfigError when the dataset's tokenizer (the manifest's ``tokenizer`` entry) does not
     fit ``cfg``'s model: more ids than embedding rows, or another vocabulary than the model's own."""
-    from ftscale.paths import resolve_path
-
     data_vocab = tokenizer.get("vocab_size")
     rows = model_vocab_size(cfg)
     fix = "prepare the data with the model's tokenizer (tokenizer.path: the model's directory or .gguf)"
@@ -58,7 +56,7 @@ def check_model_tokenizer(cfg: Any, tokenizer: dict[str, Any]) -> None:
         return
     own = _model_tokenizer_path(cfg.model.path)
     data_path = tokenizer.get("path")
-    if own is None or (isinstance(data_path, str) and _same_file(resolve_path(data_path), own)):
+    if own is None or (isinstance(data_path, str) and _same_file(_local(data_path), own)):
         return
     from ftscale.data.tokenize import load_tokenizer
 
@@ -68,6 +66,17 @@ def check_model_tokenizer(cfg: Any, tokenizer: dict[str, Any]) -> None:
         raise ConfigError(f"model: its own tokenizer ({own}) has another vocabulary than the one the dataset was "
                           f"prepared with ({data_path}; {key} {str(tokenizer.get(key))[:12]}… vs "
                           f"{str(model_tok[key])[:12]}…): the ids would mean other tokens to the model; {fix}")
+
+
+def _local(reference: str) -> Path:
+    """The dataset's tokenizer reference as a local path (a Hub id no longer cached: as given,
+    which matches nothing, so the vocabularies are compared)."""
+    from ftscale.paths import resolve_model_ref
+
+    try:
+        return resolve_model_ref(reference)
+    except ConfigError:
+        return Path(reference)
 
 
 def _same_file(a: Path, b: Path) -> bool:

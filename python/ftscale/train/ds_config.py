@@ -24,8 +24,12 @@ def build_ds_config(*, zero_stage: int, micro_batch_size: int, grad_accum_steps:
         # One parameter sub-group, so the client optimizer's step() runs once per step and
         # sees the whole partition (GuardedAdamW computes the global grad norm there).
         zero.update({"sub_group_size": 10**12, "stage3_gather_16bit_weights_on_model_save": False})
+    offload: dict[str, Any] = {}
     if offload_optimizer:
         zero["offload_optimizer"] = {"device": "cpu", "pin_memory": True}
+        # The step runs on CPU in GuardedAdamW (torch's AdamW, plus the global norm, clipping and
+        # the spike guard), not in DeepSpeedCPUAdam, which DeepSpeed otherwise insists on.
+        offload["zero_force_ds_cpu_optimizer"] = False
     if offload_params:
         zero["offload_param"] = {"device": "cpu", "pin_memory": True}
     return {
@@ -37,6 +41,7 @@ def build_ds_config(*, zero_stage: int, micro_batch_size: int, grad_accum_steps:
         "bf16": {"enabled": precision == "bf16"},
         "fp16": {"enabled": False},
         "zero_allow_untested_optimizer": True,
+        **offload,
         "steps_per_print": 10**9,
         "wall_clock_breakdown": False,
     }

@@ -14,6 +14,7 @@ renamed to it. An existing non-empty ``out`` is refused unless ``overwrite``.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import pickle
@@ -89,10 +90,17 @@ def fp32_state_dict(checkpoint: Path) -> dict[str, Any]:
 
 
 def export(source: str, out: str, merge_lora: bool = False, average_last: int = 1, best: bool = False,
-           overwrite: bool = False) -> Path:
+           overwrite: bool = False) -> Path | str:
     """``source`` (a checkpoint, or a run directory: its latest complete checkpoint, or its best
     one with ``best``; the last ``average_last`` averaged) as a model directory ``out``, created
-    atomically; an existing non-empty ``out`` is replaced only with ``overwrite``."""
+    atomically; an existing non-empty ``out`` is replaced only with ``overwrite``. Either may be
+    a storage URI (``ftscale.train.storage``); a URI ``out`` is returned as it is."""
+    from ftscale.train.storage import export_remote, is_uri
+
+    if is_uri(source) or is_uri(out):
+        return export_remote(source, out, merge_lora=merge_lora, average_last=average_last, best=best,
+                             overwrite=overwrite)
+
     from ftscale.config import TrainConfig, build
     from ftscale.data.tokenize import load_tokenizer
     from ftscale.train.runs import RUN_FILE
@@ -120,7 +128,7 @@ def export(source: str, out: str, merge_lora: bool = False, average_last: int = 
             model.save_pretrained(str(tmp), safe_serialization=True)
         (tmp / "ftscale_export.json").write_text(json.dumps(
             {"checkpoints": [str(c) for c in chosen], "step": step, "method": cfg.method,
-             "merged_lora": bool(cfg.method == "lora" and merge_lora)}, indent=2))
+             "merged_lora": bool(cfg.method != "full" and merge_lora)}, indent=2))
         _move_into_place(tmp, out_dir)
     except OSError as e:
         raise OutputError(f"cannot write the export to {out_dir}: {e.strerror or e}; free space or choose "
@@ -138,20 +146,30 @@ def _check_target(out_dir: Path, overwrite: bool) -> None:
 
 
 def _trained_model(cfg: Any, states: list[dict[str, Any]], merge_lora: bool) -> Any:
-    """The config's model with the (averaged) checkpoint weights, ready to save."""
-    from ftscale.train.model import apply_lora, load_model
+    """The config's model with the (averaged) checkpoint weights, ready to save; a peft
+    method's adapters merged into it with ``merge_lora``, else kept as a peft model."""
+    from ftscale.train.adapters import apply_method, is_adapter_key
+    from ftscale.train.model import load_model
+
+    method = cfg.method
 
     state = {k: sum(s[k] for s in states) / len(states) for k in states[0]} if len(states) > 1 else states[0]
     model = load_model(cfg.model.path, cfg.model.config, dtype="float32", attn_implementation="sdpa", seed=cfg.seed)
-    if cfg.method == "lora":
-        model = apply_lora(model, cfg.lora.r, cfg.lora.alpha, cfg.lora.dropout, cfg.lora.target_modules)
+    if cfg.method == "qlora":
+        # The adapters apply to the full-precision base (what QLoRA's 4-bit weights approximate),
+        # so only they come from the checkpoint.
+        cfg = dataclasses.replace(cfg, method="lora")
+        state = {k: v for k, v in state.items() if is_adapter_key(k)}
+    model = apply_method(model, cfg)
     missing, unexpected = model.load_state_dict(state, strict=False)
     # Tied weights (lm_head = embeddings) are stored once; anything else missing is a damaged checkpoint.
     tied = {k for k in missing if "lm_head" in k and getattr(model.config, "tie_word_embeddings", False)}
+    if method == "qlora":
+        tied |= {k for k in missing if not is_adapter_key(k)}
     if set(missing) - tied or unexpected:
         raise InputError(f"checkpoint does not match the model of its config: missing "
                          f"{sorted(set(missing) - tied)[:5]}, unexpected {sorted(unexpected)[:5]}")
-    if cfg.method == "lora" and merge_lora:
+    if method != "full" and merge_lora:
         model = model.merge_and_unload()
     if hasattr(model, "hf_quantizer"):
         model.hf_quantizer = None

@@ -1,8 +1,8 @@
 """Loading the model to fine-tune, wrapping it with LoRA, and counting its FLOPs.
 
 ``load_model`` accepts the ``model`` section of the train config: ``model.path`` (a local
-Hugging Face directory, a ``.gguf`` file, or ``pkg:MODULE/relative/file`` for a file
-shipped in an installed package) or ``model.config`` (an inline transformers config dict,
+Hugging Face directory, a ``.gguf`` file, ``pkg:MODULE/relative/file`` for a file shipped
+in an installed package, or a Hub id found in the local Hugging Face cache) or ``model.config`` (an inline transformers config dict,
 randomly initialised from ``seed``: for tests and demos). Nothing is downloaded.
 """
 
@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Literal
 
-from ftscale.paths import resolve_path
+from ftscale.paths import resolve_model_ref
 from ftscale.errors import ConfigError
 from ftscale.train.attention import resolve_attn_implementation
 
@@ -25,14 +25,16 @@ DTYPES = ("float32", "bfloat16")
 
 def load_model(path: str | None, inline_config: dict[str, Any] | None, *,
                dtype: Literal["float32", "bfloat16"] = "float32", attn_implementation: str = "auto",
-               seed: int = 0) -> torch.nn.Module:
+               seed: int = 0, quantization: Any = None) -> torch.nn.Module:
     """A ``transformers`` causal LM with parameters in ``dtype``.
 
     Exactly one of ``path`` and ``inline_config``. A ``.gguf`` file is dequantised to
     ``dtype`` and its quantization state is dropped, so ``save_pretrained`` writes a plain
     model. ``attn_implementation``: see ``ftscale.train.attention.resolve_attn_implementation``;
     the chosen one is in ``model.config._attn_implementation``. ``seed`` seeds the random
-    initialisation of an inline config (the global RNG is left untouched).
+    initialisation of an inline config (the global RNG is left untouched). ``quantization``: a
+    transformers quantization config (qlora's 4-bit bitsandbytes one) for ``path``'s weights,
+    loaded straight onto the current CUDA device.
     """
     import torch
 
@@ -46,17 +48,18 @@ def load_model(path: str | None, inline_config: dict[str, Any] | None, *,
     if inline_config is not None:
         return _from_inline_config(inline_config, torch_dtype, attn, seed)
     assert path is not None  # exactly one of the two, checked above
-    return _load_pretrained(path, torch_dtype, attn)
+    return _load_pretrained(path, torch_dtype, attn, quantization)
 
 
-def _load_pretrained(path: str, torch_dtype: torch.dtype, attn: str) -> torch.nn.Module:
+def _load_pretrained(path: str, torch_dtype: torch.dtype, attn: str, quantization: Any = None) -> torch.nn.Module:
     import pickle
 
+    import torch
     from safetensors import SafetensorError
     from transformers import AutoModelForCausalLM
 
     try:
-        p = resolve_path(path)
+        p = resolve_model_ref(path)
     except ConfigError as e:
         raise ConfigError(f"model.path: {e}") from e
     if p.is_file() and p.suffix == ".gguf":
@@ -67,13 +70,23 @@ def _load_pretrained(path: str, torch_dtype: torch.dtype, attn: str) -> torch.nn
         raise ConfigError(f"model.path: {path} not found; give a Hugging Face model directory or a .gguf file")
     else:
         raise ConfigError(f"model.path: {path} is neither a directory with config.json nor a .gguf file")
+    if quantization is not None:
+        if extra:
+            raise ConfigError(f"model.path: {path} is a GGUF file; qlora quantizes a Hugging Face model directory")
+        if not torch.cuda.is_available():
+            raise ConfigError("method: qlora stores the base model in 4 bits with bitsandbytes, which needs a CUDA GPU")
+        extra = {"quantization_config": quantization, "device_map": {"": torch.cuda.current_device()}}
     try:
         model = AutoModelForCausalLM.from_pretrained(directory, local_files_only=True, dtype=torch_dtype,
                                                      attn_implementation=attn, **extra)
+    except ImportError as e:  # bitsandbytes (qlora) not installed
+        raise ConfigError(f"model.path: loading {path} in 4 bits needs bitsandbytes (pip install bitsandbytes): "
+                          f"{str(e).splitlines()[0][:300]}") from e
     except (OSError, ValueError, KeyError, EOFError, RuntimeError, SafetensorError, pickle.UnpicklingError) as e:
         # unknown model_type, broken or partial checkpoints, damaged weight files
         raise ConfigError(f"model.path: cannot load a causal LM from {path}: {str(e).splitlines()[0][:300]}") from e
-    _drop_quantization_state(model)
+    if quantization is None:
+        _drop_quantization_state(model)
     return model
 
 

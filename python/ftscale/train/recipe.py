@@ -14,12 +14,14 @@ and broadcast (``resume``). Nothing in a checkpoint is unpickled beyond tensors
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pickle
 import shutil
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -49,17 +51,21 @@ def _all_reduce_sum(values: list[float], device: Any) -> list[float]:
 
 
 class Recipe:
-    def __init__(self, cfg: TrainConfig, rank: int, world_size: int, run_dir: Path) -> None:
+    def __init__(self, cfg: TrainConfig, rank: int, world_size: int, run_dir: str | Path) -> None:
         self.cfg = cfg
         self.rank = rank
         self.world_size = world_size
-        self.run_dir = run_dir
+        self.run_dir = str(run_dir)  # a local directory or a storage URI (ftscale.train.storage)
+        self.log_dir: Path | None = None  # where rank 0 writes metrics: run_dir, or a staging copy of it
         self.step = 0
         self.best_val: float | None = None
         self.evals_without_gain = 0
         self.skipped_windows: list[dict[str, int]] = []
         self.metrics_file = None
         self.tb = None
+        self.trackers: Any = None  # rank 0's W&B / MLflow sessions (ftscale.train.tracking)
+        self.progress: Any = None  # rank 0: the driver's progress queue (its bar replaces the step lines)
+        self.clock: Any = None  # ftscale.progress.StepClock of this session's steps
         self.last_checkpoint_step = -1
         self.suite: Any = None  # ftscale.eval.runner.TaskSuite when eval.tasks is set
         self.tokenizer: Any = None
@@ -79,7 +85,8 @@ class Recipe:
         from ftscale.data.loader import PackedLoader
         from ftscale.data.format import read_manifest
         from ftscale.train.ds_config import build_ds_config, resolve_precision
-        from ftscale.train.model import apply_lora, flops_per_token, load_model, trainable_parameters
+        from ftscale.train.adapters import apply_method, quantization_config, require_cuda_for
+        from ftscale.train.model import flops_per_token, load_model, trainable_parameters
         from ftscale.train.optim import make_optimizer, make_scheduler
         from ftscale.train.gate import Gate
         from ftscale.train.resume import choose_checkpoint
@@ -87,6 +94,7 @@ class Recipe:
         from ftscale.train.spike import SpikeGuard
         from ftscale.train.torch_load import weights_only_loads
 
+        require_cuda_for(cfg.method, self.on_gpu)
         weights_only_loads()
         seed_everything(cfg.seed + self.rank)
         torch.use_deterministic_algorithms(True, warn_only=True)
@@ -100,13 +108,13 @@ class Recipe:
         self.compute_dtype = torch.bfloat16 if self.precision == "bf16" else torch.float32
         model = load_model(cfg.model.path, cfg.model.config,
                            dtype="bfloat16" if self.precision == "bf16" else "float32",
-                           attn_implementation=cfg.model.attn_implementation, seed=cfg.seed)
+                           attn_implementation=cfg.model.attn_implementation, seed=cfg.seed,
+                           quantization=quantization_config(cfg))
         self.attn_implementation = model.config._attn_implementation
         self.model_config = model.config
         if cfg.model.gradient_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        if cfg.method == "lora":
-            model = apply_lora(model, cfg.lora.r, cfg.lora.alpha, cfg.lora.dropout, cfg.lora.target_modules)
+        model = apply_method(model, cfg)
         self.trainable, self.total_params = trainable_parameters(model)
         self.flops_per_token = flops_per_token(self.model_config, cfg.seq_len, self.trainable / self.total_params)
         self.grad_accum = cfg.grad_accum_steps(self.world_size)
@@ -135,18 +143,22 @@ class Recipe:
             cfg.data.path, cfg.data.mixture, cfg.seq_len, cfg.micro_batch_size, self.rank, self.world_size,
             cfg.seed, tokens_per_epoch=cfg.data.tokens_per_epoch, strategy=cfg.data.strategy,
             temperature=cfg.data.temperature, max_repeat=cfg.data.max_repeat)
-        resume = choose_checkpoint(self.run_dir, self.rank, self.world_size, self.device)
-        if resume is not None:
-            self.load(resume)
+        with self._scratch() as scratch:
+            resume = choose_checkpoint(self.run_dir, self.rank, self.world_size, self.device, scratch)
+            if resume is not None:
+                self.load(resume)
         if self.rank == 0:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            self.metrics_file = open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8")
+            self.log_dir = self._stage_logs()
+            self.metrics_file = open(self.log_dir / "metrics.jsonl", "a", encoding="utf-8")
             try:
                 from torch.utils.tensorboard import SummaryWriter
 
-                self.tb = SummaryWriter(str(self.run_dir / "tensorboard"))
+                self.tb = SummaryWriter(str(self.log_dir / "tensorboard"))
             except ImportError:  # tensorboard is optional; the JSONL file has everything
                 self.tb = None
+            from ftscale.train.tracking import Trackers
+
+            self.trackers = Trackers(cfg, self.run_dir, to_dict(cfg))
         if self.rank == 0:
             print(f"ftscale: {self.world_size} workers, {'GPU' if self.on_gpu else 'CPU'} ({torch.get_num_threads()} "
                   f"threads/worker), {self.precision}, ZeRO-{cfg.zero_stage}, {self.attn_implementation} attention, "
@@ -170,8 +182,11 @@ class Recipe:
     # ------------------------------------------------------------------ train
 
     def train(self) -> None:
+        from ftscale.progress import StepClock
+
         cfg = self.cfg
         last = min(cfg.max_steps, cfg.stop_at_step or cfg.max_steps)
+        self.clock = StepClock(self.step, last)
         if cfg.eval_on_start and self.step == 0:
             metrics = {"step": 0, **self.evaluate()}
             self._judge(metrics)
@@ -353,10 +368,15 @@ class Recipe:
         from ftscale.train.resume import barrier
         from ftscale.train.rng import rng_state
         from ftscale.train.runs import clear, commit, write_rank_files
+        from ftscale.train.storage import clear_remote, commit_remote, is_remote, join, local_path
 
-        target = self.run_dir / checkpoint_name(self.step)
+        remote = is_remote(self.run_dir)
+        name = checkpoint_name(self.step)
         if self.rank == 0:
-            clear(target)
+            if remote:
+                clear_remote(join(self.run_dir, name))
+            else:
+                clear(Path(local_path(self.run_dir)) / name)
         barrier()  # no rank uploads into what is left of an earlier attempt at this step
         with tempfile.TemporaryDirectory(prefix="ftscale-ckpt-") as tmp:
             self.engine.save_checkpoint(tmp, tag=DS_TAG)
@@ -374,11 +394,15 @@ class Recipe:
             if self.cfg.eval.select is not None:
                 reported[KEEP_SCORE] = self.step + (KEEP_BEST_BONUS if best else 0.0)
             ray.train.report(reported, checkpoint=ray.train.Checkpoint.from_directory(tmp),
-                             checkpoint_dir_name=checkpoint_name(self.step))
+                             checkpoint_dir_name=name)
         barrier()  # report returns once this rank's upload is done: after the barrier, all are
         if self.rank == 0:
-            commit(target, self.world_size, self.step)
+            if remote:
+                commit_remote(self.run_dir, name, self.world_size, self.step)
+            else:
+                commit(Path(local_path(self.run_dir)) / name, self.world_size, self.step)
         self.last_checkpoint_step = self.step
+        self._sync_logs()
 
     @staticmethod
     def _report(metrics: dict[str, Any]) -> None:
@@ -443,13 +467,17 @@ class Recipe:
 
     def _universal_copy(self, checkpoint: Path) -> Path:
         """DeepSpeed's universal checkpoint of ``checkpoint`` (rank 0 converts it once into the
-        run directory; every rank waits for it)."""
+        run directory; every rank waits for it). A remote run's ranks each hold their own
+        download of ``checkpoint``, so each converts its copy, beside it."""
         from argparse import Namespace
 
         from ftscale.train.resume import barrier
+        from ftscale.train.storage import is_remote, local_path
 
-        target = self.run_dir / UNIVERSAL_DIR / checkpoint.name
-        if self.rank == 0 and not (target / "done").is_file():
+        remote = is_remote(self.run_dir)
+        base = checkpoint.parent if remote else Path(local_path(self.run_dir))
+        target = base / UNIVERSAL_DIR / checkpoint.name
+        if (self.rank == 0 or remote) and not (target / "done").is_file():
             from deepspeed.checkpoint.ds_to_universal import main as ds_to_universal
 
             tmp = target.with_name(f"{target.name}.tmp-{os.getpid()}")
@@ -490,10 +518,11 @@ class Recipe:
         from ftscale.train.resume import choose_checkpoint
 
         bad_until = self.loader.state_dict()
-        ckpt_dir = choose_checkpoint(self.run_dir, self.rank, self.world_size, self.device)
-        if ckpt_dir is None:
-            return
-        self.load(ckpt_dir)
+        with self._scratch() as scratch:
+            ckpt_dir = choose_checkpoint(self.run_dir, self.rank, self.world_size, self.device, scratch)
+            if ckpt_dir is None:
+                return
+            self.load(ckpt_dir)
         resumed = self.loader.state_dict()
         if bad_until["epoch"] == resumed["epoch"]:
             skip = bad_until["rows_consumed"] - resumed["rows_consumed"]
@@ -505,6 +534,45 @@ class Recipe:
         self.skipped_windows.append(window)
         self._log({"step": self.step, "rollback": window})
 
+    @contextlib.contextmanager
+    def _scratch(self) -> Iterator[Path | None]:
+        """Where this rank downloads the checkpoint it loads from a remote run (removed after
+        loading); None for a local run, whose checkpoints are read where they are."""
+        from ftscale.train.storage import is_remote
+
+        if not is_remote(self.run_dir):
+            yield None
+            return
+        with tempfile.TemporaryDirectory(prefix="ftscale-resume-") as tmp:
+            yield Path(tmp)
+
+    def _stage_logs(self) -> Path:
+        """Rank 0's log directory: the run directory itself, or for a storage URI a local copy
+        of its metrics (appended to on resume) that ``_sync_logs`` uploads."""
+        from ftscale.train.storage import download, exists, is_remote, join
+
+        if not is_remote(self.run_dir):
+            Path(self.run_dir).mkdir(parents=True, exist_ok=True)
+            return Path(self.run_dir)
+        staging = Path(tempfile.mkdtemp(prefix="ftscale-run-"))
+        if exists(join(self.run_dir, "metrics.jsonl")):
+            download(join(self.run_dir, "metrics.jsonl"), staging / "metrics.jsonl")
+        return staging
+
+    def _sync_logs(self) -> None:
+        """Upload rank 0's metrics and TensorBoard files to a remote run directory."""
+        from ftscale.train.storage import is_remote, join, upload
+
+        if self.log_dir is None or not is_remote(self.run_dir):
+            return
+        if self.metrics_file is not None:
+            self.metrics_file.flush()
+        if self.tb is not None:
+            self.tb.flush()
+        for name in ("metrics.jsonl", "tensorboard"):
+            if (self.log_dir / name).exists():
+                upload(self.log_dir / name, join(self.run_dir, name))
+
     # ------------------------------------------------------------------ logging
 
     def _log(self, metrics: dict[str, Any]) -> None:
@@ -513,12 +581,17 @@ class Recipe:
         if "loss" not in metrics and "val_loss" in metrics:
             print(f"step {metrics['step']}/{self.cfg.max_steps} " + " ".join(
                 f"{k} {v:.4f}" for k, v in metrics.items() if _shown(k)), flush=True)
-        if "loss" in metrics and metrics["step"] % self.cfg.log_every == 0:
+        if "loss" in metrics and self.progress is not None:
+            self.progress.put_nowait({"step": metrics["step"], "total": self.cfg.max_steps, "loss": metrics["loss"],
+                                      "tokens_per_s": metrics["tokens_per_s"]})
+        elif "loss" in metrics and metrics["step"] % self.cfg.log_every == 0:
+            pace = self.clock.describe(metrics["step"]) if self.clock is not None else ""
             print(f"step {metrics['step']}/{self.cfg.max_steps} loss {metrics['loss']:.4f} "
                   f"lr {metrics['lr']:.2e} grad_norm {metrics['grad_norm']:.3f} "
                   f"tokens/s {metrics['tokens_per_s']:,.0f}"
                   + "".join(f" {k} {v:.4f}" for k, v in metrics.items() if _shown(k))
-                  + (f" SKIPPED ({metrics['skipped']})" if "skipped" in metrics else ""), flush=True)
+                  + (f" SKIPPED ({metrics['skipped']})" if "skipped" in metrics else "")
+                  + (f" ({pace})" if pace else ""), flush=True)
         if self.metrics_file is not None:
             self.metrics_file.write(json.dumps({"time": time.time(), **metrics}, default=str) + "\n")
             self.metrics_file.flush()
@@ -526,12 +599,17 @@ class Recipe:
             for k, v in _scalars(metrics).items():
                 if k != "step":
                     self.tb.add_scalar(k, v, metrics.get("step", self.step))
+        if self.trackers is not None:
+            self.trackers.log(_scalars(metrics), metrics.get("step", self.step))
 
     def cleanup(self) -> None:
+        self._sync_logs()
         if self.metrics_file is not None:
             self.metrics_file.close()
         if self.tb is not None:
             self.tb.close()
+        if self.trackers is not None:
+            self.trackers.close()
 
 
 def _shown(key: str) -> bool:
@@ -560,9 +638,12 @@ def train_loop(loop_config: dict[str, Any]) -> None:
 
     cfg = build(TrainConfig, loop_config["config"])
     ctx = ray.train.get_context()
-    recipe = Recipe(cfg, ctx.get_world_rank(), ctx.get_world_size(), Path(loop_config["run_dir"]))
-    # On a first launch, a relaunch and a restart after a failure alike, the run directory is
-    # searched for its newest complete checkpoint (not Ray's last report, which may be torn).
+    recipe = Recipe(cfg, ctx.get_world_rank(), ctx.get_world_size(), loop_config["run_dir"])
+    if recipe.rank == 0:
+        recipe.progress = loop_config.get("progress")
+    # On a first launch, a relaunch and a restart after a failure alike, the run directory (or
+    # storage URI) is searched for its newest complete checkpoint (not Ray's last report, which
+    # may be torn).
     recipe.setup()
     try:
         recipe.train()

@@ -6,10 +6,16 @@ hashes its share of the newest candidate's files (file ``i`` on rank ``i mod W``
 sum their mismatches, and a candidate with any is skipped for the next. Ranks on a network
 filesystem with stale caches therefore never load different steps, and a checkpoint whose
 bytes changed after it was committed is never loaded.
+
+A run in object storage (``storage_path`` a URI) is chosen the same way on a mirror of its
+small files, with the sizes asked of the store (``storage.remote_sizes``); every rank then
+downloads the candidate into its own scratch directory and checks all of that copy's
+checksums (the copies are separate, so no rank can vouch for another's), and loads it.
 """
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -49,28 +55,40 @@ def barrier() -> None:
         dist.barrier()
 
 
-def choose_checkpoint(run_dir: Path, rank: int, world_size: int, device: Any) -> Path | None:
+def choose_checkpoint(run_dir: str | Path, rank: int, world_size: int, device: Any,
+                      scratch: Path | None = None) -> Path | None:
     """The newest complete checkpoint of ``run_dir`` whose files match their checksums, agreed
-    by every rank (call it on all of them); None when there is none."""
+    by every rank (call it on all of them); None when there is none. For a remote ``run_dir``
+    (a URI) it is this rank's downloaded copy, inside ``scratch`` (required then)."""
     from ftscale.errors import InputError
     from ftscale.train.runs import committed_files, mismatched_files, scan
+    from ftscale.train.storage import download, is_remote, join, local_path, mirrored, remote_sizes
 
+    remote = is_remote(str(run_dir))
     candidates: list[str] | None = None
     if rank == 0:
-        found, skipped = scan(run_dir)
+        with mirrored(str(run_dir)) as directory:
+            found, skipped = scan(directory, remote_sizes(str(run_dir), directory) if remote else None)
         for path, why in skipped:
             print(f"ftscale: skipping {path.name}: {why}", flush=True)
-        candidates = [str(p) for p in reversed(found)]
-    for candidate in broadcast(candidates, device):
-        path = Path(candidate)
+        candidates = [p.name for p in reversed(found)]
+    for name in broadcast(candidates, device):
         try:
-            mine = sorted(committed_files(path))[rank::world_size]
-            bad = mismatched_files(path, mine)
+            if remote:
+                assert scratch is not None, "a remote run needs a scratch directory to download into"
+                path = download(join(str(run_dir), name), scratch / name)
+                bad = mismatched_files(path)  # this rank's own copy: all of it
+            else:
+                path = Path(local_path(str(run_dir))) / name
+                mine = sorted(committed_files(path))[rank::world_size]
+                bad = mismatched_files(path, mine)
         except InputError as e:  # a marker this rank cannot read (a stale cache): skip it on every rank
             bad = [str(e)]
         if sum_over_ranks(len(bad), device) == 0:
             return path
         if bad:
-            print(f"ftscale: skipping {path.name}: {bad[0]} does not match its checksum (seen by rank {rank})",
+            print(f"ftscale: skipping {name}: {bad[0]} does not match its checksum (seen by rank {rank})",
                   flush=True)
+        if remote:
+            shutil.rmtree(scratch / name, ignore_errors=True)  # type: ignore[operator]
     return None

@@ -20,6 +20,7 @@ import hashlib
 import json
 import os
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,10 @@ DS_TAG = "ds"  # DeepSpeed checkpoint tag inside every checkpoint directory
 HASH_CHUNK_BYTES = 8 << 20  # read size while hashing: the only memory a checksum holds
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _RANK_FILES = re.compile(r"ftscale_files_rank\d+\.json")
+# Sizes of a checkpoint's files kept elsewhere: (checkpoint, names) -> {name: bytes, or None when
+# missing}. A remote run's mirror holds only the small files; its sizes come from the store
+# (``storage.remote_sizes``). None: the files are in the checkpoint directory itself.
+Sizes = Callable[[Path, list[str]], dict[str, int | None]]
 
 
 def checkpoint_name(step: int) -> str:
@@ -79,20 +84,7 @@ def clear(checkpoint: Path) -> None:
 def commit(checkpoint: Path, world_size: int, step: int) -> None:
     """Write the commit marker of ``checkpoint`` once every rank's listed files are there with
     their sizes; OutputError (and no marker) otherwise."""
-    files: dict[str, dict[str, Any]] = {}
-    for rank in range(world_size):
-        listing = _json(checkpoint / RANK_FILES.format(rank=rank))
-        if listing is None:
-            raise OutputError(f"{checkpoint}: rank {rank}'s file list did not arrive; the checkpoint is not committed")
-        for name, entry in _entries(listing.get("files"), checkpoint):
-            if files.setdefault(name, entry) != entry:
-                raise OutputError(f"{checkpoint}: ranks wrote different versions of {name}; not committed")
-    if RUN_FILE not in files:
-        raise OutputError(f"{checkpoint}: rank 0 wrote no {RUN_FILE}; not committed")
-    problem = _size_problem(checkpoint, files)
-    if problem:
-        raise OutputError(f"{checkpoint}: {problem}; the checkpoint is not committed")
-    marker = {"step": step, "world_size": world_size, "files": files}
+    marker = commit_marker(checkpoint, world_size, step)
     tmp = checkpoint / f".{COMMIT_FILE}.tmp-{os.getpid()}"
     try:
         with open(tmp, "w", encoding="utf-8") as f:
@@ -103,6 +95,25 @@ def commit(checkpoint: Path, world_size: int, step: int) -> None:
     except OSError as e:
         tmp.unlink(missing_ok=True)
         raise OutputError(f"{checkpoint}: cannot write the commit marker: {e}") from e
+
+
+def commit_marker(checkpoint: Path, world_size: int, step: int, sizes: Sizes | None = None) -> dict[str, Any]:
+    """The commit marker of ``checkpoint`` (every rank's file list merged), once each listed
+    file is there with its size (``sizes``: see ``Sizes``); OutputError otherwise."""
+    files: dict[str, dict[str, Any]] = {}
+    for rank in range(world_size):
+        listing = _json(checkpoint / RANK_FILES.format(rank=rank))
+        if listing is None:
+            raise OutputError(f"{checkpoint}: rank {rank}'s file list did not arrive; the checkpoint is not committed")
+        for name, entry in _entries(listing.get("files"), checkpoint):
+            if files.setdefault(name, entry) != entry:
+                raise OutputError(f"{checkpoint}: ranks wrote different versions of {name}; not committed")
+    if RUN_FILE not in files:
+        raise OutputError(f"{checkpoint}: rank 0 wrote no {RUN_FILE}; not committed")
+    problem = _size_problem(checkpoint, files, sizes)
+    if problem:
+        raise OutputError(f"{checkpoint}: {problem}; the checkpoint is not committed")
+    return {"step": step, "world_size": world_size, "files": files}
 
 
 # ---------------------------------------------------------------------------- reading
@@ -133,7 +144,15 @@ def _entries(files: Any, checkpoint: Path) -> list[tuple[str, dict[str, Any]]]:
     return out
 
 
-def _size_problem(checkpoint: Path, files: dict[str, dict[str, Any]]) -> str | None:
+def _size_problem(checkpoint: Path, files: dict[str, dict[str, Any]], sizes: Sizes | None = None) -> str | None:
+    if sizes is not None:
+        found = sizes(checkpoint, sorted(files))
+        for name, entry in sorted(files.items()):
+            if found.get(name) is None:
+                return f"{name} is missing"
+            if found[name] != entry["size"]:
+                return f"{name} has {found[name]} bytes, {entry['size']} were written"
+        return None
     root = checkpoint.resolve()
     for name, entry in sorted(files.items()):
         path = checkpoint / name
@@ -159,9 +178,10 @@ def committed_files(checkpoint: Path) -> dict[str, dict[str, Any]]:
     return files
 
 
-def problem(checkpoint: Path) -> str | None:
+def problem(checkpoint: Path, sizes: Sizes | None = None) -> str | None:
     """Why ``checkpoint`` cannot be used (no marker, a malformed one, a file missing or of
-    another size), or None. Cheap: sizes only; see ``mismatched_files`` for the checksums."""
+    another size), or None. Cheap: sizes only; see ``mismatched_files`` for the checksums.
+    ``sizes``: where the files' sizes come from when they are not in ``checkpoint`` (``Sizes``)."""
     if not (checkpoint / COMMIT_FILE).is_file():
         if (checkpoint / RUN_FILE).is_file() and not any(checkpoint.glob(RANK_FILES.format(rank="*"))):
             # Nothing lists its files, so nothing can show it whole: the run restarts without it.
@@ -172,7 +192,7 @@ def problem(checkpoint: Path) -> str | None:
         files = committed_files(checkpoint)
     except InputError as e:
         return str(e).removeprefix(f"{checkpoint}: ")
-    return _size_problem(checkpoint, files)
+    return _size_problem(checkpoint, files, sizes)
 
 
 def mismatched_files(checkpoint: Path, names: list[str] | None = None) -> list[str]:
@@ -188,13 +208,14 @@ def mismatched_files(checkpoint: Path, names: list[str] | None = None) -> list[s
     return bad
 
 
-def scan(run_directory: Path) -> tuple[list[Path], list[tuple[Path, str]]]:
-    """(complete checkpoints oldest first, [(skipped checkpoint, why)]) of a run directory."""
+def scan(run_directory: Path, sizes: Sizes | None = None) -> tuple[list[Path], list[tuple[Path, str]]]:
+    """(complete checkpoints oldest first, [(skipped checkpoint, why)]) of a run directory (or
+    of a remote run's mirror, with ``sizes``)."""
     if not run_directory.is_dir():
         return [], []
     found, skipped = [], []
     for path in sorted(p for p in run_directory.glob("checkpoint_*") if p.is_dir()):
-        why = problem(path)
+        why = problem(path, sizes)
         if why is None:
             found.append(path)
         else:
@@ -202,13 +223,13 @@ def scan(run_directory: Path) -> tuple[list[Path], list[tuple[Path, str]]]:
     return found, skipped
 
 
-def checkpoints(run_directory: Path) -> list[Path]:
+def checkpoints(run_directory: Path, sizes: Sizes | None = None) -> list[Path]:
     """Complete checkpoints of a run, oldest first."""
-    return scan(run_directory)[0]
+    return scan(run_directory, sizes)[0]
 
 
-def latest_checkpoint(run_directory: Path) -> Path | None:
-    found = checkpoints(run_directory)
+def latest_checkpoint(run_directory: Path, sizes: Sizes | None = None) -> Path | None:
+    found = checkpoints(run_directory, sizes)
     return found[-1] if found else None
 
 
@@ -229,11 +250,11 @@ def verified(checkpoint: Path) -> Path:
     return checkpoint
 
 
-def best_checkpoint(run_directory: Path) -> Path | None:
+def best_checkpoint(run_directory: Path, sizes: Sizes | None = None) -> Path | None:
     """The best checkpoint (``eval.select``, respecting ``eval.guard``) recorded by the run's
     latest checkpoint; None when the run selects none (no ``eval.select``, or no evaluation of
     a trained step respected the guard)."""
-    latest = latest_checkpoint(run_directory)
+    latest = latest_checkpoint(run_directory, sizes)
     if latest is None:
         return None
     run = _json(latest / RUN_FILE)
@@ -246,7 +267,7 @@ def best_checkpoint(run_directory: Path) -> Path | None:
     if not isinstance(step, int) or isinstance(step, bool) or step < 0:
         raise InputError(f"{latest / RUN_FILE}: gate.best_step must be a step number, got {step!r}")
     best = run_directory / checkpoint_name(step)
-    why = problem(best) if best.is_dir() else "it is missing from the run directory"
+    why = problem(best, sizes) if best.is_dir() else "it is missing from the run directory"
     if why is not None:
         raise InputError(f"{run_directory}: the best checkpoint (step {step}) cannot be used: {why}")
     return best

@@ -92,13 +92,18 @@ class LocalExecutor:
     def _pool(self) -> ThreadPoolExecutor:
         return ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="ftscale-unit")
 
-    def map_units(self, tasks: list[UnitTask], steps: list[Step]) -> list[dict[str, Any]]:
+    def map_units(self, tasks: list[UnitTask], steps: list[Step],
+                  on_unit: Callable[[int], None] | None = None) -> list[dict[str, Any]]:
+        """Run every unit (a finished one is read back); ``on_unit(1)`` after each, from the
+        worker thread that ran it (a progress bar over units)."""
         def one(task: UnitTask) -> dict[str, Any]:
             done = finished(task)
-            if done is not None:
-                return done
-            sink = SpillingSink(unit_dir(task.work, task.index), task.partitions, self.key_flush_bytes)
-            return run_unit(task, steps, sink)
+            if done is None:
+                sink = SpillingSink(unit_dir(task.work, task.index), task.partitions, self.key_flush_bytes)
+                done = run_unit(task, steps, sink)
+            if on_unit is not None:
+                on_unit(1)
+            return done
 
         with self._pool() as pool:
             metas = list(pool.map(one, tasks))
@@ -130,11 +135,15 @@ class LocalExecutor:
             results = list(pool.map(one, range(parts)))
         return _concat(results)
 
-    def parallel(self, fn: Callable[[Any, Any], pa.Table], items: list[Any], shared: Any) -> pa.Table:
-        """``fn(item, shared)`` for every item; the results concatenated in item order."""
+    def parallel(self, fn: Callable[[Any, Any], pa.Table], items: list[Any], shared: Any,
+                 on_item: Callable[[int], None] | None = None) -> pa.Table:
+        """``fn(item, shared)`` for every item; the results concatenated in item order;
+        ``on_item(1)`` after each."""
         def one(item: Any) -> pa.Table:
             result = fn(item, shared)
             release()
+            if on_item is not None:
+                on_item(1)
             return result
 
         with self._pool() as pool:

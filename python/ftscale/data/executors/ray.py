@@ -118,17 +118,22 @@ class RayExecutor:
         return {"num_cpus": 1, "memory": self.memory_budget_bytes,
                 "runtime_env": {"env_vars": {"FTSCALE_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}}}
 
-    def map_units(self, tasks: list[UnitTask], steps: list[Step]) -> list[dict[str, Any]]:
+    def map_units(self, tasks: list[UnitTask], steps: list[Step],
+                  on_unit: Callable[[int], None] | None = None) -> list[dict[str, Any]]:
+        """Run the unfinished units as Ray Data actor tasks; ``on_unit(n)`` as each block of
+        ``n`` finished units streams back (finished ones count at once)."""
         import ray
 
         todo = [i for i, t in enumerate(tasks) if finished(t) is None]
+        if on_unit is not None and len(todo) < len(tasks):
+            on_unit(len(tasks) - len(todo))
         if todo:
             ds = ray.data.from_items([{"i": i} for i in todo], override_num_blocks=len(todo))
             ds = ds.map_batches(_UnitMapper, batch_size=1, concurrency=min(self.workers, len(todo)),
                                 fn_constructor_kwargs={"tasks_box": [ray.put(tasks)], "steps_box": [ray.put(steps)],
                                                        "flush_bytes": self.key_flush_bytes},
                                 **self._remote_args())
-            self._run(ds)
+            self._run(ds, on_rows=on_unit)
         metas = []
         for t in tasks:
             meta = finished(t)
@@ -139,12 +144,17 @@ class RayExecutor:
             self._tasks, self._metas = tasks, metas
         return metas
 
-    def _run(self, ds: Any) -> pa.Table:
+    def _run(self, ds: Any, on_rows: Callable[[int], None] | None = None) -> pa.Table:
         """Execute a dataset and return its rows on the driver; a user error raised inside a
-        task comes back as itself (one line), not as Ray's wrapped traceback."""
+        task comes back as itself (one line), not as Ray's wrapped traceback. With ``on_rows``
+        the rows are only counted, block by block as they stream back (an empty table)."""
         import ray
 
         try:
+            if on_rows is not None:
+                for bundle in ds.iter_internal_ref_bundles():
+                    on_rows(bundle.num_rows() or 0)
+                return pa.table({})
             refs = ds.to_arrow_refs()
             tables = ray.get(refs)
         except Exception as e:  # Ray wraps task errors in its own exception types
@@ -173,8 +183,10 @@ class RayExecutor:
             **self._remote_args())
         return self._run(ds)
 
-    def parallel(self, fn: Callable[[Any, Any], pa.Table], items: list[Any], shared: Any) -> pa.Table:
-        """``fn(item, shared)`` for every item as Ray Data tasks; results in item order."""
+    def parallel(self, fn: Callable[[Any, Any], pa.Table], items: list[Any], shared: Any,
+                 on_item: Callable[[int], None] | None = None) -> pa.Table:
+        """``fn(item, shared)`` for every item as Ray Data tasks; results in item order;
+        ``on_item(len(items))`` once they are all back."""
         import ray
 
         if not items:
@@ -185,6 +197,8 @@ class RayExecutor:
                             fn_kwargs={"fn": fn, "items_box": box, "shared_box": [ray.put(shared)]},
                             **self._remote_args())
         out = self._run(ds)
+        if on_item is not None:
+            on_item(len(items))
         if out.num_rows == 0:
             return out
         order = np.argsort(out.column(ITEM).to_numpy(), kind="stable")
