@@ -132,9 +132,16 @@ impl ChatEncoder {
         Ok(out)
     }
 
-    /// Token ids of `text` (int32; no special tokens added), as the encoder tokenizes samples.
-    fn token_ids<'py>(&self, py: Python<'py>, text: &str) -> PyResult<Bound<'py, PyArray1<i32>>> {
-        let ids = self.inner.token_ids(text).map_err(to_pyerr)?;
-        Ok(ids.into_iter().map(|t| t as i32).collect::<Vec<_>>().into_pyarray(py))
+    /// Token ids (int32) and character offsets (list of (start, end)) of `text`, no special
+    /// tokens added, as the encoder tokenizes samples.
+    fn tokenize<'py>(&self, py: Python<'py>, text: &str) -> PyResult<(Bound<'py, PyArray1<i32>>, Vec<(usize, usize)>)> {
+        let (ids, offsets) = py.detach(|| self.inner.tokenize_text(text)).map_err(to_pyerr)?;
+        Ok((ids.into_iter().map(|t| t as i32).collect::<Vec<_>>().into_pyarray(py), offsets))
+    }
+
+    /// Whether the byte-level BPE fast path tokenizes (else the `tokenizers` crate).
+    #[getter]
+    fn fast_path(&self) -> bool {
+        self.inner.fast_path()
     }
 }

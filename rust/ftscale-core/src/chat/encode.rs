@@ -16,6 +16,7 @@ use minijinja::value::Value;
 use rayon::prelude::*;
 use tokenizers::Tokenizer;
 
+use super::bpe::{ByteLevelBpe, Encoded};
 use super::spans::{plan, probe_markers, Markers, PlanError, RewritePolicy, Turns};
 use super::template::ChatTemplate;
 use crate::error::{invalid, CoreError, Result};
@@ -24,6 +25,15 @@ use crate::pool;
 /// Probe texts that no template rewrites and that occur nowhere else in a probe's rendering.
 const PROBE_REPLY: (&str, &str) = ("ftscale-probe-reply-a", "ftscale-probe-reply-b");
 const PROBE_QUESTION: &str = "ftscale-probe-question";
+/// Texts the byte-level fast path must tokenize exactly as the crate does before it is used:
+/// contractions, digits, punctuation runs, whitespace runs and newlines, non-ASCII letters,
+/// CJK, emoji (multi-byte characters split across tokens), and the added tokens.
+const FAST_PATH_PROBES: [&str; 4] = [
+    "Hello, world! It's 2024-06-01: we'll test   spaces\n\n\tand tabs... ok?",
+    "Ünïcödé café naïve — «quotes» ¿qué? 東京は晴れ。 Ελληνικά 😀👍🏽 e\u{301}",
+    "  leading and trailing  \n",
+    "x=1;y=22;z=333; (a+b)*c; 'S 'LL 'Re don't",
+];
 
 /// One conversation: its messages (maps with `role`, `content`, ...) and the `tools` the template
 /// is rendered with (none when the record has none).
@@ -61,6 +71,7 @@ pub enum ChatFailure {
 pub struct ChatEncoder {
     template: ChatTemplate,
     tokenizer: Tokenizer,
+    fast: Option<ByteLevelBpe>,
     policy: RewritePolicy,
     eos_token: Option<String>,
     markers: OnceLock<Markers>,
@@ -80,7 +91,30 @@ impl ChatEncoder {
             .map_err(|e| CoreError::InvalidArgument(format!("tokenizer truncation cannot be disabled: {e}")))?;
         tokenizer.with_padding(None);
         let eos_token = special_tokens.iter().find(|(k, _)| k == "eos_token").map(|(_, v)| v.clone());
-        Ok(ChatEncoder { template, tokenizer, policy, eos_token, markers: OnceLock::new() })
+        let fast = ByteLevelBpe::from_json(tokenizer_json).filter(|fast| {
+            let added: String = special_tokens.iter().map(|(_, v)| format!("{v}x {v}\n")).collect();
+            // None (a text this path hands to the crate, e.g. not NFC) is fine; a different answer is not.
+            fast.encode(FAST_PATH_PROBES[0]).is_some()
+                && FAST_PATH_PROBES.iter().copied().chain([added.as_str()]).all(|text| {
+                    let want = tokenizer.encode_char_offsets(text, false).ok().map(|e| (e.get_ids().to_vec(), e.get_offsets().to_vec()));
+                    want.is_some() && fast.encode(text).is_none_or(|got| Some(got) == want)
+                })
+        });
+        Ok(ChatEncoder { template, tokenizer, fast, policy, eos_token, markers: OnceLock::new() })
+    }
+
+    /// Whether the byte-level fast path tokenizes (else the `tokenizers` crate does).
+    pub fn fast_path(&self) -> bool {
+        self.fast.is_some()
+    }
+
+    /// Ids and character offsets of `text`, no special tokens added.
+    fn encode_text(&self, text: &str) -> std::result::Result<Encoded, String> {
+        if let Some(encoded) = self.fast.as_ref().and_then(|f| f.encode(text)) {
+            return Ok(encoded);
+        }
+        let e = self.tokenizer.encode_char_offsets(text, false).map_err(|e| format!("tokenizer failed: {e}"))?;
+        Ok((e.get_ids().to_vec(), e.get_offsets().to_vec()))
     }
 
     /// Render a conversation's first messages as `apply_chat_template(tokenize=False)`.
@@ -126,18 +160,14 @@ impl ChatEncoder {
     }
 
     fn tokenize(&self, text: &str, byte_spans: &[(usize, usize)]) -> std::result::Result<Sample, String> {
-        let encoding = self.tokenizer.encode_char_offsets(text, false).map_err(|e| format!("tokenizer failed: {e}"))?;
+        let (ids, offsets) = self.encode_text(text)?;
         let spans: Vec<(usize, usize)> = byte_spans
             .iter()
             .filter(|(a, b)| b > a)
             .map(|&(a, b)| (char_index(text, a), char_index(text, b)))
             .collect();
-        let mask = encoding
-            .get_offsets()
-            .iter()
-            .map(|&(s, e)| u8::from(spans.iter().any(|&(a, b)| s < b && e > a)))
-            .collect();
-        Ok(Sample { ids: encoding.get_ids().to_vec(), mask })
+        let mask = offsets.iter().map(|&(s, e)| u8::from(spans.iter().any(|&(a, b)| s < b && e > a))).collect();
+        Ok(Sample { ids, mask })
     }
 
     /// Encode many conversations on `num_threads` threads (None: the default); one result per
@@ -146,12 +176,9 @@ impl ChatEncoder {
         pool::install(num_threads, || convs.par_iter().map(|c| self.encode(c)).collect())
     }
 
-    /// The tokenizer's ids of `text` (no special tokens added).
-    pub fn token_ids(&self, text: &str) -> Result<Vec<u32>> {
-        match self.tokenizer.encode_char_offsets(text, false) {
-            Ok(e) => Ok(e.get_ids().to_vec()),
-            Err(e) => invalid(format!("tokenizer failed: {e}")),
-        }
+    /// The ids and character offsets of `text` (no special tokens added), as samples are tokenized.
+    pub fn tokenize_text(&self, text: &str) -> Result<Encoded> {
+        self.encode_text(text).or_else(invalid)
     }
 }
 
