@@ -7,7 +7,9 @@
 //! on plain byte slices — added-token split (Aho-Corasick, leftmost-longest), the same regex split
 //! (`fancy-regex`, the engine the crate itself uses without oniguruma), a whole-piece vocabulary
 //! lookup or BPE merges by rank (lowest rank first, leftmost on ties: the crate's heap order) —
-//! is several times cheaper.
+//! is several times cheaper. The GPT-2 pattern itself runs on the `regex` crate's automata (see
+//! `Splitter`): fancy-regex's backtracking VM, needed only for its one lookahead, was 40% of the
+//! encoding time.
 //!
 //! Only tokenizer.json files whose every part is understood take this path (`from_json` returns
 //! None otherwise): no normalizer or NFC (texts that are not already NFC go to the crate), a
@@ -17,7 +19,10 @@
 //! without dropout, byte fallback or affixes, and added tokens without lstrip / rstrip /
 //! single-word rules. `ChatEncoder` also checks it against the crate on probe texts at load.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use aho_corasick::{AhoCorasick, MatchKind};
 use fancy_regex::Regex;
@@ -25,9 +30,119 @@ use serde_json::Value as Json;
 
 /// The GPT-2 pre-tokenization pattern `ByteLevel(use_regex=true)` splits with.
 const GPT2_PATTERN: &str = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+";
+/// `GPT2_PATTERN` without its lookahead alternative (`Splitter::Gpt2` restores its effect).
+const GPT2_PATTERN_NO_LOOKAHEAD: &str = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+";
+
+/// The pre-tokenization split.
+enum Splitter {
+    /// `GPT2_PATTERN` as `GPT2_PATTERN_NO_LOOKAHEAD`. At a whitespace run no earlier alternative
+    /// matches a whitespace-only string, so the run is matched by `\s+(?!\S)|\s+`: all of it when
+    /// it ends the text or is one character, else all but its last character (which then starts
+    /// the next piece, e.g. `" word"`). `\s+` matches the whole run; `pieces` gives back that
+    /// last character.
+    Gpt2(regex::Regex),
+    /// Any other pattern, on fancy-regex as the crate runs it.
+    Fancy(Regex),
+}
+
+impl Splitter {
+    fn new(pattern: &str) -> Option<Splitter> {
+        if pattern == GPT2_PATTERN {
+            return regex::Regex::new(GPT2_PATTERN_NO_LOOKAHEAD).ok().map(Splitter::Gpt2);
+        }
+        Regex::new(pattern).ok().map(Splitter::Fancy)
+    }
+
+    /// Byte ranges of `segment`'s matches, in order; None when the regex engine fails.
+    fn pieces(&self, segment: &str) -> Option<Vec<(usize, usize)>> {
+        let mut out = Vec::with_capacity(segment.len() / 4);
+        match self {
+            Splitter::Gpt2(re) => {
+                let mut at = 0;
+                while let Some(found) = re.find_at(segment, at) {
+                    let (start, mut end) = (found.start(), found.end());
+                    let run = found.as_str();
+                    if end < segment.len() && run.chars().all(char::is_whitespace) {
+                        let last = run.chars().next_back().map_or(0, char::len_utf8);
+                        if run.len() > last {
+                            end -= last;
+                        }
+                    }
+                    out.push((start, end));
+                    at = end;
+                }
+            }
+            Splitter::Fancy(re) => {
+                for found in re.find_iter(segment) {
+                    let found = found.ok()?;
+                    out.push((found.start(), found.end()));
+                }
+            }
+        }
+        Some(out)
+    }
+}
 
 /// Token ids and their (start, end) character offsets.
 pub type Encoded = (Vec<u32>, Vec<(usize, usize)>);
+
+/// Pieces of at most this many bytes have their tokens cached (natural text repeats its words).
+const CACHED_PIECE_BYTES: usize = 48;
+/// Cached pieces per thread; the cache is emptied when it is full. Bounds it to a few MiB.
+const CACHED_PIECES: usize = 1 << 16;
+
+/// A multiply-rotate hasher (the Fx hash) for the merge table and the piece cache: their keys
+/// are token-id pairs and short byte strings, for which SipHash's cost dominated the merge loop.
+/// Not flooding-resistant; the cache it serves is bounded.
+#[derive(Default)]
+struct FxHasher(u64);
+
+impl FxHasher {
+    fn add(&mut self, word: u64) {
+        self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+}
+
+impl Hasher for FxHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        let mut chunks = bytes.chunks_exact(8);
+        for chunk in &mut chunks {
+            self.add(u64::from_le_bytes(chunk.try_into().expect("chunks of 8 bytes")));
+        }
+        for &b in chunks.remainder() {
+            self.add(u64::from(b));
+        }
+    }
+    fn write_u8(&mut self, n: u8) {
+        self.add(u64::from(n));
+    }
+    fn write_u32(&mut self, n: u32) {
+        self.add(u64::from(n));
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.add(n);
+    }
+    fn write_usize(&mut self, n: usize) {
+        self.add(n as u64);
+    }
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+type FxMap<K, V> = HashMap<K, V, BuildHasherDefault<FxHasher>>;
+
+/// Tokens of a cached piece: (id, byte length) each.
+type PieceTokens = Box<[(u32, u8)]>;
+
+static NEXT_INSTANCE: AtomicU64 = AtomicU64::new(0);
+
+thread_local! {
+    // Per thread, so encoding threads never wait on each other: the tokens of pieces (by their
+    // bytes) of one tokenizer instance, emptied when another instance encodes on the thread.
+    // Holds at most CACHED_PIECES pieces of at most CACHED_PIECE_BYTES bytes.
+    static PIECE_CACHE: RefCell<(u64, FxMap<Box<[u8]>, PieceTokens>)> = RefCell::new((u64::MAX, FxMap::default()));
+}
 
 struct AddedSet {
     matcher: AhoCorasick,
@@ -35,12 +150,13 @@ struct AddedSet {
 }
 
 pub struct ByteLevelBpe {
+    instance: u64, // this tokenizer's key in the per-thread piece cache
     added: Option<AddedSet>,
     added_normalized: Option<AddedSet>,
-    split: Regex,
+    split: Splitter,
     vocab: HashMap<Box<[u8]>, u32>,
     byte_ids: [Option<u32>; 256], // None: a byte the vocabulary lacks (the crate drops it or emits unk)
-    merges: HashMap<(u32, u32), (u32, u32)>, // (left, right) -> (rank, merged id)
+    merges: FxMap<(u32, u32), (u32, u32)>, // (left, right) -> (rank, merged id)
     ignore_merges: bool,
     nfc: bool,
 }
@@ -119,7 +235,7 @@ impl ByteLevelBpe {
             Some(n) if n.get("type").and_then(Json::as_str) == Some("NFC") => true,
             Some(_) => return None,
         };
-        let split = Regex::new(&split_pattern(doc.get("pre_tokenizer")?)?).ok()?;
+        let split = Splitter::new(&split_pattern(doc.get("pre_tokenizer")?)?)?;
         if !post_processor_ok(doc.get("post_processor").unwrap_or(&Json::Null)) {
             return None;
         }
@@ -147,7 +263,7 @@ impl ByteLevelBpe {
         for (c, b) in &to_byte {
             byte_ids[*b as usize] = ids_of.get(c.to_string().as_str()).copied();
         }
-        let mut merges = HashMap::new();
+        let mut merges = FxMap::default();
         for (rank, merge) in model.get("merges")?.as_array()?.iter().enumerate() {
             let (a, b) = match merge {
                 Json::String(s) => s.split_once(' ')?,
@@ -170,6 +286,7 @@ impl ByteLevelBpe {
             }
         }
         Some(ByteLevelBpe {
+            instance: NEXT_INSTANCE.fetch_add(1, Ordering::Relaxed),
             added: added_set(plain_tokens)?,
             added_normalized: added_set(normalized_tokens)?,
             split,
@@ -212,13 +329,12 @@ impl ByteLevelBpe {
     fn encode_segment(&self, text: &str, start: usize, end: usize, ids: &mut Vec<u32>, spans: &mut Vec<(usize, usize)>) -> Option<()> {
         let segment = &text[start..end];
         let mut previous = 0;
-        for found in self.split.find_iter(segment) {
-            let found = found.ok()?;
-            if found.start() > previous {
-                self.encode_piece(text, start + previous, start + found.start(), ids, spans)?;
+        for (s, e) in self.split.pieces(segment)? {
+            if s > previous {
+                self.encode_piece(text, start + previous, start + s, ids, spans)?;
             }
-            self.encode_piece(text, start + found.start(), start + found.end(), ids, spans)?;
-            previous = found.end();
+            self.encode_piece(text, start + s, start + e, ids, spans)?;
+            previous = e;
         }
         if previous < segment.len() {
             self.encode_piece(text, start + previous, end, ids, spans)?;
@@ -238,6 +354,43 @@ impl ByteLevelBpe {
                 return Some(());
             }
         }
+        if bytes.len() > CACHED_PIECE_BYTES {
+            return self.merge_piece(bytes, start, ids, spans);
+        }
+        let hit = PIECE_CACHE.with(|cache| {
+            let cache = cache.borrow();
+            if cache.0 != self.instance {
+                return None;
+            }
+            let tokens = cache.1.get(bytes)?;
+            let mut at = start;
+            for &(id, len) in tokens.iter() {
+                ids.push(id);
+                spans.push((at, at + usize::from(len)));
+                at += usize::from(len);
+            }
+            Some(())
+        });
+        if hit.is_some() {
+            return Some(());
+        }
+        let first = ids.len();
+        self.merge_piece(bytes, start, ids, spans)?;
+        // Token lengths are at most CACHED_PIECE_BYTES, so they fit a u8.
+        let tokens: PieceTokens = ids[first..].iter().zip(&spans[first..]).map(|(&id, &(s, e))| (id, (e - s) as u8)).collect();
+        PIECE_CACHE.with(|cache| {
+            let (instance, pieces) = &mut *cache.borrow_mut();
+            if *instance != self.instance || pieces.len() >= CACHED_PIECES {
+                pieces.clear();
+                *instance = self.instance;
+            }
+            pieces.insert(Box::from(bytes), tokens);
+        });
+        Some(())
+    }
+
+    /// BPE merges of one piece (`bytes` = text[start..]), appended to `ids` and `spans`.
+    fn merge_piece(&self, bytes: &[u8], start: usize, ids: &mut Vec<u32>, spans: &mut Vec<(usize, usize)>) -> Option<()> {
         // (id, start, end) per symbol; merged in place, lowest rank first, leftmost on ties.
         let mut symbols = Vec::with_capacity(bytes.len());
         for (k, &b) in bytes.iter().enumerate() {

@@ -101,14 +101,14 @@ fn trained_byte_level(split: bool, ignore_merges: bool) -> String {
 fn byte_level_fast_path_matches_the_tokenizers_crate_on_random_text() {
     use rand::{Rng, SeedableRng};
 
-    let alphabet: Vec<char> = "the quick brown fox  ÉéüÜ東京😀👍🏽\u{301}\n\t'sll123.;!<|>imstartend_ ".chars().collect();
+    let alphabet: Vec<char> = "the quick brown fox  ÉéüÜ東京😀👍🏽\u{301}\n\t\r\u{a0}\u{3000}'sll123.;!<|>imstartend_ ".chars().collect();
     let markers = ["<|im_start|>", "<|im_end|>"];
     let mut rng = rand::rngs::StdRng::seed_from_u64(7);
     for (split, ignore_merges) in [(false, false), (true, false), (true, true)] {
         let json = trained_byte_level(split, ignore_merges);
         let fast = bpe::ByteLevelBpe::from_json(&json).expect("a plain byte-level BPE takes the fast path");
         let slow: tokenizers::Tokenizer = json.parse().unwrap();
-        for _ in 0..300 {
+        for _ in 0..1000 {
             let len = rng.random_range(0..60);
             let mut text = String::new();
             for _ in 0..len {
