@@ -7,9 +7,9 @@
 //! on plain byte slices — added-token split (Aho-Corasick, leftmost-longest), the same regex split
 //! (`fancy-regex`, the engine the crate itself uses without oniguruma), a whole-piece vocabulary
 //! lookup or BPE merges by rank (lowest rank first, leftmost on ties: the crate's heap order) —
-//! is several times cheaper. The GPT-2 pattern itself runs on the `regex` crate's automata (see
-//! `Splitter`): fancy-regex's backtracking VM, needed only for its one lookahead, was 40% of the
-//! encoding time.
+//! is several times cheaper. The GPT-2 pattern itself runs on `regex-automata` (anchored at each
+//! piece, with a per-thread cache; see `Splitter`): fancy-regex's backtracking VM, needed only for
+//! its one lookahead, was 40% of the encoding time.
 //!
 //! Only tokenizer.json files whose every part is understood take this path (`from_json` returns
 //! None otherwise): no normalizer or NFC (texts that are not already NFC go to the crate), a
@@ -26,6 +26,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use aho_corasick::{AhoCorasick, MatchKind};
 use fancy_regex::Regex;
+use regex_automata::{meta, Anchored, Input};
 use serde_json::Value as Json;
 
 /// The GPT-2 pre-tokenization pattern `ByteLevel(use_regex=true)` splits with.
@@ -39,8 +40,9 @@ enum Splitter {
     /// matches a whitespace-only string, so the run is matched by `\s+(?!\S)|\s+`: all of it when
     /// it ends the text or is one character, else all but its last character (which then starts
     /// the next piece, e.g. `" word"`). `\s+` matches the whole run; `pieces` gives back that
-    /// last character.
-    Gpt2(regex::Regex),
+    /// last character. Every character matches some alternative, so each search is anchored
+    /// where the previous piece ended.
+    Gpt2(meta::Regex),
     /// Any other pattern, on fancy-regex as the crate runs it.
     Fancy(Regex),
 }
@@ -48,30 +50,39 @@ enum Splitter {
 impl Splitter {
     fn new(pattern: &str) -> Option<Splitter> {
         if pattern == GPT2_PATTERN {
-            return regex::Regex::new(GPT2_PATTERN_NO_LOOKAHEAD).ok().map(Splitter::Gpt2);
+            return meta::Regex::new(GPT2_PATTERN_NO_LOOKAHEAD).ok().map(Splitter::Gpt2);
         }
         Regex::new(pattern).ok().map(Splitter::Fancy)
     }
 
-    /// Byte ranges of `segment`'s matches, in order; None when the regex engine fails.
-    fn pieces(&self, segment: &str) -> Option<Vec<(usize, usize)>> {
+    /// Byte ranges of `segment`'s matches, in order; None when the regex engine fails (the text
+    /// then goes to the crate). `instance` keys the per-thread search cache.
+    fn pieces(&self, segment: &str, instance: u64) -> Option<Vec<(usize, usize)>> {
         let mut out = Vec::with_capacity(segment.len() / 4);
         match self {
-            Splitter::Gpt2(re) => {
+            Splitter::Gpt2(re) => SPLIT_CACHE.with(|slot| {
+                let mut slot = slot.borrow_mut();
+                if slot.as_ref().is_none_or(|(owner, _)| *owner != instance) {
+                    *slot = Some((instance, re.create_cache()));
+                }
+                let (_, cache) = slot.as_mut().expect("set above");
                 let mut at = 0;
-                while let Some(found) = re.find_at(segment, at) {
-                    let (start, mut end) = (found.start(), found.end());
-                    let run = found.as_str();
+                while at < segment.len() {
+                    let input = Input::new(segment).range(at..).anchored(Anchored::Yes);
+                    let found = re.search_with(cache, &input).filter(|m| m.end() > at)?;
+                    let mut end = found.end();
+                    let run = &segment[at..end];
                     if end < segment.len() && run.chars().all(char::is_whitespace) {
                         let last = run.chars().next_back().map_or(0, char::len_utf8);
                         if run.len() > last {
                             end -= last;
                         }
                     }
-                    out.push((start, end));
+                    out.push((at, end));
                     at = end;
                 }
-            }
+                Some(())
+            })?,
             Splitter::Fancy(re) => {
                 for found in re.find_iter(segment) {
                     let found = found.ok()?;
@@ -138,6 +149,8 @@ type PieceTokens = Box<[(u32, u8)]>;
 static NEXT_INSTANCE: AtomicU64 = AtomicU64::new(0);
 
 thread_local! {
+    // The GPT-2 splitter's search state (lazy DFA tables) for one tokenizer instance per thread.
+    static SPLIT_CACHE: RefCell<Option<(u64, meta::Cache)>> = const { RefCell::new(None) };
     // Per thread, so encoding threads never wait on each other: the tokens of pieces (by their
     // bytes) of one tokenizer instance, emptied when another instance encodes on the thread.
     // Holds at most CACHED_PIECES pieces of at most CACHED_PIECE_BYTES bytes.
@@ -329,7 +342,7 @@ impl ByteLevelBpe {
     fn encode_segment(&self, text: &str, start: usize, end: usize, ids: &mut Vec<u32>, spans: &mut Vec<(usize, usize)>) -> Option<()> {
         let segment = &text[start..end];
         let mut previous = 0;
-        for (s, e) in self.split.pieces(segment)? {
+        for (s, e) in self.split.pieces(segment, self.instance)? {
             if s > previous {
                 self.encode_piece(text, start + previous, start + s, ids, spans)?;
             }
