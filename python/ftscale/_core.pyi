@@ -9,6 +9,7 @@ import numpy.typing as npt
 
 __all__ = [
     "MINHASH_SIGNATURE_VERSION",
+    "ChatEncoder",
     "EvalIndex",
     "SpillStore",
     "UnionFind",
@@ -220,3 +221,12 @@ class EvalIndex:
     def scan(
         self, train_texts: list[Any], train_owners: _U32, num_records: int, num_threads: int | None = None
     ) -> dict[str, Any]: ...
+
+@final
+class ChatEncoder:
+    def __new__(cls, template: str, special_tokens: list[tuple[str, str]], tokenizer_json: str, policy: str) -> Self: ...
+    def render(self, messages: Any, tools: Any | None = None, add_generation_prompt: bool = False) -> str: ...
+    def encode_batch(self, conversations: list[Any], num_threads: int | None = None) -> dict[str, Any]: ...
+    def tokenize(self, text: str) -> tuple[npt.NDArray[np.int32], list[tuple[int, int]]]: ...
+    @property
+    def fast_path(self) -> bool: ...

@@ -19,9 +19,11 @@ from hypothesis import strategies as st
 from ftscale.data.chat import (
     ChatEncoder,
     ChatTemplateError,
+    EncodedChat,
     NoAssistantTurnError,
     lint_masks,
     supervised_share,
+    template_messages,
 )
 from ftscale.errors import ConfigError, DataError
 
@@ -124,6 +126,12 @@ def supervised_runs(tok, ids: np.ndarray, mask: np.ndarray) -> list[str]:
     return [tok.decode(r, skip_special_tokens=False, clean_up_tokenization_spaces=False) for r in runs]
 
 
+def one(encoder: ChatEncoder, messages: list[dict]) -> EncodedChat:
+    """The single sample of a conversation no turn of which the template rewrites."""
+    (encoded,) = encoder.encode(messages)
+    return encoded
+
+
 def assert_matches(tok, encoded, pieces) -> None:
     text, ids, mask = expected_from_pieces(tok, pieces)
     assert encoded.text == text
@@ -134,7 +142,7 @@ def assert_matches(tok, encoded, pieces) -> None:
 
 def test_single_turn_does_not_supervise_the_auto_inserted_system_prompt(tok):
     messages = [user("Hi"), assistant("Hello there")]
-    encoded = ChatEncoder(tok).encode(messages)
+    encoded = one(ChatEncoder(tok), messages)
     assert_matches(tok, encoded, chatml_pieces(messages, SMOL_DEFAULT_SYSTEM))
     assert SMOL_DEFAULT_SYSTEM in encoded.text
     assert supervised_runs(tok, encoded.input_ids, encoded.loss_mask) == ["Hello there" + IM_END]
@@ -145,7 +153,7 @@ def test_single_turn_does_not_supervise_the_auto_inserted_system_prompt(tok):
 @pytest.mark.parametrize("with_system", [False, True])
 def test_three_assistant_turns(tok, with_system):
     messages = ([system("Answer briefly.")] if with_system else []) + THREE_TURNS
-    encoded = ChatEncoder(tok).encode(messages)
+    encoded = one(ChatEncoder(tok), messages)
     assert_matches(tok, encoded, chatml_pieces(messages, SMOL_DEFAULT_SYSTEM))
     runs = supervised_runs(tok, encoded.input_ids, encoded.loss_mask)
     assert runs == [m["content"] + IM_END for m in THREE_TURNS if m["role"] == "assistant"]
@@ -155,13 +163,13 @@ def test_three_assistant_turns(tok, with_system):
 
 
 def test_system_prompt_is_inserted_only_when_missing(tok):
-    encoder = ChatEncoder(tok, system_prompt="You are a terse geographer.")
-    encoded = encoder.encode(THREE_TURNS)
+    encoder = ChatEncoder(tok)
+    encoded = one(encoder, template_messages(THREE_TURNS, system_prompt="You are a terse geographer."))
     assert_matches(tok, encoded, chatml_pieces([system("You are a terse geographer."), *THREE_TURNS], None))
     assert SMOL_DEFAULT_SYSTEM not in encoded.text
 
     own = [system("Own system."), *THREE_TURNS]
-    assert_matches(tok, encoder.encode(own), chatml_pieces(own, None))
+    assert_matches(tok, one(encoder, template_messages(own, system_prompt="Ignored.")), chatml_pieces(own, None))
 
 
 def test_llama2_template_override_multi_turn(smol_tokenizer_dir):
@@ -170,7 +178,7 @@ def test_llama2_template_override_multi_turn(smol_tokenizer_dir):
     tok = AutoTokenizer.from_pretrained(smol_tokenizer_dir)
     tok.add_tokens(["<s>", "</s>"], special_tokens=True)  # as in Llama-2's own vocabulary
     messages = [system("Be kind."), *THREE_TURNS]
-    encoded = ChatEncoder(tok, chat_template=LLAMA2_TEMPLATE).encode(messages)
+    encoded = one(ChatEncoder(tok, chat_template=LLAMA2_TEMPLATE), messages)
     pieces = [
         ("<s>[INST] <<SYS>>\nBe kind.\n<</SYS>>\n\n" + THREE_TURNS[0]["content"] + " [/INST]", False),
         (" " + THREE_TURNS[1]["content"] + " </s>", True),
@@ -190,7 +198,7 @@ def test_token_straddling_the_span_end_is_supervised(tok):
     # next "<s>" into one token "><": by the overlap rule it is supervised, so the model
     # learns every character of its end-of-turn text.
     messages = [user("Hi"), assistant("Yo"), user("Bye"), assistant("Ok")]
-    encoded = ChatEncoder(tok, chat_template=LLAMA2_TEMPLATE).encode(messages)
+    encoded = one(ChatEncoder(tok, chat_template=LLAMA2_TEMPLATE), messages)
     assert encoded.text == "<s>[INST] Hi [/INST] Yo </s><s>[INST] Bye [/INST] Ok </s>"
     assert "><" in tok.convert_ids_to_tokens(encoded.input_ids.tolist())
     assert supervised_runs(tok, encoded.input_ids, encoded.loss_mask) == [" Yo </s><", " Ok </s>"]
@@ -200,28 +208,35 @@ def test_fallback_locates_turns_when_generation_prompt_differs(tok):
     # The assistant's "OK" also occurs in the user turn before it; the fallback must step
     # over that turn and find the reply itself.
     messages = [user("Please reply OK"), assistant("OK"), user("Again, OK?"), assistant("OK")]
-    encoded = ChatEncoder(tok, chat_template=THINK_PROMPT_TEMPLATE).encode(messages)
+    encoded = one(ChatEncoder(tok, chat_template=THINK_PROMPT_TEMPLATE), messages)
     assert_matches(tok, encoded, chatml_pieces(messages, None))
     assert supervised_runs(tok, encoded.input_ids, encoded.loss_mask) == ["OK" + IM_END] * 2
 
 
-def test_template_that_rewrites_earlier_turns_is_a_template_mismatch(tok):
-    encoder = ChatEncoder(tok, chat_template=REASONING_STRIP_TEMPLATE)
+def test_template_that_rewrites_earlier_turns_expands_them_into_their_own_samples(tok):
     rewritten = [
         user("2+2?"),
         assistant("<think>add them</think>4"),
         user("3+3?"),
         assistant("<think>add again</think>6"),
     ]
+    full, first = ChatEncoder(tok, chat_template=REASONING_STRIP_TEMPLATE).encode(rewritten)
+    # The full rendering drops turn 1's reasoning: only the last turn is supervised in it...
+    assert full.text == (f"{IM_START}user\n2+2?{IM_END}\n{IM_START}assistant\n4{IM_END}\n"
+                         f"{IM_START}user\n3+3?{IM_END}\n{IM_START}assistant\n<think>add again</think>6{IM_END}\n")
+    assert supervised_runs(tok, full.input_ids, full.loss_mask) == ["<think>add again</think>6" + IM_END]
+    # ...and turn 1 is trained, reasoning included, in the context it has at inference.
+    assert_matches(tok, first, chatml_pieces(rewritten[:2], None))
+    assert supervised_runs(tok, first.input_ids, first.loss_mask) == ["<think>add them</think>4" + IM_END]
+
+    batch = ChatEncoder(tok, chat_template=REASONING_STRIP_TEMPLATE).encode_batch([(rewritten, None)] * 2)
+    assert batch.owners == [0, 0, 1, 1] and batch.expanded_turns == 2 and not batch.failures
+
+    # Policy "locate" does not expand: turn 1's text is nowhere in the full rendering.
+    locate = ChatEncoder(tok, chat_template=REASONING_STRIP_TEMPLATE, policy="locate")
     with pytest.raises(ChatTemplateError, match="message 1"):
-        encoder.encode(rewritten)
-
-    # With a single (last) assistant turn nothing is rewritten, and the reasoning is learned.
-    single = encoder.encode(rewritten[:2])
-    assert supervised_runs(tok, single.input_ids, single.loss_mask) == ["<think>add them</think>4" + IM_END]
-
-    results, failures = encoder.encode_batch([rewritten, rewritten[:2]])
-    assert results[0] is None and results[1] is not None
+        locate.encode(rewritten)
+    failures = locate.encode_batch([(rewritten, None), (rewritten[:2], None)]).failures
     assert [(i, reason) for i, reason, _ in failures] == [(0, "template_mismatch")]
 
 
@@ -232,27 +247,25 @@ def test_tokenizer_without_chat_template_is_a_config_error(smol_tokenizer_dir):
     tok.chat_template = None
     with pytest.raises(ConfigError, match="tokenizer.chat_template"):
         ChatEncoder(tok)
-    assert ChatEncoder(tok, chat_template=LLAMA2_TEMPLATE).encode(THREE_TURNS).loss_mask.any()
+    assert one(ChatEncoder(tok, chat_template=LLAMA2_TEMPLATE), THREE_TURNS).loss_mask.any()
 
 
 def test_encode_batch_matches_encode_and_reports_failures(tok):
     encoder = ChatEncoder(tok)
     conversations = [THREE_TURNS, [user("Is anyone there?")], THREE_TURNS[:2], [system("s"), user("u")]]
-    results, failures = encoder.encode_batch(conversations)
-    assert failures == [
-        (1, "no_assistant_turn", failures[0][2]),
-        (3, "no_assistant_turn", failures[1][2]),
-    ]
-    assert "no assistant" in failures[0][2]
-    assert results[1] is None and results[3] is None
-    for index in (0, 2):
-        one = encoder.encode(conversations[index])
-        np.testing.assert_array_equal(results[index].input_ids, one.input_ids)
-        np.testing.assert_array_equal(results[index].loss_mask, one.loss_mask)
-        assert results[index].text == one.text
+    batch = encoder.encode_batch([(c, None) for c in conversations])
+    assert [(i, reason) for i, reason, _ in batch.failures] == [(1, "no_assistant_turn"), (3, "no_assistant_turn")]
+    assert "no assistant" in batch.failures[0][2]
+    assert batch.owners == [0, 2]
+    for k, index in enumerate(batch.owners):
+        single = one(encoder, conversations[index])
+        np.testing.assert_array_equal(batch.ids[k], single.input_ids)
+        np.testing.assert_array_equal(batch.masks[k], single.loss_mask)
+        assert batch.texts[k] == single.text
     with pytest.raises(NoAssistantTurnError):
         encoder.encode([user("Is anyone there?")])
-    assert encoder.encode_batch([]) == ([], [])
+    empty = encoder.encode_batch([])
+    assert (empty.ids, empty.owners, empty.failures) == ([], [], [])
 
 
 def test_lint_masks():
@@ -278,7 +291,7 @@ def test_stock_template_mask_is_not_all_zero(tok):
     # mask is all zeros. Ours must supervise a plausible share of the tokens.
     assert not re.search(r"\{%-?\s*generation\s*-?%\}", tok.chat_template)
     encoder = ChatEncoder(tok)
-    encoded = encoder.encode(THREE_TURNS)
+    encoded = one(encoder, THREE_TURNS)
     share = supervised_share(encoded)
     assert encoded.loss_mask.sum() > 0
     assert 0.1 < share < 0.6
@@ -295,5 +308,5 @@ def test_supervised_runs_are_exactly_the_replies(tok, turns, with_system):
     messages = [system("Sys.")] if with_system else []
     for question, reply in turns:
         messages += [user(question), assistant(reply)]
-    encoded = ChatEncoder(tok).encode(messages)
+    encoded = one(ChatEncoder(tok), messages)
     assert supervised_runs(tok, encoded.input_ids, encoded.loss_mask) == [r + IM_END for _, r in turns]

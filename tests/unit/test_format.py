@@ -121,9 +121,10 @@ def test_stage_counts_conservation():
     good.check("web")
     dedup_only = counts(truncated=0, train_docs=0, val_docs=0)  # a dedup report: no split
     dedup_only.check("web")
+    counts(val_docs=2, extra_samples=1).check("web")  # an SFT turn expanded into its own sample
     cases = ((counts(read=11), "read 11 != kept"),
              (counts(quarantined_by_reason={"empty": 2, "bad_json": 1}), "quarantined 2 != sum of quarantined_by_reason"),
-             (counts(val_docs=2), "kept 4 != train_docs + val_docs = 5"))
+             (counts(val_docs=2), "kept 4 + extra_samples 0 != train_docs + val_docs = 5"))
     for broken, equation in cases:
         assert len(broken.violations()) == 1 and equation in broken.violations()[0]
         with pytest.raises(AssertionError, match="count conservation broken for source 'web': " + re.escape(equation)):
@@ -137,7 +138,7 @@ def test_stage_counts_conservation():
 def test_stage_counts_json_keeps_the_manifest_keys():
     obj = counts().to_json()
     assert list(obj) == ["read", "quarantined", "quarantined_by_reason", "exact_duplicate", "near_duplicate",
-                         "contaminated", "kept", "truncated", "train_docs", "val_docs"]
+                         "contaminated", "kept", "truncated", "train_docs", "val_docs", "extra_samples"]
     assert StageCounts.from_json(obj) == counts()
     minimal = {k: obj[k] for k in ("read", "quarantined", "exact_duplicate", "near_duplicate", "contaminated", "kept")}
     assert StageCounts.from_json(minimal).train_docs == 0  # what a dedup report holds

@@ -20,6 +20,9 @@ class TokenizerConfig:
     path: str
     add_eos: bool = True  # CPT: append EOS to every document so documents stay separable
     chat_template: str | None = None  # override the tokenizer's own template (jinja text or file)
+    # SFT: "auto" renders with minijinja in Rust when it renders the template exactly as Jinja2
+    # (checked on probe conversations), else with transformers in Python; "rust" / "python" force one.
+    chat_engine: Literal["auto", "rust", "python"] = "auto"
 
 
 @dataclass(frozen=True)
@@ -31,8 +34,22 @@ class SourceConfig:
     messages_field: str = "messages"
     family_field: str | None = None
     system_prompt: str | None = None  # SFT: inserted when a conversation has none
-    overlong: Literal["split", "truncate", "drop"] = "split"
+    # Over seq_len: CPT documents are split at load time; an SFT sample is truncated or dropped.
+    # Unset: the kind's default (split for cpt, truncate for sft).
+    overlong: Literal["split", "truncate", "drop"] | None = None
     max_record_bytes: int | None = None
+    # SFT: an assistant turn the chat template rewrites once later turns follow (Qwen3-style
+    # reasoning stripping) becomes a sample of its own ("expand"), or is supervised where its text
+    # still appears in the full rendering ("locate"; a conversation where it does not is quarantined).
+    rewritten_turns: Literal["expand", "locate"] = "expand"
+    tools_field: str = "tools"  # SFT: a record's tool definitions, passed to the template as `tools`
+    # SFT: extra role names mapped to system/user/assistant/tool, over the built-in ShareGPT names
+    # (human, gpt, observation, function_call, ...); e.g. {bot: assistant}.
+    role_map: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.overlong is None:
+            object.__setattr__(self, "overlong", "truncate" if self.kind == "sft" else "split")
 
     def check(self, key: str) -> None:
         if not plain_name(self.name):
@@ -42,6 +59,9 @@ class SourceConfig:
         if self.kind == "sft" and self.overlong == "split":
             raise ConfigError(f"{key}.overlong: 'split' would cut a conversation; choose truncate or drop for sft")
         require(self, key, "max_record_bytes", self.max_record_bytes is None or self.max_record_bytes >= 1, ">= 1")
+        from ftscale.data.io.chat_formats import check_role_map
+
+        check_role_map(self.role_map, f"{key}.role_map")
 
 
 @dataclass(frozen=True)

@@ -145,8 +145,10 @@ def _relative_path(value: Any, dataset_dir: Path, where: str) -> str:
 class StageCounts:
     """Records of one source per stage. A record leaves at the first stage that removes it, so
     ``read = kept + quarantined + exact_duplicate + near_duplicate + contaminated``; prep then
-    splits ``kept = train_docs + val_docs`` (both 0 in a dedup report). ``truncated`` counts
-    kept SFT conversations cut to seq_len (prep only)."""
+    splits ``kept + extra_samples = train_docs + val_docs`` (both 0 in a dedup report): docs are
+    shard rows, and an SFT conversation whose template rewrites earlier turns yields one extra
+    sample per such turn (``extra_samples``). ``truncated`` counts SFT samples cut to seq_len
+    (prep only)."""
 
     read: int
     quarantined: int
@@ -158,10 +160,11 @@ class StageCounts:
     truncated: int = 0
     train_docs: int = 0
     val_docs: int = 0
+    extra_samples: int = 0
 
     _JSON_ORDER = ("read", "quarantined", "quarantined_by_reason", "exact_duplicate", "near_duplicate",
-                   "contaminated", "kept", "truncated", "train_docs", "val_docs")
-    _OPTIONAL = ("quarantined_by_reason", "truncated", "train_docs", "val_docs")
+                   "contaminated", "kept", "truncated", "train_docs", "val_docs", "extra_samples")
+    _OPTIONAL = ("quarantined_by_reason", "truncated", "train_docs", "val_docs", "extra_samples")
 
     @classmethod
     def from_json(cls, obj: Any, where: str = "counts") -> StageCounts:
@@ -192,8 +195,9 @@ class StageCounts:
         by_reason = sum(self.quarantined_by_reason.values())
         if by_reason != self.quarantined:
             broken.append(f"quarantined {self.quarantined} != sum of quarantined_by_reason = {by_reason}")
-        if self.train_docs + self.val_docs > 0 and self.kept != self.train_docs + self.val_docs:
-            broken.append(f"kept {self.kept} != train_docs + val_docs = {self.train_docs + self.val_docs}")
+        docs = self.train_docs + self.val_docs
+        if docs > 0 and self.kept + self.extra_samples != docs:
+            broken.append(f"kept {self.kept} + extra_samples {self.extra_samples} != train_docs + val_docs = {docs}")
         return broken
 
     def check(self, source: str) -> None:
@@ -263,6 +267,9 @@ class SourceEntry:
     supervised_share: float  # supervised_train_tokens / train_tokens (0 when there are none)
     lengths_histogram: dict[str, list[int]] | None = None  # {"edges": [...], "counts": [...]}, tokens/doc
     warnings: tuple[str, ...] = ()
+    # SFT: which chat engine encoded the source and why, and how its turns were placed
+    # (engine, engine_reason, python_rendered, expanded_turns, located_turns).
+    chat: dict[str, Any] | None = None
 
     def shards(self, split: str) -> tuple[Shard, ...]:
         if split not in SPLITS:
@@ -305,13 +312,16 @@ class SourceEntry:
         warnings = obj.get("warnings", [])
         if not isinstance(warnings, list):
             _fail(f"{where}.warnings", "must be a list of strings")
+        chat = obj.get("chat")
+        if chat is not None:
+            chat = _dict(chat, f"{where}.chat")
         return cls(
             kind=kind, counts=counts, train=splits["train"], val=splits["val"], train_tokens=tokens["train"],
             val_tokens=tokens["val"],
             supervised_train_tokens=_count(_get(tokens, "supervised_train", f"{where}.tokens"),
                                            f"{where}.tokens.supervised_train"),
             supervised_share=float(share), lengths_histogram=histogram,
-            warnings=tuple(_str(w, f"{where}.warnings[{i}]") for i, w in enumerate(warnings)),
+            warnings=tuple(_str(w, f"{where}.warnings[{i}]") for i, w in enumerate(warnings)), chat=chat,
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -325,6 +335,8 @@ class SourceEntry:
         if self.lengths_histogram is not None:
             out["lengths_histogram"] = self.lengths_histogram
         out["warnings"] = list(self.warnings)
+        if self.chat is not None:
+            out["chat"] = dict(self.chat)
         return out
 
 

@@ -53,12 +53,14 @@ def run_prep(cfg: PrepConfig, stages: Any) -> Manifest:
     engine = cfg.engine_options()
     with stages.stage("load tokenizer", cfg.tokenizer.path):
         tok = tokenizer_for(cfg.tokenizer.path, cfg.tokenizer.chat_template)
+        chat = _chat_engine(cfg, tok)
     sources = []
     for i, s in enumerate(cfg.sources):
         messages_field = s.messages_field if s.kind == "sft" else None
         sources.append(SourceInput(SourceSpec(s.name, s.text_field, messages_field, s.kind, s),
                                    ReadOptions(text_field=s.text_field, messages_field=messages_field,
-                                               max_record_bytes=s.max_record_bytes),
+                                               max_record_bytes=s.max_record_bytes,
+                                               role_map=tuple(sorted(s.role_map.items()))),
                                    expand_paths(s.paths, f"sources.{i}.paths")))
     eval_sets = source_names(expand_paths(cfg.decontaminate.eval_paths, "decontaminate.eval_paths"))
     d, c = cfg.dedup, cfg.decontaminate
@@ -74,18 +76,19 @@ def run_prep(cfg: PrepConfig, stages: Any) -> Manifest:
     try:
         run_global(job, steps, stages)
         with stages.stage("tokenize", f"{job.alive.sum():,} records", total=len(job.tasks)) as advance:
-            metas = _tokenize_pass(job, cfg, advance)
+            metas = _tokenize_pass(job, cfg, chat, advance)
         stages.add_step_seconds(metas)
         crash_at("write shards")
         with stages.stage("write shards", str(out)):
-            entries = _write_dataset(job, metas, cfg, out)
+            entries = _write_dataset(job, metas, cfg, out, chat)
         manifest = Manifest(seq_len=cfg.seq_len, seed=cfg.seed, sources=entries, tokenizer=tok.describe(),
                             config=settings, config_fingerprint=job_print)
         with stages.stage("plots", "length histograms"):
             for name, entry in entries.items():
                 _plot_lengths(out, name, entry)
         report = {"format_version": manifest.to_json()["format_version"], **job.report,
-                  "sources": {n: e.counts.to_json() for n, e in entries.items()}}
+                  "sources": {n: {**e.counts.to_json(), **({"chat": e.chat} if e.chat else {})}
+                              for n, e in entries.items()}}
         write_json(report, out / "report.json")
         write_json(manifest.to_json(), out / MANIFEST)
     finally:
@@ -94,19 +97,33 @@ def run_prep(cfg: PrepConfig, stages: Any) -> Manifest:
     return manifest
 
 
-def _tokenize_pass(job: Any, cfg: PrepConfig, on_unit: Any = None) -> list[dict[str, Any]]:
+def _chat_engine(cfg: PrepConfig, tok: Any) -> Any:
+    """The chat engine of the job's SFT sources (None without any), chosen once from the template."""
+    from ftscale.data.chat import ChatEncoder, choose_engine
+
+    if not any(s.kind == "sft" for s in cfg.sources):
+        return None
+    return choose_engine(tok.hf, ChatEncoder(tok.hf), cfg.tokenizer.chat_engine)
+
+
+def _tokenize_pass(job: Any, cfg: PrepConfig, chat: Any, on_unit: Any = None) -> list[dict[str, Any]]:
     """The second pass: every unit's kept records tokenized, split and spilled (``on_unit(n)``
     as units finish)."""
     from ftscale.data.steps.tokenize import LoadKept, SpillTokens, Tokenize
     from ftscale.data.steps.write import source_schema
 
     schemas = [source_schema(job, s) for s in range(len(job.sources))]
-    steps = [LoadKept(job.alive, job.bases, schemas), Tokenize(cfg), SpillTokens(cfg.val_fraction, cfg.seed)]
+    engine = chat.engine if chat is not None else "python"
+    steps = [LoadKept(job.alive, job.bases, schemas), Tokenize(cfg, engine), SpillTokens(cfg.val_fraction, cfg.seed)]
     tasks = [replace(t, pass_name=TOKENIZE_PASS) for t in job.tasks]
     return job.executor.map_units(tasks, steps, on_unit)
 
 
-def _write_dataset(job: Any, metas: list[dict[str, Any]], cfg: PrepConfig, out: Path) -> dict[str, SourceEntry]:
+CHAT_COUNTERS = ("python_rendered", "expanded_turns", "located_turns")
+
+
+def _write_dataset(job: Any, metas: list[dict[str, Any]], cfg: PrepConfig, out: Path,
+                   chat: Any) -> dict[str, SourceEntry]:
     """Shards, quarantine and decisions; the manifest's source entries."""
     import shutil
 
@@ -143,7 +160,8 @@ def _write_dataset(job: Any, metas: list[dict[str, Any]], cfg: PrepConfig, out: 
             near_duplicate=c["near_duplicate"], contaminated=c["contaminated"], kept=c["kept"] - moved,
             quarantined_by_reason=dict(sorted(by_reason.items())),
             truncated=sum(int(m["counters"].get("truncated", 0)) for _, m in mine),
-            train_docs=train_docs, val_docs=val_docs)
+            train_docs=train_docs, val_docs=val_docs,
+            extra_samples=sum(int(m["counters"].get("extra_samples", 0)) for _, m in mine))
         stage_counts.check(spec.name)
         lengths, supervised = _doc_stats(mine)
         if src.kind == "sft" and c["kept"] and not len(lengths):
@@ -159,7 +177,10 @@ def _write_dataset(job: Any, metas: list[dict[str, Any]], cfg: PrepConfig, out: 
             val=tuple(sh for _, sh in sorted(shards.get((spec.name, "val"), []), key=lambda x: x[0])),
             train_tokens=train_tokens, val_tokens=sum(int(m["val"]["tokens"]) for _, m in mine),
             supervised_train_tokens=sup_train, supervised_share=sup_train / train_tokens if train_tokens else 0.0,
-            lengths_histogram=_histogram(lengths, cfg.seq_len), warnings=tuple(_lint(src, cfg, lengths, supervised)))
+            lengths_histogram=_histogram(lengths, cfg.seq_len), warnings=tuple(_lint(src, cfg, lengths, supervised)),
+            chat=None if src.kind != "sft" else {
+                "engine": chat.engine, "engine_reason": chat.reason, "rewritten_turns": src.rewritten_turns,
+                **{k: sum(int(m["counters"].get(k, 0)) for _, m in mine) for k in CHAT_COUNTERS}})
     job.write_decisions(out / "dedup" / "decisions.parquet")
     return entries
 

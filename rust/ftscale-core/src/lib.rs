@@ -27,3 +27,4 @@ pub mod words;
 mod test_support;
 
 pub use error::{CoreError, Result};
+pub mod chat;

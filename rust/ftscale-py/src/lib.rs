@@ -3,6 +3,7 @@
 //! Each function converts its arguments, releases the GIL, runs the core on the crate's rayon
 //! pool and converts the result to NumPy arrays. No logic lives here.
 
+mod chat;
 mod engine;
 mod errors;
 mod planning;
@@ -248,5 +249,6 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<engine::UnionFind>()?;
     m.add_class::<engine::SpillStore>()?;
     m.add_class::<engine::EvalIndex>()?;
+    m.add_class::<chat::ChatEncoder>()?;
     Ok(())
 }

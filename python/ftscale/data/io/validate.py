@@ -1,12 +1,12 @@
 """Record checks, quarantine tables and provenance columns, shared by every reader.
 
 A record is plain text (``ReadOptions.text_field`` must be a non-blank string) or chat
-(``messages_field`` must be a list of {role, content} messages with roles in
-``CHAT_ROLES`` and some non-blank content; an Alpaca record with instruction/output and
-no messages is converted to [user, assistant]). ``max_record_bytes`` bounds a record
-(default ``DEFAULT_MAX_RECORD_BYTES``): the raw line for JSONL, the UTF-8 bytes of the text
-(or of all message contents) for columnar formats; ``max_messages`` bounds a conversation's
-turns. Both reject as ``oversize``. A rejected record gets one reason from ``REASONS``.
+(OpenAI messages, ShareGPT, Alpaca or prompt/completion, converted to one message form with
+roles in ``CHAT_ROLES`` and some non-blank content: ``chat_formats``). ``max_record_bytes`` bounds
+a record (default ``DEFAULT_MAX_RECORD_BYTES``): the raw line for JSONL, the UTF-8 bytes of the
+text (or of all message contents) for columnar formats; ``max_messages`` bounds a
+conversation's turns. Both reject as ``oversize``. A rejected record gets one reason from
+``REASONS``.
 """
 
 from __future__ import annotations
@@ -19,11 +19,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from ftscale.data.io.chat_formats import record_messages
 from ftscale.data.io.jsontext import messages_array
 from ftscale.data.io.uids import record_uids
 from ftscale.errors import ConfigError
 
-CHAT_ROLES = ("system", "user", "assistant")
 REASONS = (
     "invalid_utf8", "malformed_json", "not_an_object", "missing_field",
     "wrong_type", "empty_text", "wrong_role", "oversize",
@@ -55,6 +55,7 @@ class ReadOptions:
     messages_field: str | None = None
     max_record_bytes: int | None = None  # None: DEFAULT_MAX_RECORD_BYTES
     max_messages: int = DEFAULT_MAX_MESSAGES
+    role_map: tuple[tuple[str, str], ...] = ()  # chat: extra role names → CHAT_ROLES
 
     def __post_init__(self) -> None:
         for key, value in (("text_field", self.text_field), ("messages_field", self.messages_field)):
@@ -112,40 +113,12 @@ def _check_text(record: dict, name: str) -> tuple[str | None, str]:
     return None, ""
 
 
-def _check_messages(messages: Any, name: str, max_messages: int) -> tuple[str | None, str]:
-    if not isinstance(messages, list):
-        return "wrong_type", f"field {name!r} is {json_type_name(messages)}, expected a list of messages"
-    if len(messages) > max_messages:
-        return "oversize", f"{len(messages)} messages > max_messages={max_messages}"
-    for i, message in enumerate(messages):
-        if not (isinstance(message, dict) and isinstance(message.get("role"), str)
-                and isinstance(message.get("content"), str)):
-            return "wrong_type", f"message {i} is not an object with string 'role' and 'content'"
-    for i, message in enumerate(messages):
-        if message["role"] not in CHAT_ROLES:
-            return "wrong_role", f"message {i} has role {message['role']!r}; allowed: {', '.join(CHAT_ROLES)}"
-    if not messages:
-        return "empty_text", f"field {name!r} has no messages"
-    if all(not message["content"].strip() for message in messages):
-        return "empty_text", "every message content is empty or whitespace-only"
-    return None, ""
-
-
-def check_chat(record: dict, name: str, max_messages: int = DEFAULT_MAX_MESSAGES) -> tuple[str | None, str, list | None]:
-    """Validate a chat record; an Alpaca record becomes [user, assistant] messages."""
-    messages = record.get(name)
-    if messages is None:
-        instruction, output, extra = record.get("instruction"), record.get("output"), record.get("input")
-        if instruction is None and output is None:
-            return "missing_field", f"field {name!r} is absent or null and there are no Alpaca fields", None
-        for key, value in (("instruction", instruction), ("output", output)):
-            if not isinstance(value, str):
-                return "wrong_type", f"Alpaca field {key!r} is {json_type_name(value)}, expected a string", None
-        if extra is not None and not isinstance(extra, str):
-            return "wrong_type", f"Alpaca field 'input' is {json_type_name(extra)}, expected a string", None
-        prompt = instruction + ("\n\n" + extra if extra and extra.strip() else "")
-        messages = [{"role": "user", "content": prompt}, {"role": "assistant", "content": output}]
-    reason, detail = _check_messages(messages, name, max_messages)
+def check_chat(record: dict, name: str, role_map: dict[str, str] | None = None,
+               max_messages: int = DEFAULT_MAX_MESSAGES) -> tuple[str | None, str, list | None]:
+    """Validate a chat record of any accepted shape; returns its messages in the common form."""
+    reason, detail, messages = record_messages(record, name, role_map)
+    if reason is None and messages is not None and len(messages) > max_messages:
+        return "oversize", f"{len(messages)} messages > max_messages={max_messages}", None
     return reason, detail, messages
 
 
@@ -153,7 +126,7 @@ def check_record(record: dict, opts: ReadOptions) -> tuple[str | None, str]:
     """Validate one parsed record in place (Alpaca records get their messages field)."""
     if opts.messages_field is None:
         return _check_text(record, opts.text_field)
-    reason, detail, messages = check_chat(record, opts.messages_field, opts.max_messages)
+    reason, detail, messages = check_chat(record, opts.messages_field, dict(opts.role_map), opts.max_messages)
     if reason is None:
         record[opts.messages_field] = messages
     return reason, detail
@@ -229,12 +202,14 @@ def check_chat_column(table: pa.Table, opts: ReadOptions, codes: np.ndarray, det
     """
     name = opts.messages_field
     assert name is not None
-    wanted = [c for c in (name, "instruction", "input", "output") if c in table.column_names]
+    wanted = [c for c in dict.fromkeys((name, "conversations", "system", "instruction", "input", "output",
+                                        "prompt", "completion")) if c in table.column_names]
     rows = table.select(wanted).to_pylist()
     messages_out: list[list | None] = []
     converted = False
+    role_map = dict(opts.role_map)
     for i, record in enumerate(rows):
-        reason, detail, messages = check_chat(record, name, opts.max_messages)
+        reason, detail, messages = check_chat(record, name, role_map, opts.max_messages)
         if reason is None:
             nbytes = sum(len(m["content"].encode("utf-8")) for m in messages)  # type: ignore[union-attr]
             if nbytes > opts.record_cap_bytes:
@@ -244,7 +219,7 @@ def check_chat_column(table: pa.Table, opts: ReadOptions, codes: np.ndarray, det
             if reason == "missing_field" and name not in table.column_names:
                 details[i] = f"{detail}; columns: {table.column_names}"
             messages = None
-        converted = converted or (messages is not None and record.get(name) is None)
+        converted = converted or (messages is not None and messages != record.get(name))
         messages_out.append(messages)
     present = name in table.column_names
     if present and not converted:
@@ -255,7 +230,8 @@ def check_chat_column(table: pa.Table, opts: ReadOptions, codes: np.ndarray, det
     if not converted:
         return table, False
     column, extras_json = None, False
-    if present and _is_messages_type(table.schema.field(name).type):
+    kind = table.schema.field(name).type if present else None
+    if kind is not None and _is_messages_type(kind) and _keys_fit(messages_out, {f.name for f in kind.value_type}):
         try:
             column = pa.array(messages_out, table.schema.field(name).type)
         except (pa.ArrowException, ValueError, TypeError):
@@ -265,6 +241,11 @@ def check_chat_column(table: pa.Table, opts: ReadOptions, codes: np.ndarray, det
     if present:
         return table.set_column(table.column_names.index(name), name, column), extras_json
     return table.append_column(name, column), extras_json
+
+
+def _keys_fit(rows: list[list | None], fields: set[str]) -> bool:
+    """Whether every message's keys are struct fields (Arrow would drop the others silently)."""
+    return all(m.keys() <= fields for messages in rows if messages for m in messages)
 
 
 # ------------------------------------------------------------------ provenance, quarantine

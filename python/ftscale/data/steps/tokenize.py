@@ -5,13 +5,16 @@ into train and val by uid hash, and spilled per unit for the shard writer.
   their source's unified schema;
 - ``Tokenize``: CPT documents become their token ids (+ EOS), all supervised; SFT
   conversations are rendered with the tokenizer's own chat template with loss on assistant
-  tokens only (``ChatEncoder``); an over-long conversation is truncated or dropped (as the
-  source's ``overlong`` says), one without a supervised token left is quarantined;
+  tokens only (``ftscale.data.chat``: the Rust engine, or the Python one the driver chose for the
+  template), one or more samples each (a turn the template rewrites gets its own); an over-long
+  sample is truncated or dropped (as the source's ``overlong`` says), and a conversation left
+  without a supervised token is quarantined;
 - ``SpillTokens``: per split, the flat token ids (int32) and loss masks (uint8), and a small
   table per document (uid, length, supervised tokens, family); plus what tokenizing rejected.
+  All samples of a conversation carry its uid, so they land in the same split.
 
-Held per unit: one batch of records and its tokens (4 + 1 bytes per token); the tokenizer once
-per process.
+Held per unit: one batch of records and its tokens (4 + 1 bytes per token); the tokenizer and
+the chat encoder once per process.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ DOCS_SCHEMA = pa.schema([("uid", pa.uint64()), ("length", pa.int32()), ("supervi
                          ("family", pa.string())])
 RAW_MAX_CHARS = 10_000
 _TOKENIZERS: dict[tuple[str, str | None], Any] = {}  # per process: loaded once
+_CHAT_ENCODERS: dict[tuple[str, str | None, str, str, int | None], Any] = {}  # per process: built once
 
 
 def val_mask(uids: np.ndarray, fraction: float, seed: int) -> np.ndarray:
@@ -59,6 +63,19 @@ def tokenizer_for(path: str, chat_template: str | None) -> Any:
     if key not in _TOKENIZERS:
         _TOKENIZERS[key] = load_tokenizer(path, chat_template)
     return _TOKENIZERS[key]
+
+
+def chat_encoder_for(cfg: PrepConfig, policy: str, engine: str) -> Any:
+    """The SFT encoder of this process for a rewritten-turns policy and an engine ("rust" or
+    "python", as ``chat.choose_engine`` decided on the driver); built once per process."""
+    from ftscale.data.chat import ChatEncoder, RustChatEncoder
+
+    key = (cfg.tokenizer.path, cfg.tokenizer.chat_template, policy, engine, cfg.num_threads)
+    if key not in _CHAT_ENCODERS:
+        tok = tokenizer_for(cfg.tokenizer.path, cfg.tokenizer.chat_template)
+        python = ChatEncoder(tok.hf, policy=policy)
+        _CHAT_ENCODERS[key] = python if engine == "python" else RustChatEncoder(tok.hf, python, policy, cfg.num_threads)
+    return _CHAT_ENCODERS[key]
 
 
 class LoadKept(Step):
@@ -83,43 +100,45 @@ class LoadKept(Step):
         schema = self.schemas[ctx.source_index]
         for first, table in unit_batches(ctx.root, meta):
             keep = np.flatnonzero(flags[first:first + table.num_rows])
-            yield Batch(records=conform(table.take(pa.array(keep)), schema), first=first)
+            yield Batch(records=conform(table.take(pa.array(keep)), schema), first=first,
+                        derived={"json_extras": schema.json_extras})
 
 
 class Tokenize(Step):
+    """Token ids and loss masks of a batch's records; ``chat_engine`` is the driver's choice
+    (``chat.choose_engine``) for SFT sources."""
+
     name = "tokenize"
 
-    def __init__(self, cfg: PrepConfig) -> None:
+    def __init__(self, cfg: PrepConfig, chat_engine: str = "python") -> None:
         self.cfg = cfg
+        self.chat_engine = chat_engine
 
     def run(self, batches: Iterator[Batch], ctx: UnitContext) -> Iterator[Batch]:
         cfg, src = self.cfg, ctx.source.config
         tok = tokenizer_for(cfg.tokenizer.path, cfg.tokenizer.chat_template)
         encoder = None
         if src.kind == "sft":
-            from ftscale.data.chat import ChatEncoder
-
             if tok.hf is None:
                 raise ConfigError(f"sources.{src.name}: sft needs a tokenizer with a chat template "
                                   "(a tokenizer directory or .gguf), not a .tiktoken file")
-            encoder = ChatEncoder(tok.hf, system_prompt=src.system_prompt)
+            encoder = chat_encoder_for(cfg, src.rewritten_turns, self.chat_engine)
         for batch in batches:
             records = batch.records
             families = _families(records, src)
+            uids = records.column("uid").to_numpy()
             if encoder is None:
                 ids = tok.encode_batch(records.column(src.text_field).to_pylist())
                 if cfg.tokenizer.add_eos:
                     ids = [np.append(x, np.int32(tok.eos_token_id)) for x in ids]
                 masks = [np.ones(len(x), dtype=np.uint8) for x in ids]
-                keep = np.arange(records.num_rows)
+                owners = np.arange(records.num_rows)
                 rejected: dict[int, tuple[str, str]] = {}
-                truncated = 0
             else:
-                ids, masks, keep, rejected, truncated = _encode_chats(encoder, records, src, cfg.seq_len)
-            uids = records.column("uid").to_numpy()
-            batch.derived.update(ids=ids, masks=masks, uids=uids[keep], families=[families[i] for i in keep],
+                ids, masks, owners, rejected = _encode_chats(encoder, records, src, cfg.seq_len,
+                                                             bool(batch.derived.get("json_extras")), ctx)
+            batch.derived.update(ids=ids, masks=masks, uids=uids[owners], families=[families[i] for i in owners],
                                  rejected=_rejected_table(records, src, rejected))
-            ctx.count("truncated", truncated)
             yield batch
 
 
@@ -133,27 +152,40 @@ def _families(records: pa.Table, src: Any) -> list[str | None]:
     return records.column(src.family_field).cast(pa.string()).to_pylist()
 
 
-def _encode_chats(encoder: Any, records: pa.Table, src: Any, seq_len: int) -> tuple[list, list, np.ndarray, dict, int]:
-    encoded, failures = encoder.encode_batch(records.column(src.messages_field).to_pylist())
-    rejected = {i: (reason, detail) for i, reason, detail in failures}
-    keep, ids, masks, truncated = [], [], [], 0
-    for i, enc in enumerate(encoded):
-        if enc is None:
-            continue
-        x, m = enc.input_ids, enc.loss_mask
+def _encode_chats(encoder: Any, records: pa.Table, src: Any, seq_len: int, json_extras: bool,
+                  ctx: UnitContext) -> tuple[list, list, np.ndarray, dict]:
+    """Samples of a batch's conversations: (ids, masks, owner record of each sample, rejected)."""
+    from ftscale.data.chat import template_messages, template_tools
+
+    tools = (records.column(src.tools_field).to_pylist() if src.tools_field in records.column_names
+             else [None] * records.num_rows)
+    conversations = [(template_messages(m, src.system_prompt, json_extras), template_tools(t))
+                     for m, t in zip(records.column(src.messages_field).to_pylist(), tools)]
+    encoded = encoder.encode_batch(conversations)
+    rejected = {i: (reason, detail) for i, reason, detail in encoded.failures}
+    ids, masks, owners = [], [], []
+    truncated, dropped_overlong = 0, set()
+    for x, m, owner in zip(encoded.ids, encoded.masks, encoded.owners):
         if len(x) > seq_len:
             if src.overlong == "drop":
-                rejected[i] = ("overlong", f"{len(x)} tokens > seq_len {seq_len}")
+                dropped_overlong.add(owner)
                 continue
             x, m = x[:seq_len], m[:seq_len]
             truncated += 1
         if not m.any():
-            rejected[i] = ("no_supervised_tokens", "no assistant token left (truncated away?)")
             continue
-        keep.append(i)
         ids.append(np.asarray(x, dtype=np.int32))
         masks.append(np.asarray(m, dtype=np.uint8))
-    return ids, masks, np.asarray(keep, dtype=np.int64), rejected, truncated
+        owners.append(owner)
+    kept = set(owners)
+    for owner in sorted(set(encoded.owners) - kept):
+        rejected[owner] = (("overlong", f"every sample is longer than seq_len {seq_len}") if owner in dropped_overlong
+                           else ("no_supervised_tokens", "no assistant token left (truncated away?)"))
+    for name, n in (("truncated", truncated), ("extra_samples", len(owners) - len(kept)),
+                    ("expanded_turns", encoded.expanded_turns), ("located_turns", encoded.located_turns),
+                    ("python_rendered", encoded.python_rendered)):
+        ctx.count(name, n)
+    return ids, masks, np.asarray(owners, dtype=np.int64), rejected
 
 
 def _rejected_table(records: pa.Table, src: Any, rejected: dict[int, tuple[str, str]]) -> pa.Table:

@@ -1,0 +1,224 @@
+//! A Hugging Face chat template rendered with minijinja, as `transformers` renders it.
+//!
+//! `transformers.apply_chat_template` compiles the template in a Jinja2 sandbox with
+//! `trim_blocks` and `lstrip_blocks`, the `loopcontrols` extension and a `{% generation %}` block
+//! tag, adds `raise_exception`, `strftime_now` and its own `tojson` filter, and renders it with
+//! `messages`, `tools`, `documents`, `add_generation_prompt` and the tokenizer's special tokens
+//! (`bos_token`, `eos_token`, ...). This module sets minijinja up the same way:
+//!
+//! - Python string / dict methods (`strip`, `split`, `startswith`, `items`, `get`, ...) come from
+//!   minijinja-contrib's `pycompat` (as text-generation-inference and mistral.rs do);
+//! - `tojson` writes Python's `json.dumps` bytes (`pyjson`), `raise_exception` fails the render,
+//!   `strftime_now` formats the local time;
+//! - printed `None`, booleans and floats are written as Python prints them (`None`, `True`,
+//!   `1e-05`) rather than minijinja's `none`, `true`, ...;
+//! - `{% generation %}` / `{% endgeneration %}` (HF's marker for assistant text, which renders
+//!   its body unchanged) become an always-true `if` block with the same whitespace modifiers.
+//!
+//! What remains different from Jinja2 (printing a list or dict as Python's repr, Python-only
+//! methods pycompat lacks) makes a render differ or fail; the Python side compares both engines
+//! on probe conversations before trusting this one for a source, and re-renders any conversation
+//! this one fails on with Jinja2.
+
+use std::fmt::Write;
+
+use minijinja::value::{Kwargs, Value, ValueKind};
+use minijinja::{Environment, Error, ErrorKind, State};
+
+use super::pyjson::{dumps, float_repr, DumpOptions};
+
+const NAME: &str = "chat_template";
+
+/// A compiled chat template plus the special tokens it is rendered with.
+pub struct ChatTemplate {
+    env: Environment<'static>,
+    special_tokens: Vec<(String, Value)>,
+}
+
+impl ChatTemplate {
+    /// Compile `source`; `special_tokens` are the tokenizer's `special_tokens_map` entries
+    /// (`("bos_token", "<s>")`, ...). Err: minijinja cannot parse the template.
+    pub fn new(source: &str, special_tokens: &[(String, String)]) -> Result<ChatTemplate, String> {
+        let mut env = Environment::new();
+        env.set_syntax(
+            minijinja::syntax::SyntaxConfig::builder()
+                .trim_blocks(true)
+                .lstrip_blocks(true)
+                .build()
+                .map_err(|e| e.to_string())?,
+        );
+        env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+        env.set_formatter(python_formatter);
+        env.add_function("raise_exception", raise_exception);
+        env.add_function("strftime_now", strftime_now);
+        env.add_filter("tojson", tojson);
+        env.add_template_owned(NAME, without_generation_tags(source)).map_err(|e| describe(&e))?;
+        let special_tokens = special_tokens.iter().map(|(k, v)| (k.clone(), Value::from(v.as_str()))).collect();
+        Ok(ChatTemplate { env, special_tokens })
+    }
+
+    /// Render `messages` (a sequence of message maps) as `apply_chat_template(tokenize=False)`
+    /// does; `tools` is passed as given (none when absent), `documents` as none.
+    pub fn render(&self, messages: &[Value], tools: &Value, add_generation_prompt: bool) -> Result<String, String> {
+        let mut context: Vec<(&str, Value)> = Vec::with_capacity(self.special_tokens.len() + 4);
+        context.extend(self.special_tokens.iter().map(|(k, v)| (k.as_str(), v.clone())));
+        context.push(("messages", Value::from(messages.to_vec())));
+        context.push(("tools", tools.clone()));
+        context.push(("documents", Value::from(())));
+        context.push(("add_generation_prompt", Value::from(add_generation_prompt)));
+        let template = self.env.get_template(NAME).map_err(|e| describe(&e))?;
+        template.render(Value::from_pairs(context)).map_err(|e| describe(&e))
+    }
+}
+
+/// The error with its causes (minijinja nests the template's own message inside).
+fn describe(err: &Error) -> String {
+    let mut text = err.to_string();
+    let mut source = std::error::Error::source(err);
+    while let Some(cause) = source {
+        write!(text, ": {cause}").unwrap();
+        source = cause.source();
+    }
+    text
+}
+
+fn raise_exception(message: String) -> Result<Value, Error> {
+    Err(Error::new(ErrorKind::InvalidOperation, format!("template raised: {message}")))
+}
+
+fn strftime_now(format: String) -> Result<String, Error> {
+    let mut out = String::new();
+    write!(out, "{}", chrono::Local::now().format(&format))
+        .map_err(|_| Error::new(ErrorKind::InvalidOperation, format!("strftime_now: invalid format {format:?}")))?;
+    Ok(out)
+}
+
+/// HF's `tojson(x, ensure_ascii=False, indent=None, separators=None, sort_keys=False)`.
+fn tojson(value: Value, kwargs: Kwargs) -> Result<String, Error> {
+    let bad = |msg: String| Error::new(ErrorKind::InvalidOperation, msg);
+    let indent: Option<Value> = kwargs.get("indent")?;
+    let indent = match indent {
+        None => None,
+        Some(v) if v.is_none() => None,
+        Some(v) if v.kind() == ValueKind::String => Some(v.as_str().unwrap_or_default().to_string()),
+        Some(v) => Some(" ".repeat(v.as_usize().ok_or_else(|| bad(format!("tojson: bad indent {v}")))?)),
+    };
+    let mut opts = DumpOptions::new(indent);
+    opts.ensure_ascii = kwargs.get::<Option<bool>>("ensure_ascii")?.unwrap_or(false);
+    opts.sort_keys = kwargs.get::<Option<bool>>("sort_keys")?.unwrap_or(false);
+    let separators: Option<Value> = kwargs.get("separators")?;
+    if let Some(seps) = separators.filter(|v| !v.is_none()) {
+        let pair: Vec<Value> = seps.try_iter()?.collect();
+        match (pair.first().and_then(Value::as_str), pair.get(1).and_then(Value::as_str), pair.len()) {
+            (Some(item), Some(key), 2) => {
+                opts.item_separator = item.to_string();
+                opts.key_separator = key.to_string();
+            }
+            _ => return Err(bad("tojson: separators must be a pair of strings".into())),
+        }
+    }
+    kwargs.assert_all_used()?;
+    dumps(&value, &opts).map_err(bad)
+}
+
+/// Print values as Python's `str()` does where minijinja's spelling differs.
+fn python_formatter(out: &mut minijinja::Output, state: &mut State, value: &Value) -> Result<(), Error> {
+    let text = match value.kind() {
+        ValueKind::None => Some("None".to_string()),
+        ValueKind::Bool => Some(if value.is_true() { "True" } else { "False" }.to_string()),
+        ValueKind::Number if !value.is_integer() => f64::try_from(value.clone()).ok().map(|x| match x {
+            x if x.is_nan() => "nan".to_string(),
+            x if x.is_infinite() => if x > 0.0 { "inf" } else { "-inf" }.to_string(),
+            x => float_repr(x),
+        }),
+        _ => None,
+    };
+    match text {
+        Some(t) => out.write_str(&t).map_err(Error::from),
+        None => minijinja::escape_formatter(out, state, value),
+    }
+}
+
+/// `source` with HF's `{% generation %}` / `{% endgeneration %}` tags (which Jinja2 renders as
+/// their body) replaced by `{% if true %}` / `{% endif %}`, keeping `-` / `+` whitespace control.
+pub fn without_generation_tags(source: &str) -> String {
+    let mut out = String::with_capacity(source.len());
+    let mut rest = source;
+    while let Some(at) = rest.find("{%") {
+        out.push_str(&rest[..at]);
+        let tag = &rest[at..];
+        match generation_tag(tag) {
+            Some((len, open_mod, close_mod, end)) => {
+                let body = if end { "endif" } else { "if true" };
+                write!(out, "{{%{open_mod} {body} {close_mod}%}}").unwrap();
+                rest = &tag[len..];
+            }
+            None => {
+                out.push_str("{%");
+                rest = &tag[2..];
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+/// For a tag at the start of `s`: (its length, the modifiers after `{%` and before `%}`, whether
+/// it is `endgeneration`), when it is a generation tag.
+fn generation_tag(s: &str) -> Option<(usize, &str, &str, bool)> {
+    let inner = &s[2..];
+    let open_mod = if inner.starts_with(['-', '+']) { &inner[..1] } else { "" };
+    let body = inner[open_mod.len()..].trim_start();
+    let (end, after) = if let Some(a) = body.strip_prefix("endgeneration") {
+        (true, a)
+    } else {
+        (false, body.strip_prefix("generation")?)
+    };
+    let after_ws = after.trim_start();
+    if after_ws.len() == after.len() && !after.starts_with(['-', '+', '%']) {
+        return None; // a longer name such as `generation_x`
+    }
+    let close_mod = if after_ws.starts_with(['-', '+']) { &after_ws[..1] } else { "" };
+    let close = after_ws[close_mod.len()..].strip_prefix("%}")?;
+    Some((s.len() - close.len(), open_mod, close_mod, end))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(role: &str, content: &str) -> Value {
+        Value::from_pairs([("role", role), ("content", content)])
+    }
+
+    #[test]
+    fn renders_with_hf_whitespace_and_python_methods() {
+        let source = "{% for m in messages %}\n  {% if m.role == 'user' %}\n[{{ m.content.strip() | upper }}]\n  {% else %}\n{{ m['content'].split(',')[0] }}{{ eos_token }}\n  {% endif %}\n{% endfor %}\n{% if add_generation_prompt %}>{% endif %}";
+        let t = ChatTemplate::new(source, &[("eos_token".into(), "</s>".into())]).unwrap();
+        let out = t.render(&[msg("user", " hi "), msg("assistant", "a,b")], &Value::from(()), true).unwrap();
+        assert_eq!(out, "[HI]\na</s>\n>");
+    }
+
+    #[test]
+    fn raise_exception_fails_the_render_with_its_message() {
+        let t = ChatTemplate::new("{{ raise_exception('roles must alternate') }}", &[]).unwrap();
+        let err = t.render(&[], &Value::from(()), false).unwrap_err();
+        assert!(err.contains("roles must alternate"), "{err}");
+    }
+
+    #[test]
+    fn tojson_and_printing_follow_python() {
+        let t = ChatTemplate::new("{{ tools | tojson }}|{{ tools[0] | tojson(indent=2) }}|{{ none }} {{ true }} {{ 0.5 }} {{ 1e-5 }}", &[]).unwrap();
+        let tools = Value::from(vec![Value::from_pairs([("name", Value::from("f")), ("x", Value::from(1.0))])]);
+        let out = t.render(&[], &tools, false).unwrap();
+        assert_eq!(out, "[{\"name\": \"f\", \"x\": 1.0}]|{\n  \"name\": \"f\",\n  \"x\": 1.0\n}|None True 0.5 1e-05");
+    }
+
+    #[test]
+    fn generation_tags_render_their_body() {
+        assert_eq!(without_generation_tags("a{%- generation %}b{% endgeneration -%}c{% if x %}"), "a{%- if true %}b{% endif -%}c{% if x %}");
+        assert_eq!(without_generation_tags("{% generation_x %}"), "{% generation_x %}");
+        let t = ChatTemplate::new("{% for m in messages %}{% generation %}{{ m.content }}{% endgeneration %}{% endfor %}", &[]).unwrap();
+        assert_eq!(t.render(&[msg("assistant", "x")], &Value::from(()), false).unwrap(), "x");
+    }
+}

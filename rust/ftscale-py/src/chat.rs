@@ -1,0 +1,147 @@
+//! Binding of the chat encoder: Python conversations (lists of message dicts, as `to_pylist`
+//! gives them) become template values with the GIL held; rendering, tokenizing and masking run
+//! with the GIL released on the crate's pool; the samples come back as flat NumPy arrays.
+
+use ftscale_core::chat::{parse_policy, ChatEncoder as CoreChatEncoder, ChatFailure, Conversation, Value};
+use numpy::{IntoPyArray, PyArray1};
+use pyo3::exceptions::PyTypeError;
+use pyo3::prelude::*;
+use pyo3::types::{PyBool, PyDict, PyFloat, PyInt, PyList, PyString, PyTuple};
+
+use crate::errors::to_pyerr;
+
+/// A Python value (str, bool, int, float, None, list, tuple, dict) as a template value.
+fn to_value(obj: &Bound<'_, PyAny>) -> PyResult<Value> {
+    if let Ok(s) = obj.cast::<PyString>() {
+        return Ok(Value::from(s.to_str()?));
+    }
+    if obj.is_none() {
+        return Ok(Value::from(()));
+    }
+    if let Ok(b) = obj.cast::<PyBool>() {
+        return Ok(Value::from(b.is_true()));
+    }
+    if obj.cast::<PyInt>().is_ok() {
+        return match obj.extract::<i64>() {
+            Ok(n) => Ok(Value::from(n)),
+            Err(_) => Ok(Value::from(obj.extract::<i128>()?)),
+        };
+    }
+    if let Ok(f) = obj.cast::<PyFloat>() {
+        return Ok(Value::from(f.value()));
+    }
+    if let Ok(d) = obj.cast::<PyDict>() {
+        let mut pairs = Vec::with_capacity(d.len());
+        for (k, v) in d.iter() {
+            pairs.push((to_value(&k)?, to_value(&v)?));
+        }
+        return Ok(Value::from_pairs(pairs));
+    }
+    if let Ok(l) = obj.cast::<PyList>() {
+        return l.iter().map(|x| to_value(&x)).collect::<PyResult<Vec<_>>>().map(Value::from);
+    }
+    if let Ok(t) = obj.cast::<PyTuple>() {
+        return t.iter().map(|x| to_value(&x)).collect::<PyResult<Vec<_>>>().map(Value::from);
+    }
+    Err(PyTypeError::new_err(format!(
+        "chat data holds a {} value; only str, bool, int, float, None, list and dict are supported",
+        obj.get_type().name()?
+    )))
+}
+
+fn conversation(messages: &Bound<'_, PyAny>, tools: &Bound<'_, PyAny>) -> PyResult<Conversation> {
+    let list = messages.cast::<PyList>().map_err(|_| PyTypeError::new_err("messages must be a list of dicts"))?;
+    let messages = list.iter().map(|m| to_value(&m)).collect::<PyResult<Vec<_>>>()?;
+    Ok(Conversation { messages, tools: to_value(tools)? })
+}
+
+/// Renders and encodes conversations with a chat template and a `tokenizer.json`.
+#[pyclass(module = "ftscale._core", frozen)]
+pub struct ChatEncoder {
+    inner: CoreChatEncoder,
+}
+
+#[pymethods]
+impl ChatEncoder {
+    /// `special_tokens`: (name, token) pairs the template sees (`bos_token`, ...); `policy`:
+    /// `expand` or `locate` (turns whose rendering the template rewrites later). ConfigError
+    /// when minijinja cannot compile the template or the tokenizer cannot be loaded.
+    #[new]
+    fn new(template: &str, special_tokens: Vec<(String, String)>, tokenizer_json: &str, policy: &str) -> PyResult<Self> {
+        let policy = parse_policy(policy).map_err(to_pyerr)?;
+        let inner = CoreChatEncoder::new(template, &special_tokens, tokenizer_json, policy).map_err(to_pyerr)?;
+        Ok(Self { inner })
+    }
+
+    /// The rendering of `messages` (`apply_chat_template(tokenize=False)`); ValueError with the
+    /// template's message when it does not render.
+    #[pyo3(signature = (messages, tools=None, add_generation_prompt=false))]
+    fn render(&self, py: Python<'_>, messages: &Bound<'_, PyAny>, tools: Option<&Bound<'_, PyAny>>, add_generation_prompt: bool) -> PyResult<String> {
+        let none = py.None().into_bound(py);
+        let conv = conversation(messages, tools.unwrap_or(&none))?;
+        py.detach(|| self.inner.render(&conv, add_generation_prompt)).map_err(pyo3::exceptions::PyValueError::new_err)
+    }
+
+    /// Encode `(messages, tools)` pairs. Returns a dict: `ids` (int32) and `masks` (uint8) of
+    /// every sample back to back, `offsets` (int64, samples + 1), `owners` (int64: the
+    /// conversation of each sample, ascending), `failures` (list of (index, kind, detail); kind
+    /// `no_assistant_turn`, `render` or `template_mismatch`), `expanded_turns`, `located_turns`.
+    #[pyo3(signature = (conversations, num_threads=None))]
+    fn encode_batch<'py>(&self, py: Python<'py>, conversations: &Bound<'py, PyList>, num_threads: Option<usize>) -> PyResult<Bound<'py, PyDict>> {
+        let mut convs = Vec::with_capacity(conversations.len());
+        for item in conversations.iter() {
+            let (messages, tools): (Bound<'py, PyAny>, Bound<'py, PyAny>) = item.extract()?;
+            convs.push(conversation(&messages, &tools)?);
+        }
+        let results = py.detach(|| self.inner.encode_batch(&convs, num_threads));
+        let total: usize = results.iter().flatten().flat_map(|r| r.samples.iter()).map(|s| s.ids.len()).sum();
+        let (mut ids, mut masks) = (Vec::with_capacity(total), Vec::with_capacity(total));
+        let (mut offsets, mut owners) = (vec![0i64], Vec::new());
+        let (mut expanded, mut located) = (0u64, 0u64);
+        let failures = PyList::empty(py);
+        for (index, result) in results.into_iter().enumerate() {
+            match result {
+                Ok(chat) => {
+                    expanded += u64::from(chat.expanded_turns);
+                    located += u64::from(chat.located_turns);
+                    for sample in chat.samples {
+                        ids.extend(sample.ids.iter().map(|&t| t as i32));
+                        masks.extend_from_slice(&sample.mask);
+                        offsets.push(ids.len() as i64);
+                        owners.push(index as i64);
+                    }
+                }
+                Err(failure) => {
+                    let (kind, detail) = match failure {
+                        ChatFailure::NoAssistantTurn => ("no_assistant_turn", "conversation has no assistant message; nothing to learn".to_string()),
+                        ChatFailure::Render(m) => ("render", m),
+                        ChatFailure::TemplateMismatch(m) => ("template_mismatch", m),
+                    };
+                    failures.append((index, kind, detail))?;
+                }
+            }
+        }
+        let out = PyDict::new(py);
+        out.set_item("ids", ids.into_pyarray(py))?;
+        out.set_item("masks", masks.into_pyarray(py))?;
+        out.set_item("offsets", offsets.into_pyarray(py))?;
+        out.set_item("owners", owners.into_pyarray(py))?;
+        out.set_item("failures", failures)?;
+        out.set_item("expanded_turns", expanded)?;
+        out.set_item("located_turns", located)?;
+        Ok(out)
+    }
+
+    /// Token ids (int32) and character offsets (list of (start, end)) of `text`, no special
+    /// tokens added, as the encoder tokenizes samples.
+    fn tokenize<'py>(&self, py: Python<'py>, text: &str) -> PyResult<(Bound<'py, PyArray1<i32>>, Vec<(usize, usize)>)> {
+        let (ids, offsets) = py.detach(|| self.inner.tokenize_text(text)).map_err(to_pyerr)?;
+        Ok((ids.into_iter().map(|t| t as i32).collect::<Vec<_>>().into_pyarray(py), offsets))
+    }
+
+    /// Whether the byte-level BPE fast path tokenizes (else the `tokenizers` crate).
+    #[getter]
+    fn fast_path(&self) -> bool {
+        self.inner.fast_path()
+    }
+}
