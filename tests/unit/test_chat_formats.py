@@ -37,7 +37,7 @@ def test_openai_messages_with_text_parts_tool_calls_tool_role_and_reasoning():
     ]}
     assert ok(record) == [
         {"role": "system", "content": "Be brief.\nBe kind."},
-        {"role": "user", "content": "Weather in Paris?"},
+        {"role": "user", "content": "Weather in Paris?", "extra": 1},  # kept, not dropped
         {"role": "assistant", "content": "", "tool_calls": [CALL], "reasoning_content": "Need the tool."},
         {"role": "tool", "content": '{"temp_c": 21}', "tool_call_id": "c1", "name": "get_weather"},
         {"role": "assistant", "content": "21 °C.", "reasoning_content": "Read it off."},

@@ -409,7 +409,7 @@ def msg(role, content):
 CHAT_LINES: list[tuple[dict | list, str | None]] = [
     ({"messages": [msg("user", "hi"), msg("assistant", "hello")]}, None),
     ({"messages": [msg("system", "s"), msg("user", "q"), msg("assistant", "a")]}, None),
-    ({"messages": [msg("user", "hi"), msg("tool", "x")]}, "wrong_role"),
+    ({"messages": [msg("user", "hi"), msg("narrator", "x")]}, "wrong_role"),
     ({"messages": "user: hi"}, "wrong_type"),
     ({"messages": [msg("user", 5)]}, "wrong_type"),
     ({"messages": [{"role": "user"}]}, "wrong_type"),
@@ -439,7 +439,7 @@ def test_chat_in_parquet_with_alpaca_rows(tmp_path):
     table = pa.Table.from_pylist([
         {"messages": [msg("user", "q"), msg("assistant", "a")], "instruction": None, "output": None},
         {"messages": None, "instruction": "Do", "output": "done"},
-        {"messages": [msg("bot", "x")], "instruction": None, "output": None},
+        {"messages": [msg("narrator", "x")], "instruction": None, "output": None},
     ])
     pq.write_table(table, tmp_path / "c.parquet")
     result = read_source("s", [tmp_path / "c.parquet"], messages_field="messages")

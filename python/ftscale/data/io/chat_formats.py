@@ -15,7 +15,8 @@ Accepted record shapes, tried in this order:
 - prompt / completion: each a string (→ a user / an assistant message) or a message list.
 
 Every message comes out as ``{"role", "content"}`` (content a string) plus, when present,
-``tool_calls``, ``tool_call_id``, ``name`` and ``reasoning_content``; other keys are dropped.
+``tool_calls``, ``tool_call_id``, ``name`` and ``reasoning_content``; other keys of an OpenAI
+message are kept as they are.
 ``convert_messages`` converts one message list on its own, for fields such as a preference
 record's ``chosen`` / ``rejected``. Role names are mapped through ``ROLE_ALIASES`` and the
 source's ``role_map``; any other role is ``wrong_role``.
@@ -145,6 +146,10 @@ def _message(raw: Any, i: int, role_map: dict[str, str], where: str) -> tuple[st
         if not isinstance(reasoning, str):
             return "wrong_type", f"{where} reasoning is {_type_name(reasoning)}, expected a string", None
         out["reasoning_content"] = reasoning
+    # Keys the conversion does not read (per-message weights, ids, metadata) travel with the
+    # message, so nothing of the record is lost; the template ignores what it does not use.
+    handled = {role_key, content_key, "tool_calls", "tool_call_id", "name", *_REASONING_KEYS}
+    out.update({k: v for k, v in raw.items() if k not in handled and k not in out})
     return None, "", out
 
 
