@@ -94,10 +94,11 @@ class MemoryPlan:
 
 
 def plan_memory(opts: EngineOptions, input_bytes: int, key_rows_per_doc: int,
-                largest_piece_bytes: int = 0) -> MemoryPlan:
+                largest_piece_bytes: int = 0, runtime_bytes: int = RUNTIME_RESERVE) -> MemoryPlan:
     """Sizes that keep the job's resident memory inside ``opts.memory_budget_bytes``.
 
-    What is left after the runtime (RUNTIME_RESERVE) is shared by the workers. A unit in flight
+    What is left after the runtime (``runtime_bytes``: RUNTIME_RESERVE, or more for a job that
+    loads a tokenizer) is shared by the workers. A unit in flight
     holds what the reader decodes at once — a whole Parquet row group or IPC record batch,
     ``largest_piece_bytes``, about PIECE_FACTOR times over — and up to ~12 times its batch (the
     records, validation copies, dedup texts, signatures, the spill, the key-row buffer, which is
@@ -105,7 +106,11 @@ def plan_memory(opts: EngineOptions, input_bytes: int, key_rows_per_doc: int,
     MIN_BATCH. A reduce task holds one partition of key rows and ~2x more for sorting;
     ``workers`` run at once within half of the data budget.
     """
-    data = opts.memory_budget_bytes - RUNTIME_RESERVE
+    data = opts.memory_budget_bytes - runtime_bytes
+    if data < UNIT_MEMORY_BATCHES * MIN_BATCH:
+        raise ConfigError(f"--memory-budget {opts.memory_budget_bytes / 2**20:.0f} MiB leaves no room for data: this "
+                          f"job's runtime takes ~{runtime_bytes / 2**20:.0f} MiB; give at least "
+                          f"{(runtime_bytes + UNIT_MEMORY_BATCHES * MIN_BATCH) / 2**20:.0f} MiB")
     piece = PIECE_FACTOR * largest_piece_bytes
     # Ray gives each task the whole budget (a worker process per task); locally the threads share it.
     wanted = 1 if opts.executor == "ray" else workers_of(opts)
@@ -114,7 +119,7 @@ def plan_memory(opts: EngineOptions, input_bytes: int, key_rows_per_doc: int,
     warning = None
     if piece > data:
         warning = (f"the inputs' largest row group or record batch ({largest_piece_bytes / 2**20:.0f} MiB decoded) "
-                   f"needs about {(piece + RUNTIME_RESERVE) / 2**20:.0f} MiB to read, more than --memory-budget "
+                   f"needs about {(piece + runtime_bytes) / 2**20:.0f} MiB to read, more than --memory-budget "
                    f"{opts.memory_budget_bytes / 2**20:.0f} MiB allows; rewrite the input with smaller row groups "
                    "or raise the budget")
     key_bytes = input_bytes / SIZING_BYTES_PER_DOC * KEY_ROW_BYTES * max(key_rows_per_doc, 1)
@@ -178,8 +183,9 @@ class SourceInput:
 
 
 def plan_job(sources: list[SourceInput], output: Path, opts: EngineOptions, settings: dict[str, Any],
-             key_rows_per_doc: int, stages: Any) -> Any:
-    """The job's units and work directory (reused when it belongs to the same job)."""
+             key_rows_per_doc: int, stages: Any, runtime_bytes: int = RUNTIME_RESERVE) -> Any:
+    """The job's units and work directory (reused when it belongs to the same job);
+    ``runtime_bytes``: what the process holds besides the data (see ``plan_memory``)."""
     from ftscale.data.io import plan_units
     from ftscale.data.job import Job, UnitTask
     from ftscale.data.workdir import open_work_dir
@@ -190,7 +196,7 @@ def plan_job(sources: list[SourceInput], output: Path, opts: EngineOptions, sett
     units = [(s, u) for s, source in enumerate(sources)
              for u in plan_units(source.spec.name, source.paths, target_unit_bytes=TARGET_UNIT_BYTES)]
     memory = plan_memory(opts, input_bytes_of([u for _, u in units]), key_rows_per_doc,
-                         max((u.largest_piece_bytes for _, u in units), default=0))
+                         max((u.largest_piece_bytes for _, u in units), default=0), runtime_bytes)
     inputs = [p for source in sources for p in source.paths]
     fp = fingerprint({"engine": ENGINE_VERSION, "settings": settings, "inputs": input_digest(inputs),
                       "partitions": memory.partitions, "batch_bytes": memory.batch_bytes})

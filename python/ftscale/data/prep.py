@@ -38,6 +38,13 @@ def prep_settings(cfg: PrepConfig) -> dict[str, Any]:
     """The config as it determines the output (the engine keys do not)."""
     return {k: v for k, v in to_dict(cfg).items() if k not in ENGINE_KEYS}
 
+# What a prep process holds besides its data: the engine's runtime plus transformers and a
+# loaded tokenizer (measured with SmolLM2's: 611 MB resident once it is loaded, against ~170
+# MiB for dedup) and the tokenizer's working memory while it encodes (another ~250 MB, not
+# growing with the batch or the corpus). Part of the memory plan, so --memory-budget bounds
+# the whole process.
+PREP_RUNTIME_BYTES = 960 << 20
+
 
 def run_prep(cfg: PrepConfig, stages: Any) -> Manifest:
     """Run prep; returns the manifest (also written to ``output/manifest.json``)."""
@@ -72,7 +79,8 @@ def run_prep(cfg: PrepConfig, stages: Any) -> Manifest:
     settings = prep_settings(cfg)
     job_print = fingerprint({"config": settings, "tokenizer": tok.fingerprint})
     with stages.stage("plan", f"{len(sources)} source(s)"):
-        job = plan_job(sources, out, engine, {"prep": job_print}, key_rows_per_doc(steps), stages)
+        job = plan_job(sources, out, engine, {"prep": job_print}, key_rows_per_doc(steps), stages,
+                       runtime_bytes=PREP_RUNTIME_BYTES)
     try:
         run_global(job, steps, stages)
         with stages.stage("tokenize", f"{job.alive.sum():,} records", total=len(job.tasks)) as advance:
