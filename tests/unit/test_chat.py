@@ -16,6 +16,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from chat_runs import supervised_runs
 from ftscale.data.chat import (
     ChatEncoder,
     ChatTemplateError,
@@ -110,20 +111,6 @@ def expected_from_pieces(tok, pieces: list[tuple[str, bool]]) -> tuple[str, np.n
         ids += piece_ids
         mask += [int(supervised)] * len(piece_ids)
     return "".join(t for t, _ in pieces), np.array(ids), np.array(mask)
-
-
-def supervised_runs(tok, ids: np.ndarray, mask: np.ndarray) -> list[str]:
-    """Decoded text of each maximal run of supervised tokens."""
-    runs, current = [], []
-    for token, flag in zip(ids.tolist(), mask.tolist()):
-        if flag:
-            current.append(token)
-        elif current:
-            runs.append(current)
-            current = []
-    if current:
-        runs.append(current)
-    return [tok.decode(r, skip_special_tokens=False, clean_up_tokenization_spaces=False) for r in runs]
 
 
 def one(encoder: ChatEncoder, messages: list[dict]) -> EncodedChat:

@@ -13,11 +13,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from chat_runs import supervised_runs
 from ftscale.data.chat import ChatEncoder, RustChatEncoder, choose_engine, template_messages, template_tools
 
 LLAMA3 = (
@@ -182,20 +182,6 @@ def encoders(smol_tokenizer_dir: Path):
     return out
 
 
-def runs(tok, ids: np.ndarray, mask: np.ndarray) -> list[str]:
-    """Decoded text of each maximal run of supervised tokens."""
-    out, current = [], []
-    for token, flag in zip(ids.tolist(), mask.tolist()):
-        if flag:
-            current.append(token)
-        elif current:
-            out.append(current)
-            current = []
-    if current:
-        out.append(current)
-    return [tok.decode(r, skip_special_tokens=False, clean_up_tokenization_spaces=False) for r in out]
-
-
 def encode_both(encoders, family: str, messages: list[dict], tools=None):
     """The Python engine's batch for one conversation, after checking the Rust one equals it."""
     tok, python, rust = encoders[family]
@@ -211,7 +197,7 @@ def encode_both(encoders, family: str, messages: list[dict], tools=None):
 
 def sample_runs(encoders, family: str, batch) -> list[list[str]]:
     tok = encoders[family][0]
-    return [runs(tok, ids, mask) for ids, mask in zip(batch.ids, batch.masks)]
+    return [supervised_runs(tok, ids, mask) for ids, mask in zip(batch.ids, batch.masks)]
 
 
 @pytest.mark.parametrize("family", list(FAMILIES))

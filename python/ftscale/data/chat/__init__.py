@@ -14,19 +14,11 @@ inference (``spans``).
 - ``lint``: checks of a source's supervised share.
 """
 
-from ftscale.data.chat.encoder import (
-    ChatEncoder,
-    ChatRecordError,
-    ChatTemplateError,
-    EncodedBatch,
-    EncodedChat,
-    NoAssistantTurnError,
-    special_tokens_of,
-)
+from ftscale.data.chat.encoder import ChatEncoder, EncodedBatch, EncodedChat, special_tokens_of
 from ftscale.data.chat.fast import ENGINES, EngineChoice, RustChatEncoder, choose_engine
 from ftscale.data.chat.lint import lint_masks, supervised_share
 from ftscale.data.chat.messages import template_messages, template_tools
-from ftscale.data.chat.spans import POLICIES
+from ftscale.data.chat.spans import POLICIES, ChatRecordError, ChatTemplateError, NoAssistantTurnError
 
 __all__ = [
     "ENGINES",

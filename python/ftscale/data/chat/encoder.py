@@ -21,32 +21,22 @@ from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
-from ftscale.data.chat.spans import POLICIES, Markers, PlanError, plan, probe_markers
-from ftscale.errors import ConfigError, DataError
+from ftscale.data.chat.spans import (
+    POLICIES,
+    ChatRecordError,
+    ChatTemplateError,
+    Markers,
+    NoAssistantTurnError,
+    plan,
+    probe_markers,
+)
+from ftscale.errors import ConfigError
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
 Message = dict[str, Any]
 Conversation = tuple[list[Message], Any]  # (template messages, tools or None)
-
-
-class ChatRecordError(DataError):
-    """A conversation that cannot be encoded; ``reason`` is its quarantine reason."""
-
-    reason = "chat_error"
-
-
-class ChatTemplateError(ChatRecordError):
-    """The chat template's rendering cannot be mapped back to the conversation's assistant turns."""
-
-    reason = "template_mismatch"
-
-
-class NoAssistantTurnError(ChatRecordError):
-    """The conversation has no assistant message, so nothing in it would be learned."""
-
-    reason = "no_assistant_turn"
 
 
 @dataclass(frozen=True, eq=False)
@@ -150,7 +140,7 @@ class ChatEncoder:
         for index, (messages, tools) in enumerate(conversations):
             try:
                 planned = self._plan(messages, tools)
-            except PlanError as exc:
+            except ChatRecordError as exc:
                 out.failures.append((index, exc.reason, str(exc)))
                 continue
             out.expanded_turns += planned.expanded_turns

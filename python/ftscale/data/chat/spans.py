@@ -35,6 +35,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from ftscale.errors import DataError
+
 POLICIES = ("expand", "locate")
 # Probe contents used to learn the template's end-of-turn text; chosen so no template
 # rewrites them and they occur nowhere else in the probe's rendering.
@@ -45,20 +47,23 @@ Render = Callable[[int, bool], str]  # (first n messages, add_generation_prompt)
 Span = tuple[int, int]
 
 
-class PlanError(Exception):
-    """A conversation the rule cannot place; ``reason`` is its quarantine reason."""
+class ChatRecordError(DataError):
+    """A conversation that cannot be encoded; ``reason`` is its quarantine reason."""
+
+    reason = "chat_error"
+
+
+class ChatTemplateError(ChatRecordError):
+    """The chat template does not render the conversation, or its rendering cannot be mapped
+    back to the conversation's assistant turns."""
 
     reason = "template_mismatch"
 
 
-class NoAssistantTurn(PlanError):
+class NoAssistantTurnError(ChatRecordError):
+    """The conversation has no assistant message, so nothing in it would be learned."""
+
     reason = "no_assistant_turn"
-
-
-class RenderFailed(PlanError):
-    """The full conversation does not render."""
-
-    reason = "template_mismatch"
 
 
 @dataclass(frozen=True)
@@ -89,14 +94,14 @@ class Markers:
 
 
 def plan(messages: Sequence[dict[str, Any]], render: Render, policy: str, markers: Markers) -> Plan:
-    """Plan one conversation (see the module docstring). Raises :class:`PlanError`."""
+    """Plan one conversation (see the module docstring). Raises :class:`ChatRecordError`."""
     assistant = [i for i, m in enumerate(messages) if m.get("role") == "assistant"]
     if not assistant:
-        raise NoAssistantTurn("conversation has no assistant message; nothing to learn")
+        raise NoAssistantTurnError("conversation has no assistant message; nothing to learn")
     try:
         full = render(len(messages), False)
     except Exception as exc:  # a template may fail in any way it likes
-        raise RenderFailed(f"the chat template failed to render the conversation: {exc}") from exc
+        raise ChatTemplateError(f"the chat template failed to render the conversation: {exc}") from exc
     contents = [m.get("content") for m in messages]
     full_spans: list[Span] = []
     expanded: list[tuple[str, tuple[Span, ...]]] = []
@@ -124,7 +129,7 @@ def plan(messages: Sequence[dict[str, Any]], render: Render, policy: str, marker
                 continue
         span = _locate(full, contents, i, previous_turn, previous_end, end_of_turn)
         if span is None:
-            raise PlanError(
+            raise ChatTemplateError(
                 f"assistant turn at message {i}: the template rewrites earlier turns (rendering "
                 f"messages[:{i + 1}] is not a prefix of the full rendering) and the turn's content does "
                 "not appear in the full rendering after the previous turn")
