@@ -29,27 +29,33 @@ class TokenizerConfig:
 class SourceConfig:
     name: str
     paths: list[str]
-    kind: Literal["cpt", "sft"] = "cpt"
+    kind: Literal["cpt", "sft", "preference"] = "cpt"
     text_field: str = "text"
-    messages_field: str = "messages"
+    messages_field: str = "messages"  # preference: the prompt when the record has no prompt_field
+    # Preference pairs: the prompt (a string or messages; absent: the messages field, or the messages
+    # chosen and rejected share) and the two completions (a string or an assistant message list).
+    prompt_field: str = "prompt"
+    chosen_field: str = "chosen"
+    rejected_field: str = "rejected"
     family_field: str | None = None
-    system_prompt: str | None = None  # SFT: inserted when a conversation has none
-    # Over seq_len: CPT documents are split at load time; an SFT sample is truncated or dropped.
-    # Unset: the kind's default (split for cpt, truncate for sft).
+    system_prompt: str | None = None  # SFT, preference: inserted when a conversation has none
+    # Over seq_len: CPT documents are split at load time; an SFT sample is truncated or dropped; a
+    # preference pair whose side is over seq_len // 2 has that completion cut or is dropped.
+    # Unset: the kind's default (split for cpt, truncate for sft and preference).
     overlong: Literal["split", "truncate", "drop"] | None = None
     max_record_bytes: int | None = None
     # SFT: an assistant turn the chat template rewrites once later turns follow (Qwen3-style
     # reasoning stripping) becomes a sample of its own ("expand"), or is supervised where its text
     # still appears in the full rendering ("locate"; a conversation where it does not is quarantined).
     rewritten_turns: Literal["expand", "locate"] = "expand"
-    tools_field: str = "tools"  # SFT: a record's tool definitions, passed to the template as `tools`
-    # SFT: extra role names mapped to system/user/assistant/tool, over the built-in ShareGPT names
+    tools_field: str = "tools"  # SFT, preference: a record's tool definitions, passed to the template as `tools`
+    # SFT, preference: extra role names mapped to system/user/assistant/tool, over the built-in ShareGPT names
     # (human, gpt, observation, function_call, ...); e.g. {bot: assistant}.
     role_map: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.overlong is None:
-            object.__setattr__(self, "overlong", "truncate" if self.kind == "sft" else "split")
+            object.__setattr__(self, "overlong", "split" if self.kind == "cpt" else "truncate")
 
     def check(self, key: str) -> None:
         if not plain_name(self.name):
@@ -58,6 +64,15 @@ class SourceConfig:
             raise ConfigError(f"{key}.paths: give at least one file or directory")
         if self.kind == "sft" and self.overlong == "split":
             raise ConfigError(f"{key}.overlong: 'split' would cut a conversation; choose truncate or drop for sft")
+        if self.kind == "preference" and self.overlong == "split":
+            raise ConfigError(f"{key}.overlong: 'split' would cut a preference pair; choose truncate (the default: "
+                              "the completion's end is cut) or drop for preference")
+        if self.kind == "preference":
+            names = {"prompt_field": self.prompt_field, "chosen_field": self.chosen_field,
+                     "rejected_field": self.rejected_field}
+            if len(set(names.values())) < len(names):
+                raise ConfigError(f"{key}: prompt_field, chosen_field and rejected_field must name different "
+                                  f"columns, got {names}")
         require(self, key, "max_record_bytes", self.max_record_bytes is None or self.max_record_bytes >= 1, ">= 1")
         from ftscale.data.io.chat_formats import check_role_map
 
@@ -138,8 +153,8 @@ class PrepConfig:
             raise ConfigError("sources: give at least one source")
         if self.tokenizer.path.endswith(".tiktoken"):
             for i, s in enumerate(self.sources):
-                if s.kind == "sft":
-                    raise ConfigError(f"sources.{i}.kind: sft needs a chat template, and tokenizer.path "
+                if s.kind in ("sft", "preference"):
+                    raise ConfigError(f"sources.{i}.kind: {s.kind} needs a chat template, and tokenizer.path "
                                       f"{self.tokenizer.path} is a .tiktoken file (cpt only)")
 
     def engine_options(self) -> EngineOptions:

@@ -216,14 +216,18 @@ def require_valid_records(job: Any) -> None:
     for spec, counts in zip(job.sources, job.source_counts().values()):
         if counts["read"] > counts["quarantined"]:
             continue
-        field = spec.messages_field or spec.text_field
-        need = "a list of chat messages" if spec.messages_field else "a non-empty string"
         if not counts["read"]:
             raise DataError(f"source {spec.name!r}: its files hold no records (empty, or blank lines only)")
         reasons = ", ".join(f"{r}: {n:,}" for r, n in counts["quarantined_by_reason"].items())
+        if spec.pair_field is not None:
+            c = spec.config
+            need = (f"fields {c.prompt_field!r} (or {c.messages_field!r}), {c.chosen_field!r} and {c.rejected_field!r} "
+                    "holding a prompt and two different replies")
+        else:
+            field = spec.messages_field or spec.text_field
+            need = f"field {field!r} holding " + ("a list of chat messages" if spec.messages_field else "a non-empty string")
         raise DataError(f"source {spec.name!r}: all {counts['read']:,} records were rejected ({reasons}); each "
-                        f"needs field {field!r} holding {need}: set the source's field name to the one your "
-                        "data uses, or check its paths")
+                        f"needs {need}: set the source's field names to the ones your data uses, or check its paths")
 
 
 def run_global(job: Any, steps: list[Any], stages: Any, *, scores: bool = False) -> None:

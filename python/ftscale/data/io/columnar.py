@@ -28,6 +28,7 @@ from ftscale.data.io.validate import (
     REASONS,
     ReadOptions,
     check_chat_column,
+    check_pair_column,
     check_text_column,
     quarantine_table,
     with_provenance,
@@ -169,7 +170,9 @@ def _check(original: pa.Table, first_row: int, source: str, file_id: str, opts: 
     codes = np.full(n, -1, dtype=np.int8)  # index into REASONS; -1 keeps the row
     details: dict[int, str] = {}
     extras_json = False
-    if opts.messages_field is None:
+    if opts.pair is not None:
+        checked = check_pair_column(original, opts, codes, details)
+    elif opts.messages_field is None:
         checked = check_text_column(original, opts, codes, details)
     else:
         checked, extras_json = check_chat_column(original, opts, codes, details)

@@ -1,8 +1,10 @@
 """Record checks, quarantine tables and provenance columns, shared by every reader.
 
-A record is plain text (``ReadOptions.text_field`` must be a non-blank string) or chat
+A record is plain text (``ReadOptions.text_field`` must be a non-blank string), chat
 (OpenAI messages, ShareGPT, Alpaca or prompt/completion, converted to one message form with
-roles in ``CHAT_ROLES`` and some non-blank content: ``chat_formats``). ``max_record_bytes`` bounds
+roles in ``CHAT_ROLES`` and some non-blank content: ``chat_formats``) or a preference pair
+(``ReadOptions.pair``: a prompt and a chosen and a rejected completion, converted to one pair
+stored as JSON text in the ``PAIR_FIELD`` column: ``preference``). ``max_record_bytes`` bounds
 a record (default ``DEFAULT_MAX_RECORD_BYTES``): the raw line for JSONL, the UTF-8 bytes of the
 text (or of all message contents) for columnar formats; ``max_messages`` bounds a
 conversation's turns. Both reject as ``oversize``. A rejected record gets one reason from
@@ -21,12 +23,13 @@ import pyarrow.compute as pc
 
 from ftscale.data.io.chat_formats import record_messages
 from ftscale.data.io.jsontext import messages_array
+from ftscale.data.io.preference import PAIR_FIELD, PairFields, pair_content_bytes, pair_json, record_pair
 from ftscale.data.io.uids import record_uids
 from ftscale.errors import ConfigError
 
 REASONS = (
     "invalid_utf8", "malformed_json", "not_an_object", "missing_field",
-    "wrong_type", "empty_text", "wrong_role", "oversize",
+    "wrong_type", "empty_text", "wrong_role", "oversize", "empty_side", "identical_sides",
 )
 PROVENANCE_COLUMNS = ("uid", "source", "file", "row")
 RAW_MAX_CHARS = 10_000
@@ -56,9 +59,16 @@ class ReadOptions:
     max_record_bytes: int | None = None  # None: DEFAULT_MAX_RECORD_BYTES
     max_messages: int = DEFAULT_MAX_MESSAGES
     role_map: tuple[tuple[str, str], ...] = ()  # chat: extra role names → CHAT_ROLES
+    pair: PairFields | None = None  # set: preference records (``messages_field`` must then be None)
 
     def __post_init__(self) -> None:
-        for key, value in (("text_field", self.text_field), ("messages_field", self.messages_field)):
+        named = [("text_field", self.text_field), ("messages_field", self.messages_field)]
+        if self.pair is not None:
+            if self.messages_field is not None:
+                raise ConfigError("a preference source reads its prompt's messages field through pair, "
+                                  "not messages_field")
+            named += [(f"{k}_field", getattr(self.pair, k)) for k in ("prompt", "chosen", "rejected", "messages")]
+        for key, value in named:
             if value in PROVENANCE_COLUMNS:
                 raise ConfigError(f"{key}={value!r} clashes with a provenance column {PROVENANCE_COLUMNS}")
         limit = self.max_record_bytes
@@ -80,7 +90,10 @@ class ReadOptions:
 
     @property
     def validated(self) -> str:
-        """The column the checks read: the messages field for chat, else the text field."""
+        """The column the checks write or read: the pair column for preference records, the
+        messages field for chat, else the text field."""
+        if self.pair is not None:
+            return PAIR_FIELD
         return self.messages_field or self.text_field
 
 
@@ -123,7 +136,13 @@ def check_chat(record: dict, name: str, role_map: dict[str, str] | None = None,
 
 
 def check_record(record: dict, opts: ReadOptions) -> tuple[str | None, str]:
-    """Validate one parsed record in place (Alpaca records get their messages field)."""
+    """Validate one parsed record in place (Alpaca records get their messages field, preference
+    records their pair column)."""
+    if opts.pair is not None:
+        reason, detail, pair = record_pair(record, opts.pair, dict(opts.role_map), opts.max_messages)
+        if pair is not None:
+            record[PAIR_FIELD] = pair_json(pair)
+        return reason, detail
     if opts.messages_field is None:
         return _check_text(record, opts.text_field)
     reason, detail, messages = check_chat(record, opts.messages_field, dict(opts.role_map), opts.max_messages)
@@ -241,6 +260,28 @@ def check_chat_column(table: pa.Table, opts: ReadOptions, codes: np.ndarray, det
     if present:
         return table.set_column(table.column_names.index(name), name, column), extras_json
     return table.append_column(name, column), extras_json
+
+
+def check_pair_column(table: pa.Table, opts: ReadOptions, codes: np.ndarray, details: dict[int, str]) -> pa.Table:
+    """Per-row preference checks; returns the table with the pair column (JSON text, null for a
+    rejected row). ``codes`` and ``details`` are filled in place as for ``check_text_column``."""
+    assert opts.pair is not None
+    wanted = [c for c in dict.fromkeys(opts.pair.columns()) if c in table.column_names]
+    stored: list[str | None] = []
+    role_map = dict(opts.role_map)
+    for i, record in enumerate(table.select(wanted).to_pylist()):
+        reason, detail, pair = record_pair(record, opts.pair, role_map, opts.max_messages)
+        if pair is not None and pair_content_bytes(pair) > opts.record_cap_bytes:
+            reason, detail, pair = "oversize", opts.oversize_detail(pair_content_bytes(pair), "content bytes"), None
+        if reason is not None:
+            codes[i], details[i] = REASONS.index(reason), detail
+            if reason == "missing_field":
+                details[i] = f"{detail}; columns: {table.column_names}"
+        stored.append(None if pair is None else pair_json(pair))
+    column = pa.array(stored, pa.string())
+    if PAIR_FIELD in table.column_names:
+        return table.set_column(table.column_names.index(PAIR_FIELD), PAIR_FIELD, column)
+    return table.append_column(PAIR_FIELD, column)
 
 
 def _keys_fit(rows: list[list | None], fields: set[str]) -> bool:

@@ -68,8 +68,9 @@ class SourceSpec:
     name: str
     text_field: str = "text"
     messages_field: str | None = None  # set: chat records (the dedup text is their contents)
-    kind: str = "cpt"  # prep: cpt or sft; dedup: the records are written back as they are
+    kind: str = "cpt"  # prep: cpt, sft or preference; dedup: the records are written back as they are
     config: Any = None  # prep: the SourceConfig
+    pair_field: str | None = None  # set: preference pairs (the dedup text is the prompt and the chosen reply)
 
 
 @dataclass

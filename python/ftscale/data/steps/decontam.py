@@ -52,15 +52,16 @@ class DecontamOptions:
 
 
 def segments_of(table: pa.Table, text_field: str, messages_field: str | None,
-                roles: list[str] | None) -> tuple[Any, np.ndarray]:
-    """(texts, owner record of each text): the text column as it is, or one text per chat turn."""
+                roles: list[str] | None, pair_field: str | None = None) -> tuple[Any, np.ndarray]:
+    """(texts, owner record of each text): the text column as it is, or one text per chat turn
+    (a preference pair: its prompt's turns and its chosen reply)."""
     from ftscale.data.texts import record_segments
 
-    if messages_field is None:
+    if messages_field is None and pair_field is None:
         return table.column(text_field), np.arange(table.num_rows, dtype=np.uint32)
     texts: list[str] = []
     owners: list[int] = []
-    for i, turns in enumerate(record_segments(table, text_field, messages_field, roles)):
+    for i, turns in enumerate(record_segments(table, text_field, messages_field, roles, pair_field)):
         texts.extend(turns)
         owners.extend([i] * len(turns))
     return texts, np.asarray(owners, dtype=np.uint32)
@@ -99,7 +100,8 @@ class Decontaminate(Step):
         for batch in batches:
             n = batch.records.num_rows
             if n and self.evals:
-                texts, owners = segments_of(batch.records, source.text_field, source.messages_field, self.o.roles)
+                texts, owners = segments_of(batch.records, source.text_field, source.messages_field, self.o.roles,
+                                            source.pair_field)
                 for e, ev in enumerate(self.evals):
                     found = ev.index.scan(texts_arg(texts), owners, n, self.o.num_threads)
                     record, item = found["leak_record"], found["leak_eval_item"]

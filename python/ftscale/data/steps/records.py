@@ -26,7 +26,7 @@ def dedup_texts(batch: Batch, source: SourceSpec) -> Any:
     if texts is None:
         from ftscale.data.texts import record_texts
 
-        texts = record_texts(batch.records, source.text_field, source.messages_field)
+        texts = record_texts(batch.records, source.text_field, source.messages_field, source.pair_field)
         batch.derived["dedup_texts"] = texts
     return texts
 
