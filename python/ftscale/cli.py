@@ -200,7 +200,7 @@ def _add_inspect(sub: Any) -> None:
     p = sub.add_parser("inspect", help="print prepared samples with the loss-bearing tokens highlighted")
     p.add_argument("dataset")
     p.add_argument("--source", required=True)
-    p.add_argument("--n", type=int, default=3, help="samples to show (default 3)")
+    p.add_argument("--n", type=int, default=3, help="samples (preference: pairs) to show (default 3)")
     p.add_argument("--split", choices=["train", "val"], default="train")
     p.set_defaults(func=_cmd_inspect)
 

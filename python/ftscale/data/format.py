@@ -15,6 +15,10 @@ Shard columns (``SHARD_SCHEMA``): ``uid`` (uint64), ``input_ids`` (list<int32>),
 ``loss_mask`` (list<uint8>: 1 where the token is a training target), ``length`` (int32,
 tokens) and ``family`` (string, null when the source has no task-family field). CPT
 documents end with EOS and have an all-ones mask; SFT masks cover assistant turns only.
+A preference source's documents come in pairs, both with the pair's uid: the chosen document
+(even index within its shard), then the rejected one (odd index); every shard holds whole
+pairs; both documents share the prompt's tokens as their prefix, carry loss on the final reply
+only, and hold at most ``seq_len // 2`` tokens each.
 The loader turns masks into labels (-100 where the mask is 0, and at the first token of
 every packed piece, so no label is predicted across a document boundary).
 
@@ -57,7 +61,7 @@ MANIFEST = "manifest.json"
 SHARDS_DIR = "shards"
 VAL_DIR = "val"
 SPLITS = ("train", "val")
-SOURCE_KINDS = ("cpt", "sft")
+SOURCE_KINDS = ("cpt", "sft", "preference")
 
 SHARD_SCHEMA = pa.schema([
     ("uid", pa.uint64()),
@@ -148,7 +152,9 @@ class StageCounts:
     splits ``kept + extra_samples = train_docs + val_docs`` (both 0 in a dedup report): docs are
     shard rows, and an SFT conversation whose template rewrites earlier turns yields one extra
     sample per such turn (``extra_samples``). ``truncated`` counts SFT samples cut to seq_len
-    (prep only)."""
+    (prep only). A preference source counts pairs: a kept pair is two documents, its rejected
+    one counted in ``extra_samples`` (so ``extra_samples == kept``), and ``truncated`` counts
+    pairs with a reply cut to ``seq_len // 2``."""
 
     read: int
     quarantined: int
@@ -257,7 +263,7 @@ class Shard:
 class SourceEntry:
     """One source of a prepared dataset: its counts, token totals and shards per split."""
 
-    kind: str  # "cpt" or "sft"
+    kind: str  # "cpt", "sft" or "preference"
     counts: StageCounts
     train: tuple[Shard, ...]
     val: tuple[Shard, ...]
@@ -267,8 +273,8 @@ class SourceEntry:
     supervised_share: float  # supervised_train_tokens / train_tokens (0 when there are none)
     lengths_histogram: dict[str, list[int]] | None = None  # {"edges": [...], "counts": [...]}, tokens/doc
     warnings: tuple[str, ...] = ()
-    # SFT: which chat engine encoded the source and why, and how its turns were placed
-    # (engine, engine_reason, python_rendered, expanded_turns, located_turns).
+    # SFT and preference: which chat engine encoded the source and why, and how its turns were
+    # placed (engine, engine_reason, python_rendered, expanded_turns, located_turns).
     chat: dict[str, Any] | None = None
 
     def shards(self, split: str) -> tuple[Shard, ...]:

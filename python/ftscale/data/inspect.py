@@ -21,8 +21,9 @@ def loss_spans(mask: np.ndarray) -> list[tuple[int, int, bool]]:
 
 
 def print_samples(dataset_dir: str, source: str, n: int, split: str = "train") -> None:
-    """Print the first ``n`` documents of a source's first shard: tokens from the token store,
-    uids from the Parquet shard."""
+    """Print the first ``n`` documents of a source's first shard (of a preference source: the
+    first ``n`` pairs, chosen then rejected): tokens from the token store, uids from the Parquet
+    shard."""
     import pyarrow.parquet as pq
     from rich.console import Console
     from rich.text import Text
@@ -39,17 +40,20 @@ def print_samples(dataset_dir: str, source: str, n: int, split: str = "train") -
         raise ConfigError(f"source {source!r} has no {split} documents")
     tok = load_tokenizer(str(manifest.tokenizer.get("path")),
                          (manifest.config.get("tokenizer") or {}).get("chat_template"))
+    paired = manifest.sources[source].kind == "preference"
+    docs = 2 * n if paired else n
     shard = shards[0]
     store = open_store(Path(dataset_dir) / shard.store, shard.rows, shard.tokens, shard.store_bytes)
-    offsets = store.offsets()[:n + 1]
-    uids = pq.read_table(Path(dataset_dir) / shard.path, columns=["uid"]).column("uid").to_pylist()[:n]
+    offsets = store.offsets()[:docs + 1]
+    uids = pq.read_table(Path(dataset_dir) / shard.path, columns=["uid"]).column("uid").to_pylist()[:docs]
     console = Console()
     console.print(f"[bold]{source}[/bold] ({split}): [green on grey15]green[/] = supervised (loss), dim = context")
-    for uid, doc_start, doc_end in zip(uids, offsets[:-1].tolist(), offsets[1:].tolist()):
+    for k, (uid, doc_start, doc_end) in enumerate(zip(uids, offsets[:-1].tolist(), offsets[1:].tolist())):
         ids, mask = store.read(doc_start, doc_end - doc_start)
         text = Text()
         for start, end, supervised in loss_spans(mask):
             piece = tok.decode(ids[start:end].tolist())
             text.append(piece, style="bold green on grey15" if supervised else "dim")
-        console.rule(f"uid {uid} · {len(ids)} tokens · {int(mask.sum())} supervised")
+        side = f"pair {k // 2} · {'rejected' if k % 2 else 'chosen'} · " if paired else ""
+        console.rule(f"{side}uid {uid} · {len(ids)} tokens · {int(mask.sum())} supervised")
         console.print(text)

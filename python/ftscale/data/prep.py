@@ -3,8 +3,9 @@
 The dedup step list of ``ftscale dedup`` (read and quarantine → exact + near dedup →
 decontamination, global across sources), then a second pass over the kept records
 (``steps.tokenize``: CPT documents + EOS; SFT with the tokenizer's own chat template and
-assistant-only masks; the SFT over-long policy; train/val split by uid hash), then the shards
-(``steps.shards``: Parquet + token store, ``shard_rows`` documents each), quarantine, decision
+assistant-only masks; preference pairs as two documents, chosen then rejected, with loss on the
+reply; the over-long policy; train/val split by uid hash), then the shards (``steps.shards``:
+Parquet + token store, ``shard_rows`` documents each, whole pairs), quarantine, decision
 log, length histograms, report.json, and manifest.json last. The local or the Ray Data
 executor runs it (``ftscale.data.pipeline``); the output is the same with either, and with any
 number of workers or any memory budget.
@@ -30,6 +31,7 @@ from ftscale.data.faults import crash_at
 from ftscale.errors import DataError
 from ftscale.paths import expand_paths
 
+CHAT_KINDS = ("sft", "preference")  # sources rendered with the chat template
 ENGINE_KEYS = ("output", "num_threads", "executor", "workers", "memory_budget", "work_dir", "keep_work")
 TOKENIZE_PASS = "tokenize"
 
@@ -52,6 +54,7 @@ def run_prep(cfg: PrepConfig, stages: Any) -> Manifest:
     from ftscale.data.dedup_run import DedupOptions, dedup_steps, key_rows_per_doc, source_names
     from ftscale.data.format import MANIFEST
     from ftscale.data.io import ReadOptions
+    from ftscale.data.io.preference import PAIR_FIELD, PairFields
     from ftscale.data.pipeline import SourceInput, fingerprint, plan_job, remove_work_dir, run_global
     from ftscale.data.steps.base import SourceSpec
     from ftscale.data.steps.tokenize import tokenizer_for
@@ -64,10 +67,13 @@ def run_prep(cfg: PrepConfig, stages: Any) -> Manifest:
     sources = []
     for i, s in enumerate(cfg.sources):
         messages_field = s.messages_field if s.kind == "sft" else None
-        sources.append(SourceInput(SourceSpec(s.name, s.text_field, messages_field, s.kind, s),
+        pair = PairFields(s.prompt_field, s.chosen_field, s.rejected_field, s.messages_field) \
+            if s.kind == "preference" else None
+        sources.append(SourceInput(SourceSpec(s.name, s.text_field, messages_field, s.kind, s,
+                                              pair_field=PAIR_FIELD if pair is not None else None),
                                    ReadOptions(text_field=s.text_field, messages_field=messages_field,
                                                max_record_bytes=s.max_record_bytes,
-                                               role_map=tuple(sorted(s.role_map.items()))),
+                                               role_map=tuple(sorted(s.role_map.items())), pair=pair),
                                    expand_paths(s.paths, f"sources.{i}.paths")))
     eval_sets = source_names(expand_paths(cfg.decontaminate.eval_paths, "decontaminate.eval_paths"))
     d, c = cfg.dedup, cfg.decontaminate
@@ -106,10 +112,11 @@ def run_prep(cfg: PrepConfig, stages: Any) -> Manifest:
 
 
 def _chat_engine(cfg: PrepConfig, tok: Any) -> Any:
-    """The chat engine of the job's SFT sources (None without any), chosen once from the template."""
+    """The chat engine of the job's SFT and preference sources (None without any), chosen once from
+    the template."""
     from ftscale.data.chat import ChatEncoder, choose_engine
 
-    if not any(s.kind == "sft" for s in cfg.sources):
+    if not any(s.kind in CHAT_KINDS for s in cfg.sources):
         return None
     return choose_engine(tok.hf, ChatEncoder(tok.hf), cfg.tokenizer.chat_engine)
 
@@ -172,9 +179,10 @@ def _write_dataset(job: Any, metas: list[dict[str, Any]], cfg: PrepConfig, out: 
             extra_samples=sum(int(m["counters"].get("extra_samples", 0)) for _, m in mine))
         stage_counts.check(spec.name)
         lengths, supervised = _doc_stats(mine)
-        if src.kind == "sft" and c["kept"] and not len(lengths):
+        if src.kind in CHAT_KINDS and c["kept"] and not len(lengths):
             reasons = sorted(r for _, m in mine for r in m["rejected_by_reason"])
-            raise DataError(f"source {spec.name!r}: none of its {c['kept']} conversations yields supervised tokens "
+            what = "pairs" if src.kind == "preference" else "conversations"
+            raise DataError(f"source {spec.name!r}: none of its {c['kept']} {what} yields supervised tokens "
                             f"with the chat template of {cfg.tokenizer.path} (reasons: {', '.join(sorted(set(reasons)))}); "
                             "check the template (tokenizer.chat_template) and the messages field")
         train_tokens = sum(int(m["train"]["tokens"]) for _, m in mine)
@@ -186,7 +194,7 @@ def _write_dataset(job: Any, metas: list[dict[str, Any]], cfg: PrepConfig, out: 
             train_tokens=train_tokens, val_tokens=sum(int(m["val"]["tokens"]) for _, m in mine),
             supervised_train_tokens=sup_train, supervised_share=sup_train / train_tokens if train_tokens else 0.0,
             lengths_histogram=_histogram(lengths, cfg.seq_len), warnings=tuple(_lint(src, cfg, lengths, supervised)),
-            chat=None if src.kind != "sft" else {
+            chat=None if src.kind not in CHAT_KINDS else {
                 "engine": chat.engine, "engine_reason": chat.reason, "rewritten_turns": src.rewritten_turns,
                 **{k: sum(int(m["counters"].get(k, 0)) for _, m in mine) for k in CHAT_COUNTERS}})
     job.write_decisions(out / "dedup" / "decisions.parquet")
@@ -214,7 +222,7 @@ def _doc_stats(units: list[tuple[Any, dict[str, Any]]]) -> tuple[np.ndarray, np.
 def _lint(src: Any, cfg: PrepConfig, lengths: np.ndarray, supervised: np.ndarray) -> list[str]:
     from ftscale.data.chat import lint_masks
 
-    if src.kind != "sft" or not len(lengths):
+    if src.kind not in CHAT_KINDS or not len(lengths):
         return []
     template_name = "override" if cfg.tokenizer.chat_template else f"the chat template of {cfg.tokenizer.path}"
     return lint_masks(src.name, template_name, supervised / lengths)

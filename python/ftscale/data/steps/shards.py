@@ -2,6 +2,10 @@
 order, cut every ``shard_rows`` documents, so the shards are the same whatever the units,
 workers or executor. One task per shard reads the spilled tokens of the units it spans
 (memory: the shard's tokens, 5 bytes per token, and its documents' table).
+
+A preference source's documents come in pairs (chosen, rejected: adjacent, same uid, so same
+split; every unit spills whole pairs), and its shards are cut every ``shard_rows`` rounded up to
+an even number, so a shard never separates the two documents of a pair.
 """
 
 from __future__ import annotations
@@ -50,10 +54,13 @@ def plan_shards(job: Job, metas: list[dict[str, Any]], dataset: Path, shard_rows
     tasks = []
     for s, spec in enumerate(job.sources):
         units = [(t, m) for t, m in zip(job.tasks, metas) if t.source_index == s]
+        rows_per_shard = shard_rows + shard_rows % 2 if spec.kind == "preference" else shard_rows
         for split in ("train", "val"):
             total = sum(int(m[split]["rows"]) for _, m in units)
-            for k, lo in enumerate(range(0, total, shard_rows)):
-                hi = min(lo + shard_rows, total)
+            if spec.kind == "preference" and total % 2:
+                raise AssertionError(f"source {spec.name!r} {split}: {total} documents, not whole pairs")
+            for k, lo in enumerate(range(0, total, rows_per_shard)):
+                hi = min(lo + rows_per_shard, total)
                 segments, start = [], 0
                 for task, meta in units:
                     rows = int(meta[split]["rows"])

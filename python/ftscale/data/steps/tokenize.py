@@ -8,7 +8,8 @@ into train and val by uid hash, and spilled per unit for the shard writer.
   tokens only (``ftscale.data.chat``: the Rust engine, or the Python one the driver chose for the
   template), one or more samples each (a turn the template rewrites gets its own); an over-long
   sample is truncated or dropped (as the source's ``overlong`` says), and a conversation left
-  without a supervised token is quarantined;
+  without a supervised token is quarantined; a preference pair becomes two documents, chosen
+  then rejected, each at most ``seq_len // 2`` tokens (``chat.preference``);
 - ``SpillTokens``: per split, the flat token ids (int32) and loss masks (uint8), and a small
   table per document (uid, length, supervised tokens, family); plus what tokenizing rejected.
   All samples of a conversation carry its uid, so they land in the same split.
@@ -118,9 +119,9 @@ class Tokenize(Step):
         cfg, src = self.cfg, ctx.source.config
         tok = tokenizer_for(cfg.tokenizer.path, cfg.tokenizer.chat_template)
         encoder = None
-        if src.kind == "sft":
+        if src.kind in ("sft", "preference"):
             if tok.hf is None:
-                raise ConfigError(f"sources.{src.name}: sft needs a tokenizer with a chat template "
+                raise ConfigError(f"sources.{src.name}: {src.kind} needs a tokenizer with a chat template "
                                   "(a tokenizer directory or .gguf), not a .tiktoken file")
             encoder = chat_encoder_for(cfg, src.rewritten_turns, self.chat_engine)
         for batch in batches:
@@ -134,6 +135,8 @@ class Tokenize(Step):
                 masks = [np.ones(len(x), dtype=np.uint8) for x in ids]
                 owners = np.arange(records.num_rows)
                 rejected: dict[int, tuple[str, str]] = {}
+            elif src.kind == "preference":
+                ids, masks, owners, rejected = _encode_pairs(encoder, records, src, cfg.seq_len, ctx)
             else:
                 ids, masks, owners, rejected = _encode_chats(encoder, records, src, cfg.seq_len,
                                                              bool(batch.derived.get("json_extras")), ctx)
@@ -188,14 +191,44 @@ def _encode_chats(encoder: Any, records: pa.Table, src: Any, seq_len: int, json_
     return ids, masks, np.asarray(owners, dtype=np.int64), rejected
 
 
+def _encode_pairs(encoder: Any, records: pa.Table, src: Any, seq_len: int,
+                  ctx: UnitContext) -> tuple[list, list, np.ndarray, dict]:
+    """Documents of a batch's preference pairs: (ids, masks, owner record of each document,
+    rejected); a kept pair's chosen document is followed by its rejected one."""
+    from ftscale.data.chat import template_messages, template_tools
+    from ftscale.data.chat.preference import encode_pairs
+    from ftscale.data.io.preference import PAIR_FIELD
+
+    tools = (records.column(src.tools_field).to_pylist() if src.tools_field in records.column_names
+             else [None] * records.num_rows)
+    pairs = []
+    for stored, t in zip(records.column(PAIR_FIELD).to_pylist(), tools):
+        pair = json.loads(stored)
+        # The system prompt goes in through template_messages on the prompt alone, so both sides get it.
+        prompt = template_messages(pair["prompt"], src.system_prompt)
+        chosen, rejected = template_messages([pair["chosen"], pair["rejected"]])
+        pairs.append((prompt, chosen, rejected, template_tools(t)))
+    encoded = encode_pairs(encoder, pairs, seq_len // 2, src.overlong)
+    # Each kept pair's rejected document is an extra sample of its record: kept + extra_samples
+    # == documents, the manifest's conservation rule.
+    for name, n in (("truncated", encoded.truncated), ("extra_samples", len(encoded.owners) // 2),
+                    ("located_turns", encoded.located_turns), ("python_rendered", encoded.python_rendered)):
+        ctx.count(name, n)
+    return encoded.ids, encoded.masks, np.asarray(encoded.owners, dtype=np.int64), encoded.failures
+
+
 def _rejected_table(records: pa.Table, src: Any, rejected: dict[int, tuple[str, str]]) -> pa.Table:
     from ftscale.data.io import QUARANTINE_SCHEMA
+    from ftscale.data.io.preference import PAIR_FIELD
 
     rows = sorted(rejected)
     if not rows:
         return QUARANTINE_SCHEMA.empty_table()
     picked = records.take(pa.array(rows))
-    raws = [json.dumps(m, ensure_ascii=False)[:RAW_MAX_CHARS] for m in picked.column(src.messages_field).to_pylist()]
+    if src.kind == "preference":  # the stored pair is JSON text already
+        raws = [stored[:RAW_MAX_CHARS] for stored in picked.column(PAIR_FIELD).to_pylist()]
+    else:
+        raws = [json.dumps(m, ensure_ascii=False)[:RAW_MAX_CHARS] for m in picked.column(src.messages_field).to_pylist()]
     return pa.table({
         "uid": picked.column("uid"), "source": picked.column("source"), "file": picked.column("file"),
         "row": picked.column("row"), "reason": pa.array([rejected[i][0] for i in rows], pa.string()),
