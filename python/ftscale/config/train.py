@@ -163,6 +163,38 @@ class LoggingConfig:
     mlflow: MlflowConfig | None = None
 
 
+ADAPTER_METHODS = ("lora", "dora", "qlora", "ia3")
+
+
+@dataclass(frozen=True)
+class PreferenceConfig:
+    """Preference tuning, the objective of a run whose sources are ``kind: preference``
+    (``ftscale.train.preference``). ``loss``: sigmoid (DPO), ipo, hinge; ``label_smoothing``:
+    conservative DPO's ε (sigmoid only). ``reference``: the model the policy is measured
+    against — ``adapters``: the base with the adapters switched off (no second copy; adapter
+    methods only); ``precomputed``: every side scored once with the starting weights before the
+    first step and kept in the run's checkpoints; ``auto``: adapters for an adapter method,
+    else precomputed."""
+
+    loss: Literal["sigmoid", "ipo", "hinge"] = "sigmoid"
+    beta: float = 0.1
+    label_smoothing: float = 0.0
+    reference: Literal["auto", "adapters", "precomputed"] = "auto"
+
+    def check(self, key: str) -> None:
+        require(self, key, "beta", 0 < self.beta < math.inf, "a finite number > 0")
+        require(self, key, "label_smoothing", 0 <= self.label_smoothing < 0.5, "in [0, 0.5)")
+        if self.label_smoothing and self.loss != "sigmoid":
+            raise ConfigError(f"{key}.label_smoothing: conservative DPO smooths the sigmoid loss; set loss: sigmoid "
+                              f"or label_smoothing: 0 (loss is {self.loss})")
+
+    def reference_for(self, method: str) -> str:
+        """The reference actually used with ``method``."""
+        if self.reference != "auto":
+            return self.reference
+        return "adapters" if method in ADAPTER_METHODS else "precomputed"
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """A training run. ``tokens_per_step`` sets gradient accumulation:
@@ -181,6 +213,7 @@ class TrainConfig:
     method: Literal["full", "lora", "dora", "qlora", "ia3"] = "full"
     lora: LoraConfig = field(default_factory=LoraConfig)
     peft: PeftConfig = field(default_factory=PeftConfig)
+    preference: PreferenceConfig = field(default_factory=PreferenceConfig)  # DPO & co (preference sources)
     seq_len: int = 2048
     micro_batch_size: int = 1
     tokens_per_step: int | None = None
@@ -232,6 +265,9 @@ class TrainConfig:
                 raise ConfigError("zero_stage: qlora keeps the 4-bit base whole on every GPU; use zero_stage 0-2")
             if self.precision == "fp32":
                 raise ConfigError("precision: qlora computes in bf16 on the GPU; use precision: auto or bf16")
+        if self.preference.reference == "adapters" and self.method not in ADAPTER_METHODS:
+            raise ConfigError(f"preference.reference: 'adapters' switches the adapters off, but method {self.method!r} "
+                              f"has none; use reference: precomputed (or auto), or a method of {', '.join(ADAPTER_METHODS)}")
         if self.early_stop_patience and not self.eval_every:
             raise ConfigError("early_stop_patience: early stopping counts evaluations; set eval_every > 0")
         for name in ("tasks", "select", "guard"):

@@ -51,6 +51,16 @@ is made of (``sequence``: the selected shards' checksums, mixture, seq_len, stra
 the other plan parameters); a state whose sequence differs is refused, so a resume after
 re-running prep or changing the mixture never silently continues another sequence.
 
+Preference pairs (sources of kind ``preference``; a loader reads either only such sources or
+none): prep writes a pair as two adjacent documents of one shard, chosen then rejected. The plan
+treats a pair as one piece of ``len(chosen) + len(rejected)`` tokens (mixture weights, packing and
+the permutation all work on pairs, never split), and a row emits it as two pieces, chosen first,
+so both sides of a pair always share a row and a micro-batch. Batches then also carry
+``sequence_index`` (which piece of the micro-batch each token belongs to, -1 on padding: pair
+``i`` is pieces ``2i`` and ``2i + 1``), ``sequence_doc`` (the loader's document index of every
+piece) and ``num_pairs``. No state is added per document; planning holds a 4 B pair length per
+pair for a moment.
+
 Row layout: each row holds its pieces back to back, then padding. Labels are -100 where the
 loss mask is 0, on padding, and on the first token of every piece (the token a model would
 otherwise predict from the previous document). ``position_ids`` restart at 0 for every
@@ -110,6 +120,9 @@ class EpochPlan:
     piece_part: np.ndarray  # uint8/16/32: the piece starts at token piece_part * seq_len of its document
     doc_len: np.ndarray = field(repr=False)  # uint32, the loader's document lengths (shared, not a copy)
     stats: dict = field(default_factory=dict)
+    # Preference data: a piece is a pair, documents piece_doc (chosen) and piece_doc + 1
+    # (rejected), never split; piece_part is 0.
+    paired: bool = False
 
     @property
     def piece_start(self) -> np.ndarray:
@@ -118,7 +131,10 @@ class EpochPlan:
 
     @property
     def piece_len(self) -> np.ndarray:
-        """Tokens of every piece (int64): a seq_len slice, or what is left of the document."""
+        """Tokens of every piece (int64): a seq_len slice, or what is left of the document; a
+        pair's two documents together."""
+        if self.paired:
+            return self.doc_len[self.piece_doc].astype(np.int64) + self.doc_len[self.piece_doc + 1]
         return np.minimum(self.doc_len[self.piece_doc].astype(np.int64) - self.piece_start, self.seq_len)
 
     def row_tokens(self) -> np.ndarray:
@@ -280,6 +296,13 @@ class PackedLoader:
                     f"source(s) {', '.join(map(repr, empty))} have no {self.split} documents; "
                     f"{hint}remove them from the mixture"
                 )
+        pref = [n for n in names if entries[n].kind == "preference"]
+        if pref and len(pref) != len(names):
+            other = [n for n in names if n not in pref]
+            raise ConfigError(
+                f"mixture: preference source(s) {', '.join(map(repr, pref))} train with a preference objective and "
+                f"cannot be mixed with cpt/sft source(s) {', '.join(map(repr, other))}; train them in separate runs "
+                "(e.g. SFT first, then DPO from its export)")
         ds_seq_len = self.manifest.seq_len
         sft = [n for n in names if entries[n].kind == "sft"]
         if sft and self.seq_len > ds_seq_len:
@@ -322,8 +345,24 @@ class PackedLoader:
                 f"source(s) {', '.join(map(repr, empty))} have no {self.split} documents; remove them from the mixture"
             )
         self._is_sft = np.array([self.manifest.sources[n].kind == "sft" for n in names], dtype=bool)
+        self.paired = all(self.manifest.sources[n].kind == "preference" for n in names)
+        if self.paired:
+            self._check_pairs(shards)
         self._families = [self._read_families([s for n, s in shards if n == name]) if self.family_cap is not None
                           else None for name in names]
+
+    def _check_pairs(self, shards: list) -> None:
+        """Every shard of a preference source holds whole pairs, and every pair fits one row."""
+        odd = [s.path for _, s in shards if s.rows % 2]
+        if odd:
+            raise DataError(f"preference shard {odd[0]} holds an odd number of documents, so a pair is cut; "
+                            "re-run `ftscale prep`")
+        longest = int((self._doc_len[0::2].astype(np.int64) + self._doc_len[1::2]).max(initial=0))
+        if longest > self.seq_len:
+            raise ConfigError(
+                f"seq_len {self.seq_len} is shorter than the longest preference pair ({longest} tokens, chosen + "
+                f"rejected; prep keeps each side within its seq_len {self.manifest.seq_len} // 2): set seq_len >= "
+                f"{longest}, or re-run `ftscale prep` with seq_len={self.seq_len}")
 
     def _read_families(self, shards: list) -> np.ndarray | None:
         """Dense family ids of one source's documents (by first occurrence; null is its own
@@ -384,6 +423,8 @@ class PackedLoader:
         from ftscale.pack import MixtureSource, apply_overlong, pack, plan_mixture
 
         L = self.seq_len
+        if self.paired:
+            return self._make_pair_plan(epoch)
         srcs = [MixtureSource(name=name, lengths=self._doc_len[self._src_base[si]:self._src_base[si + 1]],
                               weight=self.weights[si], families=self._families[si])
                 for si, name in enumerate(self.sources)]
@@ -433,6 +474,76 @@ class PackedLoader:
             epoch=epoch, num_rows=n_rows, seq_len=L, row_offsets=row_offsets, piece_doc=piece_doc[order],
             piece_part=part[order].astype(_uint_for(int(part.max(initial=0)))), doc_len=self._doc_len, stats=stats,
         )
+
+    def _make_pair_plan(self, epoch: int) -> EpochPlan:
+        """The plan of a preference loader: mixture, packing and permutation over whole pairs
+        (a pair's length is both its sides; ``_check_pairs`` made sure every pair fits a row)."""
+        from ftscale.errors import FtscaleError
+        from ftscale.pack import MixtureSource, pack, plan_mixture
+
+        L = self.seq_len
+        pair_len = self._doc_len[0::2] + self._doc_len[1::2]  # 4 B per pair while planning
+        base = self._src_base // 2
+        srcs = [MixtureSource(name=name, lengths=pair_len[base[si]:base[si + 1]], weight=self.weights[si],
+                              families=None if self._families[si] is None else self._families[si][0::2])
+                for si, name in enumerate(self.sources)]
+        try:
+            mix = plan_mixture(srcs, self.tokens_per_epoch, seed=self.seed, epoch=epoch,
+                               temperature=self.temperature, max_repeat=self.max_repeat, family_cap=self.family_cap)
+        except FtscaleError as e:
+            raise ConfigError(f"mixture cannot be planned: {e}") from e
+        pick_pair = base[mix.pick_source] + mix.pick_doc.astype(np.int64)
+        mixture_stats = mix.sources
+        del mix
+        plen = pair_len[pick_pair]
+        del pair_len
+        packed = pack(plen, L, self.strategy)
+        n_rows = int(packed.num_bins)
+        total_tokens = int(plen.sum(dtype=np.int64))
+        del plen
+        counts = np.diff(packed.row_offsets.astype(np.int64))
+        rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([self.seed, epoch, _PERM_STREAM])))
+        perm = rng.permutation(n_rows)
+        new_counts = counts[perm]
+        order = packed.row_docs[_ranges(packed.row_offsets[:-1][perm], new_counts)]
+        stats = {"tokens": total_tokens, "pieces": int(len(order)), "pairs": int(len(order)), "rows": n_rows,
+                 "fill": float(packed.efficiency), "docs_split": 0, "sft_pieces_truncated": 0,
+                 "mixture": mixture_stats}
+        del packed, counts, perm
+        row_offsets = np.zeros(n_rows + 1, dtype=_index_dtype(len(order) + 1))
+        row_offsets[1:] = np.cumsum(new_counts)
+        return EpochPlan(
+            epoch=epoch, num_rows=n_rows, seq_len=L, row_offsets=row_offsets,
+            piece_doc=(2 * pick_pair[order]).astype(self._doc_index), piece_part=np.zeros(len(order), dtype=np.uint8),
+            doc_len=self._doc_len, stats=stats, paired=True,
+        )
+
+    def _pair_pass_plan(self) -> EpochPlan:
+        """Every pair of the selected sources exactly once, packed (best-fit on pair lengths), in
+        packing order: no mixture, no repetition, no shuffle."""
+        from ftscale.pack import pack
+
+        pair_len = self._doc_len[0::2] + self._doc_len[1::2]
+        packed = pack(pair_len, self.seq_len, self.strategy)
+        n_rows = int(packed.num_bins)
+        order = packed.row_docs.astype(np.int64)
+        row_offsets = packed.row_offsets.astype(_index_dtype(len(order) + 1))
+        return EpochPlan(epoch=-1, num_rows=n_rows, seq_len=self.seq_len, row_offsets=row_offsets,
+                         piece_doc=(2 * order).astype(self._doc_index), piece_part=np.zeros(len(order), dtype=np.uint8),
+                         doc_len=self._doc_len, stats={"pairs": len(order), "rows": n_rows}, paired=True)
+
+    def pair_pass(self) -> Iterator[dict]:
+        """This rank's micro-batches of one pass over every pair exactly once (a preference
+        loader only): global rows ``r, r + W, ...`` of ``_pair_pass_plan``, the tail filled up
+        with empty rows so every rank yields the same number of batches. For passes that must
+        see each document once, e.g. the reference log-probs of ``reference: precomputed``; the
+        training sequence and its resume state are untouched."""
+        if not self.paired:
+            raise ConfigError("pair_pass: the loader reads no preference sources")
+        plan = self._pair_pass_plan()
+        step = self.rows_per_step
+        for first in range(0, plan.num_rows, step):
+            yield self.collate(plan, first + self.rank + self.world_size * np.arange(self.micro_batch_size))
 
     # ----------------------------------------------------------------------------------------
     # sizes and state
@@ -565,8 +676,12 @@ class PackedLoader:
         first = row_offsets[np.minimum(rows, plan.num_rows)].astype(np.int64)
         cnt = row_offsets[np.minimum(rows + 1, plan.num_rows)].astype(np.int64) - first
         pieces = _ranges(first, cnt)
-        pdoc = plan.piece_doc[pieces]
+        pdoc = plan.piece_doc[pieces].astype(np.int64)
         pstart = plan.piece_part[pieces].astype(np.int64) * L
+        if plan.paired:  # a pair piece comes out as its two documents: chosen, then rejected
+            pdoc = np.stack([pdoc, pdoc + 1], axis=1).reshape(-1)
+            pstart = np.zeros(len(pdoc), dtype=np.int64)
+            cnt = 2 * cnt
         plen = np.minimum(self._doc_len[pdoc].astype(np.int64) - pstart, L)
         pcum = _excl_cumsum(plen)  # start of each piece in the concatenated token stream
         T = int(plen.sum())
@@ -599,6 +714,12 @@ class PackedLoader:
         seg = seg[seg > 0]
         cu_seqlens = np.zeros(len(seg) + 1, dtype=np.int32)
         np.cumsum(seg, out=cu_seqlens[1:])
+        extra: dict[str, Any] = {}
+        if plan.paired:
+            sequence_index = np.full(B * L, -1, dtype=np.int64)
+            sequence_index[dest] = np.repeat(np.arange(len(plen), dtype=np.int64), plen)
+            extra = {"sequence_index": sequence_index.reshape(B, L), "sequence_doc": pdoc,
+                     "num_pairs": len(pdoc) // 2}
         return {
             "input_ids": input_ids.reshape(B, L),
             "labels": labels.reshape(B, L),
@@ -608,6 +729,7 @@ class PackedLoader:
             "max_seqlen": int(seg.max()) if len(seg) else 0,
             "num_loss_tokens": int(np.count_nonzero(lab != IGNORE_INDEX)),
             "num_tokens": T,
+            **extra,
         }
 
     def collate(self, plan: EpochPlan, rows: np.ndarray) -> dict[str, Any]:
@@ -615,8 +737,10 @@ class PackedLoader:
         import torch
 
         out = self.assemble(plan, rows)
-        for key in ("input_ids", "labels", "position_ids", "attention_mask", "cu_seqlens"):
-            out[key] = torch.from_numpy(out[key])
+        for key in ("input_ids", "labels", "position_ids", "attention_mask", "cu_seqlens", "sequence_index",
+                    "sequence_doc"):
+            if key in out:
+                out[key] = torch.from_numpy(out[key])
         return out
 
     def __repr__(self) -> str:

@@ -32,6 +32,7 @@ from ftscale.errors import ConfigError, InputError
 from ftscale.train.runs import DS_TAG, RUN_FILE, checkpoint_name
 
 RNG_FILE = "ftscale_rng_rank{rank}.json"
+REFERENCE_FILE = "ftscale_reference.npz"  # reference: precomputed — the reference log-probs (rank 0 writes)
 UNIVERSAL_DIR = ".ftscale-universal"  # in the run directory: checkpoints converted for another world size
 # Ray keeps the checkpoints with the highest score (CheckpointConfig) and always the latest:
 # scoring a checkpoint by its step, plus this when it was the best at the time, keeps the
@@ -69,6 +70,10 @@ class Recipe:
         self.last_checkpoint_step = -1
         self.suite: Any = None  # ftscale.eval.runner.TaskSuite when eval.tasks is set
         self.tokenizer: Any = None
+        self.preference = False  # the data are preference pairs: the objective is cfg.preference.loss
+        self.reference_kind: str | None = None  # "adapters" | "precomputed" (preference runs)
+        self.references: dict[str, Any] = {}  # precomputed: "train" / "val/<source>" → ReferenceTable
+        self.pair_sums: Any = None  # ftscale.train.preference.PairStats of the micro-batches since the last reset
 
     # ------------------------------------------------------------------ setup
 
@@ -143,10 +148,15 @@ class Recipe:
             cfg.data.path, cfg.data.mixture, cfg.seq_len, cfg.micro_batch_size, self.rank, self.world_size,
             cfg.seed, tokens_per_epoch=cfg.data.tokens_per_epoch, strategy=cfg.data.strategy,
             temperature=cfg.data.temperature, max_repeat=cfg.data.max_repeat)
+        self.preference = self.loader.paired
+        if self.preference:
+            self.reference_kind = cfg.preference.reference_for(cfg.method)
         with self._scratch() as scratch:
             resume = choose_checkpoint(self.run_dir, self.rank, self.world_size, self.device, scratch)
             if resume is not None:
                 self.load(resume)
+        if self.reference_kind == "precomputed" and not self.references:
+            self.references = self._reference_pass()
         if self.rank == 0:
             self.log_dir = self._stage_logs()
             self.metrics_file = open(self.log_dir / "metrics.jsonl", "a", encoding="utf-8")
@@ -222,28 +232,37 @@ class Recipe:
 
     def _train_step(self) -> dict[str, float]:
         from ftscale.train.loss import scaled_loss
+        from ftscale.train.preference import PairStats
 
         micro = [next(self.loader) for _ in range(self.grad_accum)]  # the loader is its own iterator
-        local = [sum(float(m["num_loss_tokens"]) for m in micro), sum(float(m["num_tokens"]) for m in micro)]
-        global_loss_tokens, global_tokens = _all_reduce_sum(local, self.device)
-        if global_loss_tokens == 0:
-            global_loss_tokens = 1.0  # a batch with no targets contributes no gradient
+        # The loss is a mean over loss tokens, or over pairs for a preference objective.
+        unit = "num_pairs" if self.preference else "num_loss_tokens"
+        local = [sum(float(m[unit]) for m in micro), sum(float(m["num_tokens"]) for m in micro)]
+        global_units, global_tokens = _all_reduce_sum(local, self.device)
+        if global_units == 0:
+            global_units = 1.0  # a batch with no targets contributes no gradient
         loss_total = 0.0
+        self.pair_sums = PairStats()
         self.engine.train()
         for i, mb in enumerate(micro):
             loss_sum, _ = self._loss_sum(mb)
-            self.engine.backward(scaled_loss(loss_sum, global_loss_tokens, self.world_size, self.grad_accum))
+            self.engine.backward(scaled_loss(loss_sum, global_units, self.world_size, self.grad_accum))
             loss_total += float(loss_sum.detach())
             if i == len(micro) - 1:
-                self.current_loss = _all_reduce_sum([loss_total], self.device)[0] / global_loss_tokens
+                self.current_loss = _all_reduce_sum([loss_total], self.device)[0] / global_units
             self.verdict = None
             self.engine.step()
-        return {"loss": self.current_loss, "global_tokens": global_tokens, "global_loss_tokens": global_loss_tokens,
-                "slots": float(self.world_size * self.grad_accum * self.cfg.micro_batch_size * self.cfg.seq_len)}
+        stats = {"loss": self.current_loss, "global_tokens": global_tokens, "global_loss_tokens": global_units,
+                 "slots": float(self.world_size * self.grad_accum * self.cfg.micro_batch_size * self.cfg.seq_len)}
+        if self.preference:
+            pairs = PairStats.from_list(_all_reduce_sum(self.pair_sums.as_list(), self.device))
+            stats.update({k: v for k, v in pairs.metrics().items() if k != "loss"})
+        return stats
 
-    def _loss_sum(self, batch: dict[str, Any]) -> tuple[Any, int]:
+    def _loss_sum(self, batch: dict[str, Any], split: str = "train") -> tuple[Any, int]:
         """``(S, n)`` of one micro-batch: the summed token cross-entropy (a tensor, with grad
-        in training) and the number of loss tokens. Logits are computed only at the positions
+        in training) and the number of loss tokens; for preference data the summed pair losses
+        and the number of pairs (``_pair_loss_sum``). Logits are computed only at the positions
         that carry a loss (``keep_logits``)."""
         from ftscale.train.attention import forward_kwargs
         from ftscale.train.loss import kept_loss_sum, loss_positions
@@ -251,8 +270,91 @@ class Recipe:
 
         kwargs = forward_kwargs(batch, self.attn_implementation, dtype=self.compute_dtype, device=self.device)
         keep, targets = loss_positions(batch["labels"].to(self.device))
+        if self.preference:
+            return self._pair_loss_sum(batch, kwargs, keep, targets, split)
         with keep_logits(self.engine.module, keep):
             return kept_loss_sum(self.engine(**kwargs).logits, targets), targets.numel()
+
+    def _pair_loss_sum(self, batch: dict[str, Any], kwargs: dict[str, Any], keep: Any, targets: Any,
+                       split: str) -> tuple[Any, int]:
+        """The preference loss of a micro-batch's pairs (``ftscale.train.preference``), its
+        metrics added to ``pair_sums``. The policy's log-probs carry the gradient; the
+        reference's come from the base with adapters off (one no-grad forward, eval mode) or
+        from the precomputed table of ``split``."""
+        import torch
+
+        from ftscale.train.model import keep_logits
+        from ftscale.train.preference import pair_losses, pair_stats, sequence_logps, target_sequences
+
+        pref = self.cfg.preference
+        seq = target_sequences(batch["labels"].to(self.device), batch["sequence_index"].to(self.device))
+        n_seq = len(batch["sequence_doc"])
+        module = self.engine.module
+        with keep_logits(module, keep):
+            policy, counts = sequence_logps(self.engine(**kwargs).logits, targets, seq, n_seq)
+        if self.reference_kind == "adapters":
+            was_training = module.training
+            module.eval()
+            with torch.no_grad(), module.disable_adapter(), keep_logits(module, keep):
+                reference, _ = sequence_logps(module(**kwargs).logits, targets, seq, n_seq)
+            module.train(was_training)
+        else:
+            reference, _ = self.references[split].lookup(batch["sequence_doc"], self.device)
+        if pref.loss == "ipo":  # IPO compares per-token means
+            policy, reference = policy / counts.clamp(min=1), reference / counts.clamp(min=1)
+        losses, chosen_rewards, rejected_rewards = pair_losses(
+            policy[0::2], policy[1::2], reference[0::2], reference[1::2], pref.beta, pref.loss, pref.label_smoothing)
+        if self.pair_sums is not None:
+            self.pair_sums.add(pair_stats(losses, chosen_rewards, rejected_rewards, policy[0::2], policy[1::2]))
+        return losses.sum(), int(losses.numel())
+
+    def _reference_pass(self) -> dict[str, Any]:
+        """``reference: precomputed``: the log-probs of every side of the train split (and of each
+        source's val split) under the starting weights, one pass over every pair on all ranks
+        together (each rank scores its share; an all-reduce assembles the tables)."""
+        import torch
+
+        from ftscale.data.loader import PackedLoader
+        from ftscale.train.attention import forward_kwargs
+        from ftscale.train.loss import loss_positions
+        from ftscale.train.model import keep_logits
+        from ftscale.train.preference import ReferenceTable, sequence_logps, target_sequences
+
+        cfg = self.cfg
+        loaders = {"train": self.loader}
+        for name, entry in sorted(self.manifest.sources.items()):
+            if entry.val and name in self.loader.sources:
+                loaders[f"val/{name}"] = PackedLoader(cfg.data.path, {name: 1.0}, cfg.seq_len, cfg.micro_batch_size,
+                                                      self.rank, self.world_size, cfg.seed, split="val",
+                                                      drop_last=False)
+        module = self.engine.module
+        was_training = module.training
+        module.eval()
+        tables = {}
+        for split, loader in loaders.items():
+            n_docs = len(loader._doc_len)
+            table = torch.zeros(2, n_docs, dtype=torch.float32, device=self.device)
+            with torch.no_grad():
+                for batch in loader.pair_pass():
+                    kwargs = forward_kwargs(batch, self.attn_implementation, dtype=self.compute_dtype,
+                                            device=self.device)
+                    labels = batch["labels"].to(self.device)
+                    keep, targets = loss_positions(labels)
+                    seq = target_sequences(labels, batch["sequence_index"].to(self.device))
+                    docs = batch["sequence_doc"].to(self.device)
+                    with keep_logits(module, keep):
+                        logps, counts = sequence_logps(module(**kwargs).logits, targets, seq, len(docs))
+                    table[0, docs] = logps
+                    table[1, docs] = counts
+            if torch.distributed.is_initialized():
+                torch.distributed.all_reduce(table)  # every side was scored by exactly one rank
+            host = table.cpu().numpy()
+            tables[split] = ReferenceTable(host[0], host[1])
+        module.train(was_training)
+        if self.rank == 0:
+            print(f"ftscale: reference log-probs of {sum(len(t.logps) for t in tables.values()) // 2:,} pairs "
+                  "precomputed with the starting weights", flush=True)
+        return tables
 
     def _step_metrics(self, stats: dict[str, float], elapsed: float) -> dict[str, Any]:
         from ftscale.train.metrics import mfu
@@ -264,11 +366,12 @@ class Recipe:
             "lr": self.scheduler.get_last_lr()[0],
             "grad_norm": getattr(self.client_optimizer, "last_grad_norm", float("nan")),
             "tokens_per_s": tokens_per_s,
-            "loss_tokens": stats["global_loss_tokens"],
+            ("pairs" if self.preference else "loss_tokens"): stats["global_loss_tokens"],
             "padding_fraction": 1.0 - stats["global_tokens"] / stats["slots"],
             "step_time_s": elapsed,
             "epoch": self.loader.state_dict()["epoch"],
         }
+        out.update({k: v for k, v in stats.items() if k.startswith(("rewards/", "logps/"))})
         value = mfu(self.flops_per_token, tokens_per_s, self.world_size, self.cfg.peak_tflops, self.device)
         if value is not None:
             out["mfu"] = value
@@ -281,28 +384,40 @@ class Recipe:
 
         from ftscale.data.loader import PackedLoader
 
+        from ftscale.train.preference import PairStats
+
         out: dict[str, float] = {}
         self.engine.eval()
         sums = []
         for name, entry in sorted(self.manifest.sources.items()):
-            if not entry.val:
+            # A preference run is validated on its preference sources, a token run on the others.
+            if not entry.val or (entry.kind == "preference") != self.preference or \
+                    (self.preference and name not in self.loader.sources):
                 continue
             loader = PackedLoader(self.cfg.data.path, {name: 1.0}, self.cfg.seq_len, self.cfg.micro_batch_size,
                                   self.rank, self.world_size, self.cfg.seed, split="val", max_epochs=1,
                                   drop_last=False)
             loss_sum, count = 0.0, 0.0
+            self.pair_sums = PairStats()
             with torch.no_grad():
                 for i, batch in enumerate(loader):
                     if i >= self.cfg.eval_batches:
                         break
-                    s, n = self._loss_sum(batch)
+                    s, n = self._loss_sum(batch, split=f"val/{name}")
                     loss_sum += float(s)
                     count += float(n)
             loss_sum, count = _all_reduce_sum([loss_sum, count], self.device)
+            if self.preference:
+                pairs = PairStats.from_list(_all_reduce_sum(self.pair_sums.as_list(), self.device))
+                for key, value in pairs.metrics().items():
+                    if key != "loss":
+                        out[f"val_{key}/{name}"] = value
             if count:
                 out[f"val_loss/{name}"] = loss_sum / count
-                out[f"val_ppl/{name}"] = float(np.exp(min(loss_sum / count, 50.0)))
+                if not self.preference:
+                    out[f"val_ppl/{name}"] = float(np.exp(min(loss_sum / count, 50.0)))
                 sums.append((loss_sum, count))
+        self.pair_sums = None
         if sums:
             out["val_loss"] = sum(s for s, _ in sums) / sum(c for _, c in sums)
         if self.suite is not None:
@@ -381,6 +496,8 @@ class Recipe:
         with tempfile.TemporaryDirectory(prefix="ftscale-ckpt-") as tmp:
             self.engine.save_checkpoint(tmp, tag=DS_TAG)
             (Path(tmp) / RNG_FILE.format(rank=self.rank)).write_text(json.dumps(rng_state(self.on_gpu)))
+            if self.rank == 0 and self.references:
+                _save_references(Path(tmp) / REFERENCE_FILE, self.references)
             if self.rank == 0:
                 run = {"config": to_dict(self.cfg), "step": self.step, "world_size": self.world_size,
                        "global_batch_rows": self._global_batch_rows(), "loader": self.loader.state_dict(),
@@ -436,6 +553,8 @@ class Recipe:
             if self.rank == 0:
                 shutil.rmtree(source, ignore_errors=True)
         self._load_shared(run.get("state"), path / RUN_FILE)
+        if self.reference_kind == "precomputed":
+            self.references = _load_references(path / REFERENCE_FILE)
         if saved_world == self.world_size:
             set_rng_state(_read_json(path / RNG_FILE.format(rank=self.rank)), self.on_gpu,
                           str(path / RNG_FILE.format(rank=self.rank)))
@@ -614,11 +733,43 @@ class Recipe:
 
 def _shown(key: str) -> bool:
     """Evaluation metrics printed in the log line: val losses and per-task scores."""
-    return key.startswith("val_loss") or (key.startswith("task/") and key.count("/") == 2)
+    return key.startswith(("val_loss", "rewards/accuracy", "val_rewards/accuracy")) or \
+        (key.startswith("task/") and key.count("/") == 2)
 
 
 def _scalars(metrics: dict[str, Any]) -> dict[str, float]:
     return {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+def _save_references(path: Path, tables: dict[str, Any]) -> None:
+    """The precomputed reference tables as one .npz of plain float32 arrays (no pickle)."""
+    arrays = {}
+    for split, table in tables.items():
+        arrays[f"{split}:logps"] = table.logps
+        arrays[f"{split}:counts"] = table.counts
+    with open(path, "wb") as f:
+        np.savez(f, **arrays)
+
+
+def _load_references(path: Path) -> dict[str, Any]:
+    """The tables ``_save_references`` wrote; InputError when the file is missing or damaged."""
+    from ftscale.train.preference import ReferenceTable
+
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {key: data[key] for key in data.files}
+    except (OSError, ValueError, KeyError) as e:
+        raise InputError(f"{path} cannot be read ({e}); the checkpoint of a reference: precomputed run is "
+                         "damaged") from e
+    tables = {}
+    for key in arrays:
+        split, _, kind = key.rpartition(":")
+        if kind == "logps" and f"{split}:counts" in arrays and \
+                arrays[key].shape == arrays[f"{split}:counts"].shape and arrays[key].ndim == 1:
+            tables[split] = ReferenceTable(arrays[key], arrays[f"{split}:counts"])
+    if "train" not in tables:
+        raise InputError(f"{path} holds no train reference table; the checkpoint is damaged")
+    return tables
 
 
 def _read_json(path: Path) -> dict[str, Any]:
