@@ -76,3 +76,14 @@ def test_full_dpo_with_precomputed_reference_resumes_bit_exactly(ray_cluster, pa
             np.load(Path(first["checkpoint"]) / "ftscale_reference.npz") as early:
         assert set(last.files) == {"train:logps", "train:counts", "val/prefs:logps", "val/prefs:counts"}
         assert all(np.array_equal(last[k], early[k]) for k in last.files)
+
+
+def test_ipo_under_zero3_with_a_precomputed_reference(ray_cluster, pairs_dataset, tmp_path):  # noqa: F811
+    # ZeRO-3 partitions the parameters the reference pass runs on; at step 1 the policy is the
+    # reference, so IPO's loss is exactly (0 - 1/(2β))² whatever the pairs.
+    summary = run(pairs_dataset, tmp_path, run_name="ipo", zero_stage=3, max_steps=4, checkpoint_every=4,
+                  **{"preference.loss": "ipo", "preference.beta": 0.1, "optim.lr": 1e-3})
+    rows = [r for r in metric_rows(Path(summary["run_dir"])) if "loss" in r]
+    assert rows[0]["loss"] == pytest.approx(25.0, abs=1e-4)
+    assert rows[-1]["loss"] < rows[0]["loss"]
+    assert rows[-1]["rewards/margin"] > 0

@@ -72,7 +72,7 @@ def test_pair_stats_are_means_per_pair():
     twice.add(stats)
     m = twice.metrics()
     assert m["loss"] == 2.0 and m["rewards/accuracy"] == 0.5 and m["rewards/margin"] == pytest.approx(-0.25)
-    assert m["logps/chosen"] == -5.0 and twice.pairs == 4
+    assert m["logps/chosen"] == -5.0 and twice.pairs == 4 and m["logps/accuracy"] == 0.5
     assert PairStats().metrics() == {}
 
 
@@ -283,3 +283,24 @@ def test_a_pair_longer_than_seq_len_and_a_cut_pair_are_refused(tmp_path):
     (odd / MANIFEST).write_text(json.dumps(manifest.to_json()))
     with pytest.raises(DataError, match="odd number of documents"):
         PackedLoader(odd, None, SEQ_LEN, 1, 0, 1, 0)
+
+
+def test_config_checks_refuse_mixed_kinds_and_an_adapter_reference_without_adapters(tmp_path):
+    from ftscale.config import TrainConfig, build, check_against_dataset
+    from ftscale.data.format import read_manifest
+
+    rng = np.random.default_rng(1)
+    sft = [(np.arange(10, 30, dtype=np.int32), np.ones(20, dtype=np.uint8))]
+    root = build_pair_dataset(tmp_path, {"prefs": pair_tokens(rng, 4)}, extra={"chat": ("sft", sft)})
+    base = {"data": {"path": str(root)}, "model": {"config": {"model_type": "llama"}}, "seq_len": SEQ_LEN}
+    with pytest.raises(ConfigError, match="cannot be mixed"):
+        check_against_dataset(build(TrainConfig, base), read_manifest(root))
+    check_against_dataset(build(TrainConfig, {**base, "data": {"path": str(root), "mixture": {"prefs": 1.0}}}),
+                          read_manifest(root))
+    with pytest.raises(ConfigError, match="preference.reference"):
+        build(TrainConfig, {**base, "preference": {"reference": "adapters"}})
+    with pytest.raises(ConfigError, match="label_smoothing"):
+        build(TrainConfig, {**base, "preference": {"loss": "ipo", "label_smoothing": 0.1}})
+    cfg = build(TrainConfig, {**base, "method": "lora"})
+    assert cfg.preference.reference_for(cfg.method) == "adapters"
+    assert build(TrainConfig, base).preference.reference_for("full") == "precomputed"

@@ -98,7 +98,13 @@ def check_against_dataset(cfg: TrainConfig, manifest: Manifest) -> None:
                               f"{', '.join(sources)}")
         if not sources[name].train:
             raise ConfigError(f"data.mixture.{name}: source {name!r} has no train documents in {cfg.data.path}")
-    sft = [n for n, e in sources.items() if e.kind == "sft" and n in (cfg.data.mixture or sources)]
+    used = [n for n in sources if n in (cfg.data.mixture or sources)]
+    pref = [n for n in used if sources[n].kind == "preference"]
+    if pref and len(pref) != len(used):
+        raise ConfigError(f"data.mixture: preference source(s) {', '.join(pref)} train with a preference objective "
+                          f"and cannot be mixed with cpt/sft source(s) {', '.join(n for n in used if n not in pref)}; "
+                          "name only one kind (e.g. SFT first, then DPO from its export)")
+    sft = [n for n in used if sources[n].kind == "sft"]
     if sft and cfg.seq_len > manifest.seq_len:
         raise ConfigError(f"seq_len: {cfg.seq_len} exceeds the prepared seq_len {manifest.seq_len} (SFT "
                           f"source(s) {', '.join(sft)} were truncated to it); re-run prep or lower seq_len")
@@ -111,8 +117,10 @@ def _check_eval_metrics(cfg: TrainConfig, manifest: Manifest) -> None:
         return
     from ftscale.eval.tasks import load_tasks, metric_names
 
+    from ftscale.train.preference import METRIC_KEYS
+
     val = [n for n, e in manifest.sources.items() if e.val]
-    names = ({"val_loss"} if val else set()) | {f"val_{m}/{n}" for n in val for m in ("loss", "ppl")}
+    names = ({"val_loss"} if val else set()) | {f"val_{m}/{n}" for n in val for m in ("loss", "ppl", *METRIC_KEYS)}
     if cfg.eval.tasks is not None:
         names |= metric_names(load_tasks(cfg.eval.tasks))
     for key, part in (("eval.select", cfg.eval.select), ("eval.guard", cfg.eval.guard)):

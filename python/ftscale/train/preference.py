@@ -38,7 +38,7 @@ if TYPE_CHECKING:
 LOSS_TYPES = ("sigmoid", "ipo", "hinge")
 # Summed per step and divided by the step's pairs: the metrics every preference step reports.
 METRIC_KEYS = ("rewards/chosen", "rewards/rejected", "rewards/margin", "rewards/accuracy", "logps/chosen",
-               "logps/rejected")
+               "logps/rejected", "logps/accuracy")
 
 
 def sequence_logps(kept_logits: torch.Tensor, targets: torch.Tensor, target_sequence: torch.Tensor,
@@ -95,7 +95,10 @@ def pair_losses(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, ref_
 
 @dataclass
 class PairStats:
-    """Sums over the pairs of one or more micro-batches (all 0-dim fp64 host values)."""
+    """Sums over the pairs of one or more micro-batches (host floats). ``rewards/accuracy``:
+    the share of pairs whose chosen reward beats the rejected one (0 before the first update,
+    when policy and reference agree); ``logps/accuracy``: the share the policy itself ranks
+    right, meaningful before training too."""
 
     pairs: float = 0.0
     loss: float = 0.0
@@ -104,6 +107,7 @@ class PairStats:
     correct: float = 0.0
     chosen_logps: float = 0.0
     rejected_logps: float = 0.0
+    prefers_chosen: float = 0.0  # pairs whose chosen side the policy finds likelier (log π_c > log π_r)
 
     def add(self, other: PairStats) -> None:
         for k in self.__dataclass_fields__:
@@ -127,7 +131,8 @@ class PairStats:
                 f"{prefix}rewards/margin": (self.chosen_reward - self.rejected_reward) / n,
                 f"{prefix}rewards/accuracy": self.correct / n,
                 f"{prefix}logps/chosen": self.chosen_logps / n,
-                f"{prefix}logps/rejected": self.rejected_logps / n}
+                f"{prefix}logps/rejected": self.rejected_logps / n,
+                f"{prefix}logps/accuracy": self.prefers_chosen / n}
 
 
 def pair_stats(losses: Any, chosen_rewards: Any, rejected_rewards: Any, chosen_logps: Any,
@@ -137,7 +142,8 @@ def pair_stats(losses: Any, chosen_rewards: Any, rejected_rewards: Any, chosen_l
 
     values = torch.stack([losses.detach().sum(), chosen_rewards.sum(), rejected_rewards.sum(),
                           (chosen_rewards > rejected_rewards).float().sum(), chosen_logps.detach().sum(),
-                          rejected_logps.detach().sum()]).double().cpu().tolist()
+                          rejected_logps.detach().sum(),
+                          (chosen_logps.detach() > rejected_logps.detach()).float().sum()]).double().cpu().tolist()
     return PairStats(float(losses.numel()), *values)
 
 
