@@ -165,3 +165,43 @@ def test_file_uri_ia3_zero3_offload_from_a_hub_id(services, tiny_dataset, tmp_pa
     assert scales and any(not torch.equal(p, torch.ones_like(p)) for p in scales)  # trained away from identity
     merged = Path(export(str(run), str(tmp_path / "merged"), merge_lora=True))
     assert (merged / "config.json").is_file() and not (merged / "adapter_config.json").exists()
+
+
+@pytest.mark.parametrize(("method", "zero_stage"), [("prompt_tuning", 3), ("prefix_tuning", 2)])
+def test_prompt_and_prefix_tuning_train_packed_and_export_to_plain_peft(services, tiny_dataset, tmp_path, method,
+                                                                       zero_stage):
+    """Prompt tuning (ZeRO-3) and prefix tuning (ZeRO-2) on packed rows, attention forced to
+    sdpa from auto; validation before and after; the exported adapter holds the trained
+    virtual tokens and loads in plain peft; merging is refused."""
+    from peft import PeftModel
+
+    from ftscale.errors import ConfigError
+    from ftscale.train.export import export, fp32_state_dict
+    from ftscale.train.model import load_model
+
+    cfg = tiny_train_config(tiny_dataset, tmp_path, run_name=method, method=method, zero_stage=zero_stage,
+                            max_steps=2, checkpoint_every=2, eval_every=2, eval_on_start=True, eval_batches=2,
+                            optim={"lr": 0.3, "min_lr": 0.03, "warmup_steps": 1},
+                            **{"peft.num_virtual_tokens": 8})
+    summary = launch(cfg)
+    run = tmp_path / method
+    assert summary["checkpoint"] == str(run / "checkpoint_0000002")
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if "loss" in r] == [1, 2]
+    vals = [r for r in records if "val_loss" in r]
+    assert [r["step"] for r in vals] == [0, 2]
+    assert vals[1]["val_loss"] < vals[0]["val_loss"], vals  # the virtual tokens learned
+
+    adapter = Path(export(str(run), str(tmp_path / "adapter")))
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    assert config["peft_type"] == method.upper() and config["num_virtual_tokens"] == 8
+    trained = fp32_state_dict(run / "checkpoint_0000002")["peft_model.prompt_encoder.default.embedding.weight"]
+    model = PeftModel.from_pretrained(load_model(None, services["model_config"], seed=0), str(adapter))
+    torch.testing.assert_close(model.prompt_encoder["default"].embedding.weight, trained)
+    with torch.no_grad():
+        ids = torch.arange(1, 17)[None]
+        logits = model(input_ids=ids).logits[:, -16:]
+        assert torch.isfinite(logits).all()
+        assert (logits - model.get_base_model()(input_ids=ids).logits).abs().max() > 1e-3
+    with pytest.raises(ConfigError, match="nothing to merge"):
+        export(str(run), str(tmp_path / "merged"), merge_lora=True)

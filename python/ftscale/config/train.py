@@ -47,7 +47,9 @@ class LoraConfig:
 class PeftConfig:
     """Options of the peft methods besides LoRA's own (``lora``, which ``dora`` and ``qlora``
     use too). ``options``: any further keyword of the method's peft config class (e.g.
-    ``{init_lora_weights: pissa}`` for lora, ``{init_ia3_weights: false}`` for ia3)."""
+    ``{init_lora_weights: pissa}`` for lora, ``{init_ia3_weights: false}`` for ia3,
+    ``{prompt_tuning_init: TEXT, prompt_tuning_init_text: ..., tokenizer_name_or_path: ...}``
+    for prompt_tuning, ``{prefix_projection: true, encoder_hidden_size: ...}`` for prefix_tuning)."""
 
     # ia3: the scaled modules and those of them scaled at their input (None: peft's defaults
     # for the architecture, e.g. k_proj, v_proj, down_proj / down_proj for LLaMA)
@@ -56,10 +58,14 @@ class PeftConfig:
     # qlora: the frozen base stored in 4 bits (bitsandbytes); NF4 with double quantization is QLoRA's recipe
     quant_type: Literal["nf4", "fp4"] = "nf4"
     double_quant: bool = True
+    # prompt_tuning / prefix_tuning: learned tokens each document sees before its own (20: the
+    # count of peft's prompt-tuning examples; the prompt-tuning paper's gains level off from 20)
+    num_virtual_tokens: int = 20
     options: dict[str, Any] = field(default_factory=dict)
 
     def check(self, key: str) -> None:
         require(self, key, "target_modules", self.target_modules != [], "a non-empty list (or left out)")
+        require(self, key, "num_virtual_tokens", self.num_virtual_tokens >= 1, ">= 1")
         if self.feedforward_modules is not None and self.target_modules is not None:
             extra = sorted(set(self.feedforward_modules) - set(self.target_modules))
             require(self, key, "feedforward_modules", not extra, f"a subset of target_modules (not {extra})")
@@ -164,6 +170,8 @@ class LoggingConfig:
 
 
 ADAPTER_METHODS = ("lora", "dora", "qlora", "ia3")
+# learned virtual tokens (ftscale.train.prompt_methods); run with sdpa or eager attention
+PROMPT_METHODS = ("prompt_tuning", "prefix_tuning")
 
 
 @dataclass(frozen=True)
@@ -209,8 +217,9 @@ class TrainConfig:
     model: ModelConfig
     run_name: str = "ftscale-run"
     storage_path: str = "runs"
-    # full: every weight; lora / dora / qlora (LoRA on a 4-bit base, CUDA) / ia3 through peft
-    method: Literal["full", "lora", "dora", "qlora", "ia3"] = "full"
+    # full: every weight; lora / dora / qlora (LoRA on a 4-bit base, CUDA) / ia3 /
+    # prompt_tuning / prefix_tuning through peft (the last two with sdpa or eager attention)
+    method: Literal["full", "lora", "dora", "qlora", "ia3", "prompt_tuning", "prefix_tuning"] = "full"
     lora: LoraConfig = field(default_factory=LoraConfig)
     peft: PeftConfig = field(default_factory=PeftConfig)
     preference: PreferenceConfig = field(default_factory=PreferenceConfig)  # DPO & co (preference sources)
@@ -268,6 +277,16 @@ class TrainConfig:
         if self.preference.reference == "adapters" and self.method not in ADAPTER_METHODS:
             raise ConfigError(f"preference.reference: 'adapters' switches the adapters off, but method {self.method!r} "
                               f"has none; use reference: precomputed (or auto), or a method of {', '.join(ADAPTER_METHODS)}")
+        if self.method == "prefix_tuning" and self.model.gradient_checkpointing:
+            # transformers 5.24's GradientCheckpointingLayer drops the key/value cache in training
+            # (its replay would write the cache twice), and with it the prefix
+            raise ConfigError("model.gradient_checkpointing: prefix_tuning feeds its prefix through the key/value "
+                              "cache, which checkpointed layers drop; turn gradient_checkpointing off (or use "
+                              "prompt_tuning)")
+        if self.method in PROMPT_METHODS and self.eval.tasks is not None:
+            raise ConfigError(f"eval.tasks: task scoring runs the model on unpacked prompts with a key/value cache, "
+                              f"which method {self.method} does not support; leave eval.tasks out (per-source "
+                              "validation loss still runs)")
         if self.early_stop_patience and not self.eval_every:
             raise ConfigError("early_stop_patience: early stopping counts evaluations; set eval_every > 0")
         for name in ("tasks", "select", "guard"):

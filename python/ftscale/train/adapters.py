@@ -1,9 +1,13 @@
-"""The ``method`` of a run as a ``peft`` model: LoRA, DoRA, QLoRA (LoRA on a 4-bit base) and IA3.
+"""The ``method`` of a run as a ``peft`` model: LoRA, DoRA, QLoRA (LoRA on a 4-bit base), IA3,
+prompt tuning and prefix tuning.
 
 Each wraps the loaded model as a ``peft.PeftModel`` whose only trainable parameters are the
 adapter's; ``save_pretrained`` of the wrapped model writes a plain peft adapter
 (``adapter_config.json`` + ``adapter_model.safetensors``) that ``PeftModel.from_pretrained``
 loads on the original base. ``peft.options`` passes further keywords to peft's config class.
+Prompt and prefix tuning are further wrapped for packed rows
+(``ftscale.train.prompt_methods.PackedPromptModel``) and load with sdpa or eager attention
+(``attn_implementation_for``).
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from __future__ import annotations
 import warnings
 from typing import TYPE_CHECKING, Any
 
+from ftscale.config.train import PROMPT_METHODS
 from ftscale.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -18,14 +23,14 @@ if TYPE_CHECKING:
 
     from ftscale.config import TrainConfig
 
-PEFT_METHODS = ("lora", "dora", "qlora", "ia3")
+PEFT_METHODS = ("lora", "dora", "qlora", "ia3", *PROMPT_METHODS)
 LORA_FAMILY = ("lora", "dora", "qlora")  # configured by the `lora` block
-ADAPTER_MARKERS = ("lora_", "ia3_l")  # parameter-name parts of the adapters' tensors
+ADAPTER_MARKERS = ("lora_", "ia3_l", "prompt_encoder.")  # parameter-name parts of the adapters' tensors
 
 
 def peft_config(cfg: TrainConfig) -> Any:
     """The ``peft`` config of ``cfg.method`` (a peft method), built from ``lora`` / ``peft``."""
-    from peft import IA3Config, LoraConfig
+    from peft import IA3Config, LoraConfig, PrefixTuningConfig, PromptTuningConfig
 
     options = dict(cfg.peft.options)
     try:
@@ -38,6 +43,9 @@ def peft_config(cfg: TrainConfig) -> Any:
         if cfg.method == "ia3":
             return IA3Config(task_type="CAUSAL_LM", target_modules=cfg.peft.target_modules,
                              feedforward_modules=cfg.peft.feedforward_modules, **options)
+        if cfg.method in PROMPT_METHODS:
+            config_class = PromptTuningConfig if cfg.method == "prompt_tuning" else PrefixTuningConfig
+            return config_class(task_type="CAUSAL_LM", num_virtual_tokens=cfg.peft.num_virtual_tokens, **options)
     except (TypeError, ValueError) as e:  # an unknown or invalid peft.options keyword
         raise ConfigError(f"peft.options: {e}") from e
     raise ConfigError(f"method: {cfg.method!r} is not a peft method ({', '.join(PEFT_METHODS)})")
@@ -58,10 +66,27 @@ def apply_method(model: torch.nn.Module, cfg: TrainConfig) -> torch.nn.Module:
         with warnings.catch_warnings():  # peft 0.21 reads a property transformers 5 deprecates
             warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated",
                                     category=FutureWarning)
-            return get_peft_model(model, config)
+            wrapped = get_peft_model(model, config)
     except ValueError as e:  # no module matches the target modules; peft names the problem
-        key = "lora.target_modules" if cfg.method in LORA_FAMILY else "peft.target_modules"
+        key = ("lora.target_modules" if cfg.method in LORA_FAMILY else
+               "peft.options" if cfg.method in PROMPT_METHODS else "peft.target_modules")
         raise ConfigError(f"{key}: {' '.join(str(e).split())}") from e
+    if cfg.method in PROMPT_METHODS:
+        from ftscale.train.prompt_methods import PackedPromptModel
+
+        return PackedPromptModel(wrapped)
+    return wrapped
+
+
+def attn_implementation_for(cfg: TrainConfig) -> str:
+    """The attention implementation to load ``cfg``'s model with: ``model.attn_implementation``,
+    except that prompt and prefix tuning run with sdpa (or eager, when asked): their virtual
+    tokens are shared by every document of a packed row through a dense 4D mask, which
+    flash-attention varlen and sdpa_segments cannot express (``ftscale.train.prompt_methods``)."""
+    requested = cfg.model.attn_implementation
+    if cfg.method in PROMPT_METHODS and requested != "eager":
+        return "sdpa"
+    return requested
 
 
 def quantization_config(cfg: TrainConfig) -> Any:
@@ -88,5 +113,5 @@ def is_adapter_key(name: str) -> bool:
     return any(marker in name for marker in ADAPTER_MARKERS)
 
 
-__all__ = ["LORA_FAMILY", "PEFT_METHODS", "apply_method", "is_adapter_key", "peft_config", "quantization_config",
+__all__ = ["LORA_FAMILY", "PEFT_METHODS", "apply_method", "attn_implementation_for", "is_adapter_key", "peft_config", "quantization_config",
            "require_cuda_for"]

@@ -102,6 +102,7 @@ def export(source: str, out: str, merge_lora: bool = False, average_last: int = 
                              overwrite=overwrite)
 
     from ftscale.config import TrainConfig, build
+    from ftscale.config.train import PROMPT_METHODS
     from ftscale.data.tokenize import load_tokenizer
     from ftscale.train.runs import RUN_FILE
 
@@ -115,6 +116,10 @@ def export(source: str, out: str, merge_lora: bool = False, average_last: int = 
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
         raise InputError(f"{chosen[-1] / RUN_FILE} lacks the run's config, tokenizer or step ({e!r})") from e
     cfg = build(TrainConfig, config)
+    if merge_lora and cfg.method in PROMPT_METHODS:
+        raise ConfigError(f"--merge-lora: {cfg.method} learns virtual tokens, not weight deltas: there is nothing to "
+                          "merge into the base model; export without --merge-lora and load the adapter with peft's "
+                          "PeftModel.from_pretrained")
     tokenizer = load_tokenizer(tokenizer_path, template)
     model = _trained_model(cfg, [fp32_state_dict(c) for c in chosen], merge_lora)
     tmp = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")

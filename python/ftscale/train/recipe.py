@@ -90,7 +90,7 @@ class Recipe:
         from ftscale.data.loader import PackedLoader
         from ftscale.data.format import read_manifest
         from ftscale.train.ds_config import build_ds_config, resolve_precision
-        from ftscale.train.adapters import apply_method, quantization_config, require_cuda_for
+        from ftscale.train.adapters import apply_method, attn_implementation_for, quantization_config, require_cuda_for
         from ftscale.train.model import flops_per_token, load_model, trainable_parameters
         from ftscale.train.optim import make_optimizer, make_scheduler
         from ftscale.train.gate import Gate
@@ -113,7 +113,7 @@ class Recipe:
         self.compute_dtype = torch.bfloat16 if self.precision == "bf16" else torch.float32
         model = load_model(cfg.model.path, cfg.model.config,
                            dtype="bfloat16" if self.precision == "bf16" else "float32",
-                           attn_implementation=cfg.model.attn_implementation, seed=cfg.seed,
+                           attn_implementation=attn_implementation_for(cfg), seed=cfg.seed,
                            quantization=quantization_config(cfg))
         self.attn_implementation = model.config._attn_implementation
         self.model_config = model.config
