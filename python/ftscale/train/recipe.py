@@ -332,8 +332,7 @@ class Recipe:
         module.eval()
         tables = {}
         for split, loader in loaders.items():
-            n_docs = len(loader._doc_len)
-            table = torch.zeros(2, n_docs, dtype=torch.float32, device=self.device)
+            table = torch.zeros(2, loader.num_documents, dtype=torch.float32, device=self.device)
             with torch.no_grad():
                 for batch in loader.pair_pass():
                     kwargs = forward_kwargs(batch, self.attn_implementation, dtype=self.compute_dtype,

@@ -36,6 +36,7 @@ from typing import Any
 
 from ftscale.errors import ConfigError, InputError, OutputError
 
+EXPORT_MARKER = "ftscale_export.json"  # written last into an export: its presence says the export is complete
 SMALL_SUFFIXES = (".json", ".jsonl")  # what a mirror copies: run files, metrics, markers
 
 
@@ -98,15 +99,28 @@ def download(uri: str, dest: Path) -> Path:
     return dest
 
 
-def upload(src: Path, uri: str) -> None:
-    """Copy local file or directory ``src`` to ``uri`` (objects overwritten)."""
+def upload(src: Path, uri: str, last: str | None = None) -> None:
+    """Copy local file or directory ``src`` to ``uri`` (objects overwritten). ``last``: a file
+    of the directory uploaded after all the others (a completion marker: an object store has no
+    rename, so a reader that waits for it never sees a partial upload)."""
     import pyarrow.fs as pafs
 
     fs, path = filesystem(uri)
+    local = pafs.LocalFileSystem()
     try:
-        if src.is_dir():
-            fs.create_dir(path, recursive=True)
-        pafs.copy_files(str(src), path, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)
+        if not src.is_dir():
+            pafs.copy_files(str(src), path, source_filesystem=local, destination_filesystem=fs)
+            return
+        fs.create_dir(path, recursive=True)
+        for item in sorted(src.iterdir()):
+            if item.name != last:
+                target = f"{path.rstrip('/')}/{item.name}"
+                if item.is_dir():
+                    fs.create_dir(target, recursive=True)
+                pafs.copy_files(str(item), target, source_filesystem=local, destination_filesystem=fs)
+        if last is not None and (src / last).is_file():
+            pafs.copy_files(str(src / last), f"{path.rstrip('/')}/{last}", source_filesystem=local,
+                            destination_filesystem=fs)
     except OSError as e:
         raise OutputError(f"cannot upload {src} to {uri}: {' '.join(str(e).split())}") from e
 
@@ -229,15 +243,19 @@ def export_remote(source: str, out: str, **options: Any) -> Path | str:
         exported = export(local_source, str(local_out), **options)
         if not is_remote(out):
             return exported
+        # An object store has no rename, so an export there is complete once its marker
+        # (EXPORT_MARKER) exists: the marker is uploaded after every other file, and when an
+        # export is replaced the old marker goes first, then the old objects (another method's
+        # files must not linger among the new ones).
         if overwrite and exists(out):
-            # An object store has no rename: the old export's objects go first, so none of
-            # them (another method's files) lingers among the new ones.
             fs, path = filesystem(out)
             try:
+                if exists(join(out, EXPORT_MARKER)):
+                    fs.delete_file(f"{path.rstrip('/')}/{EXPORT_MARKER}")
                 fs.delete_dir(path)
             except OSError as e:
                 raise OutputError(f"cannot remove the old export at {out}: {' '.join(str(e).split())}") from e
-        upload(Path(exported), out)
+        upload(Path(exported), out, last=EXPORT_MARKER)
         return out
 
 
