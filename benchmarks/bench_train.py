@@ -16,11 +16,10 @@ import json
 import os
 import platform
 import random
-import statistics
 import tempfile
 from pathlib import Path
 
-from train_common import REPO, hf_records, prepare, run_hf_trainer, sample_texts
+from train_common import REPO, ftscale_throughput, hf_records, prepare, run_hf_trainer, sample_texts
 
 MODEL = {"model_type": "llama", "vocab_size": 512, "hidden_size": 128, "intermediate_size": 256,
          "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
@@ -57,12 +56,9 @@ def run_ftscale(prepared: Path, work: Path, steps: int) -> dict:
         "cpus_per_worker": THREADS, "precision": "fp32", "checkpoint_every": steps, "eval_every": 0,
         "export_on_finish": False, "spike": {"enabled": False}, "optim": {"lr": 1e-3, "warmup_steps": 1}})
     launch(cfg)
-    rows = [json.loads(x) for x in (work / "runs" / "bench" / "metrics.jsonl").read_text().splitlines()]
-    steady = [r for r in rows if "tokens_per_s" in r][3:]
-    tokens = sum(r["tokens_per_s"] * r["step_time_s"] for r in steady)
-    seconds = sum(r["step_time_s"] for r in steady)
-    return {"real_tokens_per_s": tokens / seconds, "steps": len(steady),
-            "padding_fraction": statistics.mean(r["padding_fraction"] for r in steady)}
+    out = ftscale_throughput(work / "runs" / "bench")
+    del out["rows"]
+    return out
 
 
 def run_hf(prepared: Path, tok_dir: Path, steps: int) -> dict:

@@ -1,7 +1,8 @@
-"""What the training benchmarks share (``bench_train.py`` on CPU, ``gpu_check.py`` on a GPU):
-a prepared dataset made with the real ``ftscale prep`` and a tiny BPE tokenizer, the same
-documents as Hugging Face Trainer records, and one timed run of the named peer, the HF
-Trainer with dynamic padding.
+"""What the training benchmarks share (``bench_train.py`` and ``bench_dpo.py`` on CPU,
+``gpu_check.py`` on a GPU): a prepared dataset made with the real ``ftscale prep`` and a tiny
+BPE tokenizer, the same documents as Hugging Face Trainer records, the seeded model init both
+sides start from, the step timer of a Trainer-based peer, ftscale's throughput read from its
+metrics, and one timed run of the named SFT peer, the HF Trainer with dynamic padding.
 
 "Real tokens/s" is measured the same way for both sides: non-padding tokens of the steps
 after ``warmup_steps``, over the wall time between the end of the last warm-up step and
@@ -76,28 +77,23 @@ def hf_records(prepared: Path) -> list[dict]:
     return records
 
 
-def run_hf_trainer(records: list[dict], tok_dir: Path, model_config: dict, *, steps: int, warmup_steps: int,
-                   batch_size: int, device: str, bf16: bool, attn_implementation: str,
-                   threads: int | None = None, lr: float = 1e-3) -> dict[str, Any]:
-    """One HF Trainer run from a random init of ``model_config`` (seed 0): ``steps`` optimizer
-    steps of ``batch_size`` records padded to the longest in the batch
-    (``DataCollatorForSeq2Seq``). ``bf16``: autocast with fp32 master weights (the Trainer's
-    ``bf16=True``). Returns real tokens/s over the steps after ``warmup_steps``, the padded
-    fraction of those batches and, on CUDA, the peak allocated bytes."""
+def seeded_model(model_config: dict, device: str, attn_implementation: str) -> Any:
+    """A random init of ``model_config`` after ``torch.manual_seed(0)``: the weights ftscale's
+    ``model.config`` starts from with ``seed: 0`` (``train.model._from_inline_config``)."""
     import torch
-    from transformers import (AutoConfig, AutoModelForCausalLM, DataCollatorForSeq2Seq, PreTrainedTokenizerFast,
-                              Trainer, TrainerCallback, TrainingArguments)
+    from transformers import AutoConfig, AutoModelForCausalLM
 
-    if not 0 < warmup_steps < steps:
-        raise ValueError(f"need 0 < warmup_steps < steps, got {warmup_steps}, {steps}")
-    on_cuda = device == "cuda"
-    if threads is not None:
-        torch.set_num_threads(threads)
-    tok = PreTrainedTokenizerFast.from_pretrained(str(tok_dir))
     torch.manual_seed(0)
     with torch.device(device):  # initialised where it trains: a 1B model's CPU init takes seconds
-        model = AutoModelForCausalLM.from_config(AutoConfig.for_model(**model_config),
-                                                 attn_implementation=attn_implementation)
+        return AutoModelForCausalLM.from_config(AutoConfig.for_model(**model_config),
+                                                attn_implementation=attn_implementation)
+
+
+def step_timer(on_cuda: bool) -> Any:
+    """A Trainer callback whose ``marks`` are the ``perf_counter`` times of every step end
+    (synchronised on CUDA)."""
+    import torch
+    from transformers import TrainerCallback
 
     class Timer(TrainerCallback):
         def __init__(self) -> None:
@@ -108,7 +104,43 @@ def run_hf_trainer(records: list[dict], tok_dir: Path, model_config: dict, *, st
                 torch.cuda.synchronize()
             self.marks.append(time.perf_counter())
 
-    timer = Timer()
+    return Timer()
+
+
+def ftscale_throughput(run_dir: Path, skip_steps: int = 3) -> dict[str, Any]:
+    """Real tokens/s of an ftscale run from its ``metrics.jsonl``: the non-padding tokens of the
+    steps after the first ``skip_steps`` over those steps' time, their mean padding fraction,
+    and every step row (``rows``)."""
+    import statistics
+
+    rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in rows if "tokens_per_s" in r]
+    steady = steps[skip_steps:]
+    tokens = sum(r["tokens_per_s"] * r["step_time_s"] for r in steady)
+    seconds = sum(r["step_time_s"] for r in steady)
+    return {"real_tokens_per_s": tokens / seconds, "steps": len(steady),
+            "padding_fraction": statistics.mean(r["padding_fraction"] for r in steady), "rows": steps}
+
+
+def run_hf_trainer(records: list[dict], tok_dir: Path, model_config: dict, *, steps: int, warmup_steps: int,
+                   batch_size: int, device: str, bf16: bool, attn_implementation: str,
+                   threads: int | None = None, lr: float = 1e-3) -> dict[str, Any]:
+    """One HF Trainer run from a random init of ``model_config`` (seed 0): ``steps`` optimizer
+    steps of ``batch_size`` records padded to the longest in the batch
+    (``DataCollatorForSeq2Seq``). ``bf16``: autocast with fp32 master weights (the Trainer's
+    ``bf16=True``). Returns real tokens/s over the steps after ``warmup_steps``, the padded
+    fraction of those batches and, on CUDA, the peak allocated bytes."""
+    import torch
+    from transformers import DataCollatorForSeq2Seq, PreTrainedTokenizerFast, Trainer, TrainingArguments
+
+    if not 0 < warmup_steps < steps:
+        raise ValueError(f"need 0 < warmup_steps < steps, got {warmup_steps}, {steps}")
+    on_cuda = device == "cuda"
+    if threads is not None:
+        torch.set_num_threads(threads)
+    tok = PreTrainedTokenizerFast.from_pretrained(str(tok_dir))
+    model = seeded_model(model_config, device, attn_implementation)
+    timer = step_timer(on_cuda)
     real_tokens: list[int] = []
     slots: list[int] = []
     collator = DataCollatorForSeq2Seq(tok, padding=True, label_pad_token_id=-100)
