@@ -13,6 +13,7 @@ the descendants of those) and stops only them; it never calls `ray stop`.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -44,6 +45,14 @@ RAY = str(VENV_BIN / "ray")
 MARKER = "FTSCALE_TEST_CLUSTER"  # set to the temp root in every process this test starts
 JOB_TIMEOUT_S = 480
 START_TIMEOUT_S = 180
+ELASTIC_BUDGET_S = 300  # test_elastic_run_survives_a_lost_node, after its cluster is up
+# Ray Train's controller knobs for that test (defaults in ray/train/v2/_internal/constants.py).
+# A group restarted after a node loss is first sized from a stale view of the cluster (Ray's
+# AutoscalingCoordinator refreshes its node list every 20 s; the GCS marks a node dead after
+# missed health checks) and waits for the lost node's CPUs until this timeout (default 60 s), then
+# starts smaller. 20 s keeps the test short; an attempt that times out does not count against
+# max_failures.
+ELASTIC_TIMING_ENV = {"RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "20"}
 
 # Port layout relative to a random base (checked free before use):
 #   head   +0 GCS, +1 node manager, +2 object manager, +3 dashboard, +4/+5 dashboard agent
@@ -276,8 +285,9 @@ def _start_cluster(root: Path, cpus_per_node: int = 1) -> LocalCluster:
     return cluster
 
 
-@pytest.fixture(scope="module")
-def ray_cluster():
+@contextlib.contextmanager
+def _cluster():
+    """A started two-node cluster, stopped (only its own processes) on exit."""
     # short path: Ray's unix sockets live under it (108-byte limit)
     root = Path(tempfile.mkdtemp(prefix="ftray-", dir="/tmp"))
     cluster = None
@@ -300,6 +310,32 @@ def ray_cluster():
             print(f"\ntest_cluster: processes still running after teardown: {left}", file=sys.stderr)
         else:
             shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    with _cluster() as cluster:
+        yield cluster
+
+
+@pytest.fixture
+def doomed_cluster():
+    """A cluster of its own for a test that stops its worker node."""
+    with _cluster() as cluster:
+        yield cluster
+
+
+def lose_worker_node(cluster: LocalCluster) -> list[str]:
+    """SIGKILL every process of the worker node, as a machine loss would: its raylet, agents and
+    Ray workers (found by the node's temp dir, and as the raylet's descendants). Returns their
+    command lines."""
+    procs = [p for p in session_processes(str(cluster.root / "worker")) if _running(p)]
+    killed = [_cmdline(p) for p in procs]
+    assert any("raylet/raylet" in c for c in killed), killed
+    _signal(procs, signal.SIGKILL)
+    alive = _wait_gone(procs, 10)
+    assert not alive, [_cmdline(p) for p in alive]
+    return killed
 
 
 # ---------------------------------------------------------------------------------------
@@ -372,24 +408,35 @@ def test_job_submit_trains_across_two_nodes(ray_cluster: LocalCluster, tiny_data
     assert len(actors) == 2 and len({a["node_id"] for a in actors}) == 2, actors
 
 
-def _run_job(cluster: LocalCluster, workdir: Path, entrypoint: list[str]) -> dict:
-    """Submit a job, wait for it, fail with its logs unless it succeeded; returns its info."""
-    submission_id = f"ftscale-data-{secrets.token_hex(4)}"
+def _submit(cluster: LocalCluster, workdir: Path, entrypoint: list[str], *options: str) -> str:
+    """Submit a job without waiting; returns its submission id."""
+    submission_id = f"ftscale-job-{secrets.token_hex(4)}"
     cluster.ray("job", "submit", "--address", cluster.dashboard_url, "--working-dir", str(workdir),
-                "--submission-id", submission_id, "--no-wait", "--", *entrypoint)
-    deadline = time.monotonic() + JOB_TIMEOUT_S
-    info: dict = {}
-    while time.monotonic() < deadline:
+                "--submission-id", submission_id, "--no-wait", *options, "--", *entrypoint)
+    return submission_id
+
+
+def _wait_job(cluster: LocalCluster, submission_id: str, timeout_s: float = JOB_TIMEOUT_S) -> dict:
+    """Wait for a job; fail with its logs unless it succeeded within `timeout_s` (then it is
+    stopped). Returns its info."""
+    deadline = time.monotonic() + timeout_s
+    while True:
         code, info = cluster.api(f"/api/jobs/{submission_id}")
         assert code == 200, code
-        if info["status"] in ("SUCCEEDED", "FAILED", "STOPPED"):
+        if info["status"] in ("SUCCEEDED", "FAILED", "STOPPED") or time.monotonic() > deadline:
             break
-        time.sleep(5)
+        time.sleep(2)
     if info.get("status") != "SUCCEEDED":
         cluster.ray("job", "stop", "--address", cluster.dashboard_url, submission_id, check=False)
         logs = cluster.ray("job", "logs", "--address", cluster.dashboard_url, submission_id, check=False)
-        pytest.fail(f"job {submission_id} ended {info.get('status')}\n--- ray job logs\n{logs.stdout[-15000:]}")
+        pytest.fail(f"job {submission_id} ended {info.get('status')} (timeout {timeout_s:.0f}s)\n"
+                    f"{info.get('message', '')}\n--- ray job logs\n{logs.stdout[-15000:]}")
     return info
+
+
+def _run_job(cluster: LocalCluster, workdir: Path, entrypoint: list[str]) -> dict:
+    """Submit a job, wait for it, fail with its logs unless it succeeded; returns its info."""
+    return _wait_job(cluster, _submit(cluster, workdir, entrypoint))
 
 
 def _tree(root: Path) -> dict[str, bytes]:
@@ -442,3 +489,82 @@ def test_ray_data_executor_on_two_nodes_writes_the_local_bytes(ray_cluster: Loca
                                         "--limit", "1000").stdout)
     mappers = [a for a in actors if "UnitMapper" in a.get("class_name", "") + a.get("name", "")]
     assert len({a["node_id"] for a in mappers}) == 2, [(a.get("class_name"), a["node_id"]) for a in actors]
+
+
+def _loss_rows(run_dir: Path) -> list[dict]:
+    """metrics.jsonl's step rows in the order written (a resumed run appends its own)."""
+    path = run_dir / "metrics.jsonl"
+    if not path.is_file():
+        return []
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [r for r in rows if "loss" in r]
+
+
+def _committed_steps(run_dir: Path) -> list[int]:
+    return sorted(int(p.parent.name.split("_")[1]) for p in run_dir.glob("checkpoint_*/ftscale_commit.json"))
+
+
+def test_elastic_run_survives_a_lost_node(doomed_cluster: LocalCluster, tiny_dataset, tmp_path):
+    """`num_workers: [1, 2]` on two one-CPU nodes: two workers, one per node. Once a checkpoint
+    is committed and the next step logged, the worker node is SIGKILLed (raylet, agents, Ray
+    workers: a machine loss). Ray Train restarts the group on the one node left, from the newest
+    committed checkpoint (ZeRO-2 via the universal form), and the job succeeds; the steps after
+    the resume equal a separate 1-worker run resumed from a copy of that checkpoint."""
+    from ftscale.train.runs import RUN_FILE, checkpoint_name, verified
+
+    cluster = doomed_cluster
+    deadline = time.monotonic() + ELASTIC_BUDGET_S
+    storage = (tmp_path / "storage").resolve()
+    workdir = tmp_path / "job"
+    workdir.mkdir()
+    max_steps = 8
+    # keep_checkpoints: all four, so the one the run resumed from is still there at the end.
+    common = {"max_steps": max_steps, "checkpoint_every": 2, "keep_checkpoints": 4, "zero_stage": 2,
+              "tokens_per_step": 1024}  # 1024 = 2 workers x 2 rows x 128 tokens x accumulation 2 (4 on 1 worker)
+    cfg = tiny_train_config(tiny_dataset, storage, run_name="elastic", num_workers=[1, 2], **common)
+    (workdir / "elastic.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    runtime_env = ["--runtime-env-json", json.dumps({"env_vars": ELASTIC_TIMING_ENV})]
+    job = _submit(cluster, workdir, ["ftscale", "train", "elastic.yaml"], *runtime_env)
+
+    run_dir = storage / "elastic"
+    while True:
+        committed = _committed_steps(run_dir)
+        if committed and any(r["step"] > committed[0] for r in _loss_rows(run_dir)):
+            break
+        code, info = cluster.api(f"/api/jobs/{job}")
+        assert code == 200, code
+        if time.monotonic() > deadline or info["status"] in ("SUCCEEDED", "FAILED", "STOPPED"):
+            _wait_job(cluster, job, timeout_s=0)  # fails with the job's logs unless it succeeded
+            pytest.fail(f"the run ended before the node was lost: {info['status']}")
+        time.sleep(0.2)
+    first = committed[0]
+    assert json.loads((run_dir / checkpoint_name(first) / RUN_FILE).read_text())["world_size"] == 2
+    killed = lose_worker_node(cluster)
+    assert any("RayTrainWorker" in c for c in killed), killed  # one training worker was on it
+
+    _wait_job(cluster, job, timeout_s=deadline - time.monotonic())
+    assert cluster.alive_nodes() == 1
+    logs = cluster.ray("job", "logs", "--address", cluster.dashboard_url, job).stdout
+    assert "resuming a 2-worker checkpoint on 1 workers" in logs, logs[-5000:]
+
+    rows = _loss_rows(run_dir)
+    steps = [r["step"] for r in rows]
+    back = [i for i in range(1, len(steps)) if steps[i] <= steps[i - 1]]
+    assert len(back) == 1, steps  # one restart, back to a committed checkpoint
+    resumed_from = steps[back[0]] - 1
+    assert steps[back[0]:] == list(range(resumed_from + 1, max_steps + 1)), steps
+    ckpt = verified(run_dir / checkpoint_name(resumed_from))
+    assert json.loads((ckpt / RUN_FILE).read_text())["world_size"] == 2
+    last = json.loads((run_dir / checkpoint_name(max_steps) / RUN_FILE).read_text())
+    assert last["step"] == max_steps and last["world_size"] == 1
+
+    # The same checkpoint, resumed by a 1-worker run of its own on the node that is left.
+    ref_storage = (tmp_path / "reference").resolve()
+    shutil.copytree(ckpt, ref_storage / "reference" / ckpt.name)
+    ref = tiny_train_config(tiny_dataset, ref_storage, run_name="reference", num_workers=1, **common)
+    (workdir / "reference.yaml").write_text(yaml.safe_dump(ref, sort_keys=False))
+    _wait_job(cluster, _submit(cluster, workdir, ["ftscale", "train", "reference.yaml"], *runtime_env),
+              timeout_s=deadline - time.monotonic())
+    expected = _loss_rows(ref_storage / "reference")
+    assert [r["step"] for r in expected] == steps[back[0]:]
+    assert [r["loss"] for r in rows[back[0]:]] == pytest.approx([r["loss"] for r in expected], rel=1e-4)
