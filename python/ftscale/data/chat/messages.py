@@ -66,6 +66,10 @@ def _object_arguments(call: Any) -> Any:
 
 
 def _message(message: dict[str, Any], json_extras: bool) -> dict[str, Any]:
+    if len(message) == 2 and type(message.get("role")) is str and type(message.get("content")) is str:
+        # The common message, role and content text only, has nothing to drop, decode or alias
+        # (the general path below was ~15 µs of a conversation's ~60 µs in SFT prep).
+        return dict(message)
     out = {}
     for key, value in message.items():
         if value is None:

@@ -60,29 +60,18 @@ impl Splitter {
     fn pieces(&self, segment: &str, instance: u64) -> Option<Vec<(usize, usize)>> {
         let mut out = Vec::with_capacity(segment.len() / 4);
         match self {
-            Splitter::Gpt2(re) => SPLIT_CACHE.with(|slot| {
-                let mut slot = slot.borrow_mut();
-                if slot.as_ref().is_none_or(|(owner, _)| *owner != instance) {
-                    *slot = Some((instance, re.create_cache()));
-                }
-                let (_, cache) = slot.as_mut().expect("set above");
+            Splitter::Gpt2(re) => {
+                let bytes = segment.as_bytes();
                 let mut at = 0;
-                while at < segment.len() {
-                    let input = Input::new(segment).range(at..).anchored(Anchored::Yes);
-                    let found = re.search_with(cache, &input).filter(|m| m.end() > at)?;
-                    let mut end = found.end();
-                    let run = &segment[at..end];
-                    if end < segment.len() && run.chars().all(char::is_whitespace) {
-                        let last = run.chars().next_back().map_or(0, char::len_utf8);
-                        if run.len() > last {
-                            end -= last;
-                        }
-                    }
+                while at < bytes.len() {
+                    let end = match gpt2_ascii_piece(bytes, at) {
+                        Some(end) => end,
+                        None => gpt2_regex_piece(re, segment, at, instance)?,
+                    };
                     out.push((at, end));
                     at = end;
                 }
-                Some(())
-            })?,
+            }
             Splitter::Fancy(re) => {
                 for found in re.find_iter(segment) {
                     let found = found.ok()?;
@@ -92,6 +81,109 @@ impl Splitter {
         }
         Some(out)
     }
+}
+
+/// The GPT-2 piece at `at` by the regex (anchored there), with the whitespace rule of
+/// `Splitter::Gpt2`; None when the engine fails or matches nothing.
+fn gpt2_regex_piece(re: &meta::Regex, segment: &str, at: usize, instance: u64) -> Option<usize> {
+    SPLIT_CACHE.with(|slot| {
+        let mut slot = slot.borrow_mut();
+        if slot.as_ref().is_none_or(|(owner, _)| *owner != instance) {
+            *slot = Some((instance, re.create_cache()));
+        }
+        let (_, cache) = slot.as_mut().expect("set above");
+        let input = Input::new(segment).range(at..).anchored(Anchored::Yes);
+        let found = re.search_with(cache, &input).filter(|m| m.end() > at)?;
+        let mut end = found.end();
+        let run = &segment[at..end];
+        if end < segment.len() && run.chars().all(char::is_whitespace) {
+            let last = run.chars().next_back().map_or(0, char::len_utf8);
+            if run.len() > last {
+                end -= last;
+            }
+        }
+        Some(end)
+    })
+}
+
+/// ASCII classes of `GPT2_PATTERN`: `\p{L}`, `\p{N}`, `\s` (Unicode White_Space: tab, LF, VT,
+/// FF, CR, space) and the rest (`[^\s\p{L}\p{N}]`, control characters included).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum AsciiClass {
+    Letter,
+    Number,
+    Space,
+    Other,
+}
+
+const ASCII_CLASSES: [AsciiClass; 128] = {
+    let mut table = [AsciiClass::Other; 128];
+    let mut b = 0;
+    while b < 128 {
+        table[b] = match b as u8 {
+            b'a'..=b'z' | b'A'..=b'Z' => AsciiClass::Letter,
+            b'0'..=b'9' => AsciiClass::Number,
+            b'\t'..=b'\r' | b' ' => AsciiClass::Space,
+            _ => AsciiClass::Other,
+        };
+        b += 1;
+    }
+    table
+};
+
+/// The class of an ASCII byte (`b < 0x80`).
+fn ascii_class(b: u8) -> AsciiClass {
+    ASCII_CLASSES[usize::from(b & 0x7f)]
+}
+
+/// The end of the `GPT2_PATTERN` piece that starts at `bytes[at]`, when ASCII characters alone
+/// decide it; None when a non-ASCII character is the piece's first, follows its optional space,
+/// or follows its run (it might extend the run): the regex decides those (`gpt2_regex_piece`).
+///
+/// Why: anchored regex searches were ~25% of SFT encoding (a search per piece, ~300
+/// instructions each); this scan takes a few per byte and yields the same pieces (the property
+/// test in `chat::tests` checks it against the crate).
+fn gpt2_ascii_piece(bytes: &[u8], at: usize) -> Option<usize> {
+    let byte = |k: usize| bytes.get(k).copied();
+    let first = bytes[at];
+    if first >= 0x80 {
+        return None;
+    }
+    // 's|'t|'re|'ve|'m|'ll|'d
+    if first == b'\'' {
+        match (byte(at + 1), byte(at + 2)) {
+            (Some(b's' | b't' | b'm' | b'd'), _) => return Some(at + 2),
+            (Some(b'r' | b'v'), Some(b'e')) | (Some(b'l'), Some(b'l')) => return Some(at + 3),
+            _ => {}
+        }
+    }
+    // ` ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+`: the class of the first character after an
+    // optional space; a space followed by whitespace (or nothing) is whitespace.
+    let mut run_start = at;
+    if first == b' ' {
+        match byte(at + 1) {
+            Some(next) if next >= 0x80 => return None,
+            Some(next) if ascii_class(next) != AsciiClass::Space => run_start = at + 1,
+            _ => {}
+        }
+    }
+    let class = ascii_class(bytes[run_start]);
+    let mut end = run_start + 1;
+    while let Some(next) = byte(end) {
+        if next >= 0x80 {
+            return None;
+        }
+        if ascii_class(next) != class {
+            break;
+        }
+        end += 1;
+    }
+    // `\s+(?!\S)|\s+`: a whitespace run gives its last character to the next piece when a
+    // non-space follows and the run is longer than one.
+    if class == AsciiClass::Space && end < bytes.len() && end - at > 1 {
+        end -= 1;
+    }
+    Some(end)
 }
 
 /// Token ids and their (start, end) character offsets.
@@ -145,6 +237,21 @@ type FxMap<K, V> = HashMap<K, V, BuildHasherDefault<FxHasher>>;
 
 /// Tokens of a cached piece: (id, byte length) each.
 type PieceTokens = Box<[(u32, u8)]>;
+/// Pieces (their bytes) to their tokens.
+type PieceCache = FxMap<Box<[u8]>, PieceTokens>;
+
+/// Token ids and byte spans of a text, as they are produced.
+struct Pieces {
+    ids: Vec<u32>,
+    spans: Vec<(usize, usize)>,
+}
+
+impl Pieces {
+    fn push(&mut self, id: u32, start: usize, end: usize) {
+        self.ids.push(id);
+        self.spans.push((start, end));
+    }
+}
 
 static NEXT_INSTANCE: AtomicU64 = AtomicU64::new(0);
 
@@ -154,7 +261,7 @@ thread_local! {
     // Per thread, so encoding threads never wait on each other: the tokens of pieces (by their
     // bytes) of one tokenizer instance, emptied when another instance encodes on the thread.
     // Holds at most CACHED_PIECES pieces of at most CACHED_PIECE_BYTES bytes.
-    static PIECE_CACHE: RefCell<(u64, FxMap<Box<[u8]>, PieceTokens>)> = RefCell::new((u64::MAX, FxMap::default()));
+    static PIECE_CACHE: RefCell<(u64, PieceCache)> = RefCell::new((u64::MAX, FxMap::default()));
 }
 
 struct AddedSet {
@@ -318,87 +425,79 @@ impl ByteLevelBpe {
         if self.nfc && !unicode_normalization::is_nfc(text) {
             return None;
         }
-        let mut ids = Vec::with_capacity(text.len() / 3);
-        let mut spans = Vec::with_capacity(text.len() / 3);
-        for (start, end, added) in split_added(self.added.as_ref(), text, 0, text.len()) {
-            if let Some(id) = added {
-                ids.push(id);
-                spans.push((start, end));
-                continue;
+        let mut out = Pieces { ids: Vec::with_capacity(text.len() / 3), spans: Vec::with_capacity(text.len() / 3) };
+        // One borrow of the piece cache per text, not one per piece: the borrow and the
+        // thread-local access were ~10% of encoding when taken per piece.
+        PIECE_CACHE.with(|cache| {
+            let (instance, cache) = &mut *cache.borrow_mut();
+            if *instance != self.instance {
+                cache.clear();
+                *instance = self.instance;
             }
-            for (s, e, added) in split_added(self.added_normalized.as_ref(), text, start, end) {
-                match added {
-                    Some(id) => {
-                        ids.push(id);
-                        spans.push((s, e));
+            for (start, end, added) in split_added(self.added.as_ref(), text, 0, text.len()) {
+                if let Some(id) = added {
+                    out.push(id, start, end);
+                    continue;
+                }
+                for (s, e, added) in split_added(self.added_normalized.as_ref(), text, start, end) {
+                    match added {
+                        Some(id) => out.push(id, s, e),
+                        None => self.encode_segment(text, s, e, cache, &mut out)?,
                     }
-                    None => self.encode_segment(text, s, e, &mut ids, &mut spans)?,
                 }
             }
-        }
-        Some((ids, char_offsets(text, &spans)))
+            Some(())
+        })?;
+        let offsets = if text.is_ascii() { out.spans } else { char_offsets(text, &out.spans) };
+        Some((out.ids, offsets))
     }
 
-    fn encode_segment(&self, text: &str, start: usize, end: usize, ids: &mut Vec<u32>, spans: &mut Vec<(usize, usize)>) -> Option<()> {
+    fn encode_segment(&self, text: &str, start: usize, end: usize, cache: &mut PieceCache, out: &mut Pieces) -> Option<()> {
         let segment = &text[start..end];
         let mut previous = 0;
         for (s, e) in self.split.pieces(segment, self.instance)? {
             if s > previous {
-                self.encode_piece(text, start + previous, start + s, ids, spans)?;
+                self.encode_piece(text, start + previous, start + s, cache, out)?;
             }
-            self.encode_piece(text, start + s, start + e, ids, spans)?;
+            self.encode_piece(text, start + s, start + e, cache, out)?;
             previous = e;
         }
         if previous < segment.len() {
-            self.encode_piece(text, start + previous, end, ids, spans)?;
+            self.encode_piece(text, start + previous, end, cache, out)?;
         }
         Some(())
     }
 
-    fn encode_piece(&self, text: &str, start: usize, end: usize, ids: &mut Vec<u32>, spans: &mut Vec<(usize, usize)>) -> Option<()> {
+    fn encode_piece(&self, text: &str, start: usize, end: usize, cache: &mut PieceCache, out: &mut Pieces) -> Option<()> {
         let bytes = &text.as_bytes()[start..end];
         if bytes.is_empty() {
             return Some(());
         }
         if self.ignore_merges {
             if let Some(&id) = self.vocab.get(bytes) {
-                ids.push(id);
-                spans.push((start, end));
+                out.push(id, start, end);
                 return Some(());
             }
         }
         if bytes.len() > CACHED_PIECE_BYTES {
-            return self.merge_piece(bytes, start, ids, spans);
+            return self.merge_piece(bytes, start, &mut out.ids, &mut out.spans);
         }
-        let hit = PIECE_CACHE.with(|cache| {
-            let cache = cache.borrow();
-            if cache.0 != self.instance {
-                return None;
-            }
-            let tokens = cache.1.get(bytes)?;
+        if let Some(tokens) = cache.get(bytes) {
             let mut at = start;
             for &(id, len) in tokens.iter() {
-                ids.push(id);
-                spans.push((at, at + usize::from(len)));
+                out.push(id, at, at + usize::from(len));
                 at += usize::from(len);
             }
-            Some(())
-        });
-        if hit.is_some() {
             return Some(());
         }
-        let first = ids.len();
-        self.merge_piece(bytes, start, ids, spans)?;
+        let first = out.ids.len();
+        self.merge_piece(bytes, start, &mut out.ids, &mut out.spans)?;
         // Token lengths are at most CACHED_PIECE_BYTES, so they fit a u8.
-        let tokens: PieceTokens = ids[first..].iter().zip(&spans[first..]).map(|(&id, &(s, e))| (id, (e - s) as u8)).collect();
-        PIECE_CACHE.with(|cache| {
-            let (instance, pieces) = &mut *cache.borrow_mut();
-            if *instance != self.instance || pieces.len() >= CACHED_PIECES {
-                pieces.clear();
-                *instance = self.instance;
-            }
-            pieces.insert(Box::from(bytes), tokens);
-        });
+        let tokens: PieceTokens = out.ids[first..].iter().zip(&out.spans[first..]).map(|(&id, &(s, e))| (id, (e - s) as u8)).collect();
+        if cache.len() >= CACHED_PIECES {
+            cache.clear();
+        }
+        cache.insert(Box::from(bytes), tokens);
         Some(())
     }
 
@@ -460,12 +559,9 @@ fn split_added(set: Option<&AddedSet>, text: &str, start: usize, end: usize) -> 
     out
 }
 
-/// Byte spans to character offsets. A token that holds part of a multi-byte character covers
+/// Byte spans to character offsets (of a text that is not ASCII: there they are equal). A token that holds part of a multi-byte character covers
 /// the whole character, as the byte-level alignments of the crate give it.
 fn char_offsets(text: &str, spans: &[(usize, usize)]) -> Vec<(usize, usize)> {
-    if text.is_ascii() {
-        return spans.to_vec();
-    }
     // char_of[b]: index of the character holding byte b; starts[c]: byte where character c starts.
     let mut char_of = vec![0usize; text.len() + 1];
     let mut count = 0;

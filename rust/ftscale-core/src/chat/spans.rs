@@ -106,7 +106,10 @@ pub fn plan(
     let mut located = 0u32;
     let (mut previous_turn, mut previous_end): (Option<usize>, usize) = (None, 0);
     for &i in &assistant {
-        let (prompt, turn) = if i > 0 { (render(i, true).ok(), render(i + 1, false).ok()) } else { (None, None) };
+        // The last message's turn is the full rendering: not rendered twice (with ~2.5
+        // exchanges per conversation that render was ~20% of the rendering time).
+        let turn_of = |i: usize| if i + 1 == turns.assistant.len() { Some(full.clone()) } else { render(i + 1, false).ok() };
+        let (prompt, turn) = if i > 0 { (render(i, true).ok(), turn_of(i)) } else { (None, None) };
         let body = turn.as_deref().map(|t| markers.body(t));
         if let (Some(p), Some(b)) = (&prompt, body) {
             if p.len() >= previous_end && full.starts_with(b) && b.starts_with(p.as_str()) {

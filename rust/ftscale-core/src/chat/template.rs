@@ -23,7 +23,7 @@
 use std::fmt::Write;
 
 use minijinja::value::{Kwargs, Value, ValueKind};
-use minijinja::{Environment, Error, ErrorKind, State};
+use minijinja::{AutoEscape, Environment, Error, ErrorKind, State};
 
 use super::pyjson::{dumps, float_repr, DumpOptions};
 
@@ -123,6 +123,13 @@ fn tojson(value: Value, kwargs: Kwargs) -> Result<String, Error> {
 
 /// Print values as Python's `str()` does where minijinja's spelling differs.
 fn python_formatter(out: &mut minijinja::Output, state: &mut State, value: &Value) -> Result<(), Error> {
+    // A string without auto-escaping is written as is (what `escape_formatter` writes, without
+    // its `fmt::Display` round trip, which was ~8% of rendering a ChatML turn).
+    if value.kind() == ValueKind::String && matches!(state.auto_escape(), AutoEscape::None) {
+        if let Some(s) = value.as_str() {
+            return out.write_str(s).map_err(Error::from);
+        }
+    }
     let text = match value.kind() {
         ValueKind::None => Some("None".to_string()),
         ValueKind::Bool => Some(if value.is_true() { "True" } else { "False" }.to_string()),
