@@ -57,3 +57,20 @@ def test_demo_fine_tunes_exports_and_reports(tmp_path):
         assert page.is_file() and page.read_text().startswith("<!DOCTYPE html>")
     assert list((out / "report" / "run").glob("*.png"))
     assert "validation loss per source" in proc.stdout and "instruct" in proc.stdout
+
+    # The DPO stage continues from the export (the SFT -> DPO chain): held-out pair metrics
+    # before and after, and its own exported model.
+    proc = subprocess.run(
+        [sys.executable, "-m", "ftscale.cli", "demo", "--out", str(out), "--stage", "dpo", "--dpo-steps", "2",
+         "--seq-len", "128"], env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    dpo = json.loads((out / "demo-dpo.json").read_text())
+    assert dpo["base_model"] == str(model_dir)
+    assert set(dpo["pairs_before"]) == set(dpo["pairs_after"]) >= {"val_logps/accuracy/pairs", "val_loss/pairs"}
+    assert dpo["pairs_before"]["val_rewards/accuracy/pairs"] == 0.0  # policy == reference before the first step
+    assert abs(dpo["pairs_before"]["val_loss/pairs"] - 0.6931) < 1e-3
+    assert 0.0 <= dpo["pairs_after"]["val_logps/accuracy/pairs"] <= 1.0
+    pairs = next(r for r in dpo["data"] if r["source"] == "pairs")
+    assert pairs["kind"] == "preference" and pairs["read"] == 600
+    assert (Path(dpo["paths"]["model"]) / "config.json").is_file()
+    assert "before → after DPO" in proc.stdout
