@@ -45,7 +45,7 @@ RAY = str(VENV_BIN / "ray")
 MARKER = "FTSCALE_TEST_CLUSTER"  # set to the temp root in every process this test starts
 JOB_TIMEOUT_S = 480
 START_TIMEOUT_S = 180
-ELASTIC_BUDGET_S = 300  # test_elastic_run_survives_a_lost_node, after its cluster is up
+ELASTIC_BUDGET_S = 900  # test_elastic_run_survives_a_lost_node, after its cluster is up: ~5 min alone; the rest is for a loaded machine (a 300 s budget ran out at load ~12)
 # Ray Train's controller knobs for that test (defaults in ray/train/v2/_internal/constants.py).
 # A group restarted after a node loss is first sized from a stale view of the cluster (Ray's
 # AutoscalingCoordinator refreshes its node list every 20 s; the GCS marks a node dead after
