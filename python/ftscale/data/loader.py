@@ -419,20 +419,12 @@ class PackedLoader:
         return self._plan
 
     def _make_plan(self, epoch: int) -> EpochPlan:
-        from ftscale.errors import FtscaleError
-        from ftscale.pack import MixtureSource, apply_overlong, pack, plan_mixture
+        from ftscale.pack import apply_overlong
 
         L = self.seq_len
         if self.paired:
             return self._make_pair_plan(epoch)
-        srcs = [MixtureSource(name=name, lengths=self._doc_len[self._src_base[si]:self._src_base[si + 1]],
-                              weight=self.weights[si], families=self._families[si])
-                for si, name in enumerate(self.sources)]
-        try:
-            mix = plan_mixture(srcs, self.tokens_per_epoch, seed=self.seed, epoch=epoch,
-                               temperature=self.temperature, max_repeat=self.max_repeat, family_cap=self.family_cap)
-        except FtscaleError as e:
-            raise ConfigError(f"mixture cannot be planned: {e}") from e
+        mix = self._plan_mixture(self._doc_len, self._src_base, self._families, epoch)
         pick_doc = self._src_base.astype(self._doc_index)[mix.pick_source] + mix.pick_doc.astype(self._doc_index)
         pick_sft = self._is_sft[mix.pick_source] if self._is_sft.any() else None
         mixture_stats = mix.sources
@@ -448,75 +440,70 @@ class PackedLoader:
             if truncated_sft:
                 piece_doc, piece_start, plen = piece_doc[keep], piece_start[keep], plen[keep]
         del pieces, pick_doc, pick_sft
-        packed = pack(plen, L, self.strategy)
-        n_rows = int(packed.num_bins)
-        total_tokens = int(plen.sum(dtype=np.int64))
+        order, row_offsets, stats = self._shuffled_rows(plen, epoch)
         del plen
-        counts = np.diff(packed.row_offsets.astype(np.int64))
-        rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([self.seed, epoch, _PERM_STREAM])))
-        perm = rng.permutation(n_rows)
-        new_counts = counts[perm]
-        order = packed.row_docs[_ranges(packed.row_offsets[:-1][perm], new_counts)]  # pieces in global row order
-        stats = {
-            "tokens": total_tokens,
-            "pieces": int(len(order)),
-            "rows": n_rows,
-            "fill": float(packed.efficiency),
-            "docs_split": docs_split,
-            "sft_pieces_truncated": truncated_sft,
-            "mixture": mixture_stats,
-        }
-        del packed, counts, perm
+        stats.update(docs_split=docs_split, sft_pieces_truncated=truncated_sft, mixture=mixture_stats)
         part = piece_start // np.uint32(L)
-        row_offsets = np.zeros(n_rows + 1, dtype=_index_dtype(len(order) + 1))
-        row_offsets[1:] = np.cumsum(new_counts)
         return EpochPlan(
-            epoch=epoch, num_rows=n_rows, seq_len=L, row_offsets=row_offsets, piece_doc=piece_doc[order],
+            epoch=epoch, num_rows=stats["rows"], seq_len=L, row_offsets=row_offsets, piece_doc=piece_doc[order],
             piece_part=part[order].astype(_uint_for(int(part.max(initial=0)))), doc_len=self._doc_len, stats=stats,
         )
 
     def _make_pair_plan(self, epoch: int) -> EpochPlan:
         """The plan of a preference loader: mixture, packing and permutation over whole pairs
         (a pair's length is both its sides; ``_check_pairs`` made sure every pair fits a row)."""
-        from ftscale.errors import FtscaleError
-        from ftscale.pack import MixtureSource, pack, plan_mixture
-
-        L = self.seq_len
         pair_len = self._doc_len[0::2] + self._doc_len[1::2]  # 4 B per pair while planning
         base = self._src_base // 2
-        srcs = [MixtureSource(name=name, lengths=pair_len[base[si]:base[si + 1]], weight=self.weights[si],
-                              families=None if self._families[si] is None else self._families[si][0::2])
-                for si, name in enumerate(self.sources)]
-        try:
-            mix = plan_mixture(srcs, self.tokens_per_epoch, seed=self.seed, epoch=epoch,
-                               temperature=self.temperature, max_repeat=self.max_repeat, family_cap=self.family_cap)
-        except FtscaleError as e:
-            raise ConfigError(f"mixture cannot be planned: {e}") from e
+        families = [None if f is None else f[0::2] for f in self._families]
+        mix = self._plan_mixture(pair_len, base, families, epoch)
         pick_pair = base[mix.pick_source] + mix.pick_doc.astype(np.int64)
         mixture_stats = mix.sources
         del mix
         plen = pair_len[pick_pair]
         del pair_len
-        packed = pack(plen, L, self.strategy)
-        n_rows = int(packed.num_bins)
-        total_tokens = int(plen.sum(dtype=np.int64))
+        order, row_offsets, stats = self._shuffled_rows(plen, epoch)
         del plen
+        stats.update(pairs=stats["pieces"], docs_split=0, sft_pieces_truncated=0, mixture=mixture_stats)
+        return EpochPlan(
+            epoch=epoch, num_rows=stats["rows"], seq_len=self.seq_len, row_offsets=row_offsets,
+            piece_doc=(2 * pick_pair[order]).astype(self._doc_index), piece_part=np.zeros(len(order), dtype=np.uint8),
+            doc_len=self._doc_len, stats=stats, paired=True,
+        )
+
+    def _plan_mixture(self, lengths: np.ndarray, base: np.ndarray, families: list, epoch: int) -> Any:
+        """``plan_mixture`` over the selected sources, each unit (document or pair) of source
+        ``si`` being ``lengths[base[si]:base[si + 1]]``; a ConfigError when it cannot be planned."""
+        from ftscale.errors import FtscaleError
+        from ftscale.pack import MixtureSource, plan_mixture
+
+        srcs = [MixtureSource(name=name, lengths=lengths[base[si]:base[si + 1]], weight=self.weights[si],
+                              families=families[si])
+                for si, name in enumerate(self.sources)]
+        try:
+            return plan_mixture(srcs, self.tokens_per_epoch, seed=self.seed, epoch=epoch,
+                                temperature=self.temperature, max_repeat=self.max_repeat, family_cap=self.family_cap)
+        except FtscaleError as e:
+            raise ConfigError(f"mixture cannot be planned: {e}") from e
+
+    def _shuffled_rows(self, plen: np.ndarray, epoch: int) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+        """Pack pieces of lengths ``plen`` into rows and shuffle the rows (seeded by (seed,
+        epoch)): ``(order, row_offsets, stats)`` — the pieces in global row order, each row's
+        first piece in ``order``, and tokens / pieces / rows / fill."""
+        from ftscale.pack import pack
+
+        packed = pack(plen, self.seq_len, self.strategy)
+        n_rows = int(packed.num_bins)
         counts = np.diff(packed.row_offsets.astype(np.int64))
         rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([self.seed, epoch, _PERM_STREAM])))
         perm = rng.permutation(n_rows)
         new_counts = counts[perm]
-        order = packed.row_docs[_ranges(packed.row_offsets[:-1][perm], new_counts)]
-        stats = {"tokens": total_tokens, "pieces": int(len(order)), "pairs": int(len(order)), "rows": n_rows,
-                 "fill": float(packed.efficiency), "docs_split": 0, "sft_pieces_truncated": 0,
-                 "mixture": mixture_stats}
+        order = packed.row_docs[_ranges(packed.row_offsets[:-1][perm], new_counts)]  # pieces in global row order
+        stats = {"tokens": int(plen.sum(dtype=np.int64)), "pieces": int(len(order)), "rows": n_rows,
+                 "fill": float(packed.efficiency)}
         del packed, counts, perm
         row_offsets = np.zeros(n_rows + 1, dtype=_index_dtype(len(order) + 1))
         row_offsets[1:] = np.cumsum(new_counts)
-        return EpochPlan(
-            epoch=epoch, num_rows=n_rows, seq_len=L, row_offsets=row_offsets,
-            piece_doc=(2 * pick_pair[order]).astype(self._doc_index), piece_part=np.zeros(len(order), dtype=np.uint8),
-            doc_len=self._doc_len, stats=stats, paired=True,
-        )
+        return order, row_offsets, stats
 
     def _pair_pass_plan(self) -> EpochPlan:
         """Every pair of the selected sources exactly once, packed (best-fit on pair lengths), in
