@@ -205,6 +205,9 @@ def test_every_template_takes_the_rust_engine_with_the_fast_tokenizer(encoders, 
     tok, python, rust = encoders[family]
     assert choose_engine(tok, python, "auto").engine == "rust"
     assert rust._core.fast_path  # SmolLM2 is a byte-level BPE: the fast path must hold
+    # Every one of these templates builds turns with string `+` chains; the Rust engine must
+    # render them fused (one call per chain), with the same text (the other tests check).
+    assert rust._core.fused_concatenations
     text = "Hi <|im_end|> there\n\n  «é» 🙂 don't 123456"
     ids, offsets = rust._core.tokenize(text)
     want = tok(text, add_special_tokens=False, return_offsets_mapping=True)

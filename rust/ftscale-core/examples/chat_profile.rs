@@ -6,7 +6,7 @@
 //! rendering alone and the whole encode.
 use std::time::Instant;
 
-use ftscale_core::chat::{ChatEncoder, Conversation, RewritePolicy, Value};
+use ftscale_core::chat::{field_name, ChatEncoder, Conversation, Record, RewritePolicy, Value};
 
 fn main() {
     let mut args = std::env::args().skip(1);
@@ -56,6 +56,6 @@ fn to_value(json: &serde_json::Value) -> Value {
         serde_json::Value::Number(n) => n.as_i64().map_or_else(|| Value::from(n.as_f64().unwrap_or(f64::NAN)), Value::from),
         serde_json::Value::String(s) => Value::from(s.as_str()),
         serde_json::Value::Array(items) => Value::from(items.iter().map(to_value).collect::<Vec<_>>()),
-        serde_json::Value::Object(map) => Value::from_pairs(map.iter().map(|(k, v)| (k.as_str(), to_value(v))).collect::<Vec<_>>()),
+        serde_json::Value::Object(map) => Record::value(map.iter().map(|(k, v)| (field_name(k), to_value(v)))),
     }
 }

@@ -2,7 +2,7 @@
 //! gives them) become template values with the GIL held; rendering, tokenizing and masking run
 //! with the GIL released on the crate's pool; the samples come back as flat NumPy arrays.
 
-use ftscale_core::chat::{parse_policy, ChatEncoder as CoreChatEncoder, ChatFailure, Conversation, Value};
+use ftscale_core::chat::{field_name, parse_policy, ChatEncoder as CoreChatEncoder, ChatFailure, Conversation, Record, Value};
 use numpy::{IntoPyArray, PyArray1};
 use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
@@ -31,11 +31,13 @@ fn to_value(obj: &Bound<'_, PyAny>) -> PyResult<Value> {
         return Ok(Value::from(f.value()));
     }
     if let Ok(d) = obj.cast::<PyDict>() {
-        let mut pairs = Vec::with_capacity(d.len());
+        // String keys (every message, tool call and JSON object): a `Record`; others a map.
+        let mut fields = Vec::with_capacity(d.len());
         for (k, v) in d.iter() {
-            pairs.push((to_value(&k)?, to_value(&v)?));
+            let Ok(name) = k.cast::<PyString>() else { return map_value(d) };
+            fields.push((field_name(name.to_str()?), to_value(&v)?));
         }
-        return Ok(Value::from_pairs(pairs));
+        return Ok(Record::value(fields));
     }
     if let Ok(l) = obj.cast::<PyList>() {
         return l.iter().map(|x| to_value(&x)).collect::<PyResult<Vec<_>>>().map(Value::from);
@@ -47,6 +49,15 @@ fn to_value(obj: &Bound<'_, PyAny>) -> PyResult<Value> {
         "chat data holds a {} value; only str, bool, int, float, None, list and dict are supported",
         obj.get_type().name()?
     )))
+}
+
+/// A dict with keys other than strings, as a template map.
+fn map_value(d: &Bound<'_, PyDict>) -> PyResult<Value> {
+    let mut pairs = Vec::with_capacity(d.len());
+    for (k, v) in d.iter() {
+        pairs.push((to_value(&k)?, to_value(&v)?));
+    }
+    Ok(Value::from_pairs(pairs))
 }
 
 fn conversation(messages: &Bound<'_, PyAny>, tools: &Bound<'_, PyAny>) -> PyResult<Conversation> {
@@ -143,5 +154,11 @@ impl ChatEncoder {
     #[getter]
     fn fast_path(&self) -> bool {
         self.inner.fast_path()
+    }
+
+    /// Whether the template's string `+` chains are rendered by one call each.
+    #[getter]
+    fn fused_concatenations(&self) -> bool {
+        self.inner.fused_concatenations()
     }
 }

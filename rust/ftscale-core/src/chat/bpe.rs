@@ -55,10 +55,11 @@ impl Splitter {
         Regex::new(pattern).ok().map(Splitter::Fancy)
     }
 
-    /// Byte ranges of `segment`'s matches, in order; None when the regex engine fails (the text
-    /// then goes to the crate). `instance` keys the per-thread search cache.
-    fn pieces(&self, segment: &str, instance: u64) -> Option<Vec<(usize, usize)>> {
-        let mut out = Vec::with_capacity(segment.len() / 4);
+    /// Calls `piece(start, end)` for every byte range of `segment` in order, its matches and the
+    /// text between them (GPT-2's matches cover the whole segment); None when the regex engine
+    /// fails (the text then goes to the crate) or `piece` returns None. `instance` keys the
+    /// per-thread search cache. No allocation: pieces are encoded as they are found.
+    fn for_each_piece(&self, segment: &str, instance: u64, mut piece: impl FnMut(usize, usize) -> Option<()>) -> Option<()> {
         match self {
             Splitter::Gpt2(re) => {
                 let bytes = segment.as_bytes();
@@ -68,18 +69,26 @@ impl Splitter {
                         Some(end) => end,
                         None => gpt2_regex_piece(re, segment, at, instance)?,
                     };
-                    out.push((at, end));
+                    piece(at, end)?;
                     at = end;
                 }
             }
             Splitter::Fancy(re) => {
+                let mut previous = 0;
                 for found in re.find_iter(segment) {
                     let found = found.ok()?;
-                    out.push((found.start(), found.end()));
+                    if found.start() > previous {
+                        piece(previous, found.start())?;
+                    }
+                    piece(found.start(), found.end())?;
+                    previous = found.end();
+                }
+                if previous < segment.len() {
+                    piece(previous, segment.len())?;
                 }
             }
         }
-        Some(out)
+        Some(())
     }
 }
 
@@ -237,8 +246,66 @@ type FxMap<K, V> = HashMap<K, V, BuildHasherDefault<FxHasher>>;
 
 /// Tokens of a cached piece: (id, byte length) each.
 type PieceTokens = Box<[(u32, u8)]>;
-/// Pieces (their bytes) to their tokens.
-type PieceCache = FxMap<Box<[u8]>, PieceTokens>;
+
+/// Pieces of at most this many bytes with at most `SMALL_PIECE_TOKENS` tokens (nearly every
+/// piece of natural text) are cached in `SmallSlot`s: a lookup is one hash of two words and one
+/// compare, with no allocation or pointer chase. The hash-map lookup it replaces (hash the
+/// bytes, probe, `memcmp`, follow the boxed tokens) was ~40% of tokenizing a chat rendering.
+const SMALL_PIECE_BYTES: usize = 16;
+const SMALL_PIECE_TOKENS: usize = 4;
+/// Slots per thread, in pairs (2-way set-associative: a new piece goes first in its pair and
+/// moves the piece there second): 40 bytes each, 1.25 MiB.
+const SMALL_SLOTS_LOG2: u32 = 15;
+
+#[derive(Clone, Copy, Default)]
+struct SmallSlot {
+    key: [u64; 2], // the piece's bytes, zero-padded
+    len: u8,       // the piece's length in bytes; 0: an empty slot
+    count: u8,     // tokens
+    token_lens: [u8; SMALL_PIECE_TOKENS],
+    ids: [u32; SMALL_PIECE_TOKENS],
+}
+
+/// The piece `text[start..start + len]` (`len <= SMALL_PIECE_BYTES`) as two zero-padded words,
+/// and its pair of slots (`at`, `at ^ 1`). Words are read straight from the text when 16 bytes
+/// remain (a padded copy cost two libc calls per piece).
+fn small_key(text: &[u8], start: usize, len: usize) -> ([u64; 2], usize) {
+    let word = |at: usize| u64::from_le_bytes(text[at..at + 8].try_into().expect("8 bytes"));
+    let keep = |w: u64, n: usize| if n >= 8 { w } else { w & ((1u64 << (8 * n)) - 1) };
+    let (lo, hi) = if start + SMALL_PIECE_BYTES <= text.len() {
+        (keep(word(start), len), if len > 8 { keep(word(start + 8), len - 8) } else { 0 })
+    } else {
+        let mut padded = [0u8; SMALL_PIECE_BYTES];
+        padded[..len].copy_from_slice(&text[start..start + len]);
+        (u64::from_le_bytes(padded[..8].try_into().expect("8 bytes")), u64::from_le_bytes(padded[8..].try_into().expect("8 bytes")))
+    };
+    let mut hash = lo.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ hi.wrapping_mul(0xC2B2_AE3D_27D4_EB4F) ^ len as u64;
+    hash ^= hash >> 29;
+    hash = hash.wrapping_mul(0x1656_67B1_9E37_79F9);
+    hash ^= hash >> 32;
+    ([lo, hi], (hash as usize) & ((1 << SMALL_SLOTS_LOG2) - 1))
+}
+
+/// The per-thread piece cache of one tokenizer instance: small pieces in fixed slots, in front
+/// of a map of every piece up to `CACHED_PIECE_BYTES` (emptied when it holds `CACHED_PIECES`),
+/// so a piece evicted from its slot is found again without merging.
+struct PieceCache {
+    instance: u64,
+    small: Vec<SmallSlot>, // 1 << SMALL_SLOTS_LOG2 slots once the thread encodes
+    large: FxMap<Box<[u8]>, PieceTokens>,
+}
+
+impl PieceCache {
+    /// Make this the cache of `instance` (emptied when it held another's pieces).
+    fn claim(&mut self, instance: u64) {
+        if self.instance != instance || self.small.is_empty() {
+            self.small.clear();
+            self.small.resize(1 << SMALL_SLOTS_LOG2, SmallSlot::default());
+            self.large.clear();
+            self.instance = instance;
+        }
+    }
+}
 
 /// Token ids and byte spans of a text, as they are produced.
 struct Pieces {
@@ -260,8 +327,10 @@ thread_local! {
     static SPLIT_CACHE: RefCell<Option<(u64, meta::Cache)>> = const { RefCell::new(None) };
     // Per thread, so encoding threads never wait on each other: the tokens of pieces (by their
     // bytes) of one tokenizer instance, emptied when another instance encodes on the thread.
-    // Holds at most CACHED_PIECES pieces of at most CACHED_PIECE_BYTES bytes.
-    static PIECE_CACHE: RefCell<(u64, PieceCache)> = RefCell::new((u64::MAX, FxMap::default()));
+    // Holds 1.25 MiB of small slots plus at most CACHED_PIECES pieces of at most
+    // CACHED_PIECE_BYTES bytes.
+    static PIECE_CACHE: RefCell<PieceCache> =
+        RefCell::new(PieceCache { instance: u64::MAX, small: Vec::new(), large: FxMap::default() });
 }
 
 struct AddedSet {
@@ -274,7 +343,7 @@ pub struct ByteLevelBpe {
     added: Option<AddedSet>,
     added_normalized: Option<AddedSet>,
     split: Splitter,
-    vocab: HashMap<Box<[u8]>, u32>,
+    vocab: FxMap<Box<[u8]>, u32>,
     byte_ids: [Option<u32>; 256], // None: a byte the vocabulary lacks (the crate drops it or emits unk)
     merges: FxMap<(u32, u32), (u32, u32)>, // (left, right) -> (rank, merged id)
     ignore_merges: bool,
@@ -370,7 +439,7 @@ impl ByteLevelBpe {
         }
         let to_byte = char_to_byte();
         let raw = |token: &str| -> Option<Box<[u8]>> { token.chars().map(|c| to_byte.get(&c).copied()).collect() };
-        let mut vocab = HashMap::new();
+        let mut vocab = FxMap::default();
         let mut ids_of: HashMap<&str, u32> = HashMap::new();
         for (token, id) in model.get("vocab")?.as_object()? {
             let id = u32::try_from(id.as_u64()?).ok()?;
@@ -422,6 +491,14 @@ impl ByteLevelBpe {
     /// not apply to the text (not NFC under an NFC normalizer, a byte the vocabulary lacks, a
     /// regex engine failure): the caller then asks the crate.
     pub fn encode(&self, text: &str) -> Option<Encoded> {
+        let (ids, spans) = self.encode_bytes(text)?;
+        let offsets = if text.is_ascii() { spans } else { char_offsets(text, &spans) };
+        Some((ids, offsets))
+    }
+
+    /// `encode` with byte spans instead of character offsets (a token that holds part of a
+    /// multi-byte character covers only its own bytes).
+    pub fn encode_bytes(&self, text: &str) -> Option<Encoded> {
         if self.nfc && !unicode_normalization::is_nfc(text) {
             return None;
         }
@@ -429,11 +506,8 @@ impl ByteLevelBpe {
         // One borrow of the piece cache per text, not one per piece: the borrow and the
         // thread-local access were ~10% of encoding when taken per piece.
         PIECE_CACHE.with(|cache| {
-            let (instance, cache) = &mut *cache.borrow_mut();
-            if *instance != self.instance {
-                cache.clear();
-                *instance = self.instance;
-            }
+            let cache = &mut *cache.borrow_mut();
+            cache.claim(self.instance);
             for (start, end, added) in split_added(self.added.as_ref(), text, 0, text.len()) {
                 if let Some(id) = added {
                     out.push(id, start, end);
@@ -448,24 +522,11 @@ impl ByteLevelBpe {
             }
             Some(())
         })?;
-        let offsets = if text.is_ascii() { out.spans } else { char_offsets(text, &out.spans) };
-        Some((out.ids, offsets))
+        Some((out.ids, out.spans))
     }
 
     fn encode_segment(&self, text: &str, start: usize, end: usize, cache: &mut PieceCache, out: &mut Pieces) -> Option<()> {
-        let segment = &text[start..end];
-        let mut previous = 0;
-        for (s, e) in self.split.pieces(segment, self.instance)? {
-            if s > previous {
-                self.encode_piece(text, start + previous, start + s, cache, out)?;
-            }
-            self.encode_piece(text, start + s, start + e, cache, out)?;
-            previous = e;
-        }
-        if previous < segment.len() {
-            self.encode_piece(text, start + previous, end, cache, out)?;
-        }
-        Some(())
+        self.split.for_each_piece(&text[start..end], self.instance, |s, e| self.encode_piece(text, start + s, start + e, cache, out))
     }
 
     fn encode_piece(&self, text: &str, start: usize, end: usize, cache: &mut PieceCache, out: &mut Pieces) -> Option<()> {
@@ -473,35 +534,60 @@ impl ByteLevelBpe {
         if bytes.is_empty() {
             return Some(());
         }
-        if self.ignore_merges {
-            if let Some(&id) = self.vocab.get(bytes) {
-                out.push(id, start, end);
+        let small = (bytes.len() <= SMALL_PIECE_BYTES).then(|| small_key(text.as_bytes(), start, bytes.len()));
+        if let Some((key, at)) = small {
+            let hit = [at, at ^ 1].into_iter().map(|k| &cache.small[k]).find(|slot| usize::from(slot.len) == bytes.len() && slot.key == key);
+            if let Some(slot) = hit {
+                let mut from = start;
+                for k in 0..usize::from(slot.count) {
+                    let to = from + usize::from(slot.token_lens[k]);
+                    out.push(slot.ids[k], from, to);
+                    from = to;
+                }
                 return Some(());
             }
         }
-        if bytes.len() > CACHED_PIECE_BYTES {
-            return self.merge_piece(bytes, start, &mut out.ids, &mut out.spans);
-        }
-        if let Some(tokens) = cache.get(bytes) {
+        let first = out.ids.len();
+        if let Some(tokens) = (bytes.len() <= CACHED_PIECE_BYTES).then(|| cache.large.get(bytes)).flatten() {
             let mut at = start;
             for &(id, len) in tokens.iter() {
                 out.push(id, at, at + usize::from(len));
                 at += usize::from(len);
             }
-            return Some(());
+        } else {
+            // Llama 3's `ignore_merges`: a piece in the vocabulary is its own token.
+            match if self.ignore_merges { self.vocab.get(bytes) } else { None } {
+                Some(&id) => out.push(id, start, end),
+                None => self.merge_piece(bytes, start, &mut out.ids, &mut out.spans)?,
+            }
+            if bytes.len() > CACHED_PIECE_BYTES {
+                return Some(());
+            }
+            // Token lengths are at most CACHED_PIECE_BYTES, so they fit a u8.
+            let tokens: PieceTokens = (first..out.ids.len()).map(|k| (out.ids[k], (out.spans[k].1 - out.spans[k].0) as u8)).collect();
+            if cache.large.len() >= CACHED_PIECES {
+                cache.large.clear();
+            }
+            cache.large.insert(Box::from(bytes), tokens);
         }
-        let first = out.ids.len();
-        self.merge_piece(bytes, start, &mut out.ids, &mut out.spans)?;
-        // Token lengths are at most CACHED_PIECE_BYTES, so they fit a u8.
-        let tokens: PieceTokens = out.ids[first..].iter().zip(&out.spans[first..]).map(|(&id, &(s, e))| (id, (e - s) as u8)).collect();
-        if cache.len() >= CACHED_PIECES {
-            cache.clear();
+        let count = out.ids.len() - first;
+        if let Some((key, at)) = small.filter(|_| count <= SMALL_PIECE_TOKENS) {
+            let mut slot = SmallSlot { key, len: bytes.len() as u8, count: count as u8, ..SmallSlot::default() };
+            for k in 0..count {
+                slot.ids[k] = out.ids[first + k];
+                slot.token_lens[k] = (out.spans[first + k].1 - out.spans[first + k].0) as u8;
+            }
+            if cache.small[at].len != 0 {
+                cache.small[at ^ 1] = cache.small[at];
+            }
+            cache.small[at] = slot;
         }
-        cache.insert(Box::from(bytes), tokens);
         Some(())
     }
 
-    /// BPE merges of one piece (`bytes` = text[start..]), appended to `ids` and `spans`.
+    /// BPE merges of one piece (`bytes` = text[start..]), appended to `ids` and `spans`. Kept
+    /// out of line: pieces are nearly always cached, and inlining this slowed the cached path.
+    #[inline(never)]
     fn merge_piece(&self, bytes: &[u8], start: usize, ids: &mut Vec<u32>, spans: &mut Vec<(usize, usize)>) -> Option<()> {
         // (id, start, end) per symbol; merged in place, lowest rank first, leftmost on ties.
         let mut symbols = Vec::with_capacity(bytes.len());

@@ -108,6 +108,11 @@ impl ChatEncoder {
         self.fast.is_some()
     }
 
+    /// Whether the template's string `+` chains are rendered by one call each (`fuse`).
+    pub fn fused_concatenations(&self) -> bool {
+        self.template.fused()
+    }
+
     /// Ids and character offsets of `text`, no special tokens added.
     fn encode_text(&self, text: &str) -> std::result::Result<Encoded, String> {
         if let Some(encoded) = self.fast.as_ref().and_then(|f| f.encode(text)) {
@@ -159,15 +164,20 @@ impl ChatEncoder {
         Ok(EncodedChat { samples, expanded_turns: planned.expanded_turns, located_turns: planned.located_turns })
     }
 
+    /// The sample of `text` whose byte spans `byte_spans` carry loss.
     fn tokenize(&self, text: &str, byte_spans: &[(usize, usize)]) -> std::result::Result<Sample, String> {
-        let (ids, offsets) = self.encode_text(text)?;
-        let spans: Vec<(usize, usize)> = byte_spans
-            .iter()
-            .filter(|(a, b)| b > a)
-            .map(|&(a, b)| (char_index(text, a), char_index(text, b)))
-            .collect();
-        let mask = offsets.iter().map(|&(s, e)| u8::from(spans.iter().any(|&(a, b)| s < b && e > a))).collect();
-        Ok(Sample { ids, mask })
+        let spans = byte_spans.iter().filter(|(a, b)| b > a);
+        // A token with character range [s, e) is supervised iff it overlaps a span [a, b). The
+        // fast path gives byte ranges; as spans start and end on character boundaries, a token's
+        // bytes overlap a span's bytes iff its characters overlap the span's characters, so the
+        // rule is applied to bytes without counting characters.
+        if let Some((ids, token_bytes)) = self.fast.as_ref().and_then(|f| f.encode_bytes(text)) {
+            let spans: Vec<(usize, usize)> = spans.copied().collect();
+            return Ok(Sample { ids, mask: overlap_mask(&token_bytes, &spans) });
+        }
+        let e = self.tokenizer.encode_char_offsets(text, false).map_err(|e| format!("tokenizer failed: {e}"))?;
+        let spans: Vec<(usize, usize)> = spans.map(|&(a, b)| (char_index(text, a), char_index(text, b))).collect();
+        Ok(Sample { ids: e.get_ids().to_vec(), mask: overlap_mask(e.get_offsets(), &spans) })
     }
 
     /// Encode many conversations on `num_threads` threads (None: the default); one result per
@@ -180,6 +190,23 @@ impl ChatEncoder {
     pub fn tokenize_text(&self, text: &str) -> Result<Encoded> {
         self.encode_text(text).or_else(invalid)
     }
+}
+
+/// 1 for each token range that overlaps one of `spans` (`s < b && e > a`), else 0. Tokens are
+/// in text order and spans ascending and disjoint (a plan's), so one pass over both does: the
+/// first span that does not end at or before a token's start is the only one it can overlap.
+fn overlap_mask(tokens: &[(usize, usize)], spans: &[(usize, usize)]) -> Vec<u8> {
+    debug_assert!(spans.windows(2).all(|w| w[0].1 <= w[1].0), "spans ascending and disjoint");
+    let mut next = 0;
+    tokens
+        .iter()
+        .map(|&(s, e)| {
+            while next < spans.len() && spans[next].1 <= s {
+                next += 1;
+            }
+            u8::from(spans.get(next).is_some_and(|&(a, b)| s < b && e > a))
+        })
+        .collect()
 }
 
 /// The code-point index of byte offset `byte` (a char boundary) in `text`.

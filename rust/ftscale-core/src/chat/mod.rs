@@ -1,13 +1,15 @@
 //! Chat templates and assistant-only loss masks for SFT data.
 //!
 //! `template` renders a Hugging Face chat template with minijinja as `transformers` renders it
-//! with Jinja2; `pyjson` is Python's `json.dumps` for its `tojson`; `bpe` is a fast path
+//! with Jinja2 (`fuse` renders its string `+` chains with one call each); `pyjson` is Python's
+//! `json.dumps` for its `tojson`; `bpe` is a fast path
 //! for byte-level BPE tokenizers, identical to the `tokenizers` crate; `spans` decides which samples
 //! a conversation becomes and which characters carry loss; `encode` tokenizes the samples with the
 //! `tokenizers` crate and builds the masks, many conversations at a time on the crate's pool.
 
 pub mod bpe;
 pub mod encode;
+pub mod fuse;
 pub mod pyjson;
 pub mod spans;
 pub mod template;
@@ -15,6 +17,7 @@ pub mod template;
 pub use encode::{parse_policy, ChatEncoder, ChatFailure, Conversation, EncodedChat, Sample};
 pub use minijinja::value::Value;
 pub use spans::RewritePolicy;
+pub use template::{field_name, Record};
 
 #[cfg(test)]
 mod tests;

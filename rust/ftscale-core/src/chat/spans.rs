@@ -16,6 +16,8 @@
 //! Offsets here are byte offsets into Rust strings; Python's are code-point offsets into the same
 //! text, and every comparison and search gives the same answer in both units.
 
+use std::borrow::Cow;
+
 /// What to do with an assistant turn the template renders differently once later turns follow.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RewritePolicy {
@@ -108,7 +110,7 @@ pub fn plan(
     for &i in &assistant {
         // The last message's turn is the full rendering: not rendered twice (with ~2.5
         // exchanges per conversation that render was ~20% of the rendering time).
-        let turn_of = |i: usize| if i + 1 == turns.assistant.len() { Some(full.clone()) } else { render(i + 1, false).ok() };
+        let turn_of = |i: usize| if i + 1 == turns.assistant.len() { Some(Cow::Borrowed(full.as_str())) } else { render(i + 1, false).ok().map(Cow::Owned) };
         let (prompt, turn) = if i > 0 { (render(i, true).ok(), turn_of(i)) } else { (None, None) };
         let body = turn.as_deref().map(|t| markers.body(t));
         if let (Some(p), Some(b)) = (&prompt, body) {
@@ -126,7 +128,7 @@ pub fn plan(
                     _ => locate(t, turns, i, None, 0, end_of_turn),
                 };
                 if let Some(span) = span {
-                    expanded.push(SampleSpans { text: t.clone(), spans: vec![span] });
+                    expanded.push(SampleSpans { text: t.to_string(), spans: vec![span] });
                     continue;
                 }
             }

@@ -20,11 +20,14 @@
 //! on probe conversations before trusting this one for a source, and re-renders any conversation
 //! this one fails on with Jinja2.
 
+use std::borrow::Cow;
 use std::fmt::Write;
+use std::sync::Arc;
 
-use minijinja::value::{Kwargs, Value, ValueKind};
+use minijinja::value::{Enumerator, Kwargs, Object, ObjectRepr, Value, ValueKind};
 use minijinja::{AutoEscape, Environment, Error, ErrorKind, State};
 
+use super::fuse;
 use super::pyjson::{dumps, float_repr, DumpOptions};
 
 const NAME: &str = "chat_template";
@@ -32,7 +35,8 @@ const NAME: &str = "chat_template";
 /// A compiled chat template plus the special tokens it is rendered with.
 pub struct ChatTemplate {
     env: Environment<'static>,
-    special_tokens: Vec<(String, Value)>,
+    special_tokens: Arc<[(String, Value)]>,
+    fused: bool, // string `+` chains rendered by one call each (`fuse`)
 }
 
 impl ChatTemplate {
@@ -52,22 +56,168 @@ impl ChatTemplate {
         env.add_function("raise_exception", raise_exception);
         env.add_function("strftime_now", strftime_now);
         env.add_filter("tojson", tojson);
-        env.add_template_owned(NAME, without_generation_tags(source)).map_err(|e| describe(&e))?;
-        let special_tokens = special_tokens.iter().map(|(k, v)| (k.clone(), Value::from(v.as_str()))).collect();
-        Ok(ChatTemplate { env, special_tokens })
+        env.add_global(fuse::CONCAT, Value::from_object(fuse::Concat));
+        env.add_global(fuse::EMIT, Value::from_object(fuse::Emit));
+        let source = without_generation_tags(source);
+        let special_tokens: Arc<[(String, Value)]> = special_tokens.iter().map(|(k, v)| (k.clone(), Value::from(v.as_str()))).collect();
+        let fused = fuse::fuse_concatenations(&source).and_then(|fused| {
+            let mut fused_env = env.clone();
+            fused_env.add_template_owned(NAME, fused).ok()?;
+            Some(fused_env)
+        });
+        env.add_template_owned(NAME, source).map_err(|e| describe(&e))?;
+        let written = ChatTemplate { env, special_tokens: Arc::clone(&special_tokens), fused: false };
+        // The fused template is used only where it renders every probe as the template as
+        // written does (the same text, or both failing).
+        Ok(match fused {
+            Some(env) => {
+                let fused = ChatTemplate { env, special_tokens, fused: true };
+                if renders_alike(&written, &fused) { fused } else { written }
+            }
+            None => written,
+        })
+    }
+
+    /// Whether the template's string `+` chains are fused (see `fuse`).
+    pub fn fused(&self) -> bool {
+        self.fused
     }
 
     /// Render `messages` (a sequence of message maps) as `apply_chat_template(tokenize=False)`
     /// does; `tools` is passed as given (none when absent), `documents` as none.
     pub fn render(&self, messages: &[Value], tools: &Value, add_generation_prompt: bool) -> Result<String, String> {
-        let mut context: Vec<(&str, Value)> = Vec::with_capacity(self.special_tokens.len() + 4);
-        context.extend(self.special_tokens.iter().map(|(k, v)| (k.as_str(), v.clone())));
-        context.push(("messages", Value::from(messages.to_vec())));
-        context.push(("tools", tools.clone()));
-        context.push(("documents", Value::from(())));
-        context.push(("add_generation_prompt", Value::from(add_generation_prompt)));
+        let context = RenderContext {
+            special_tokens: Arc::clone(&self.special_tokens),
+            messages: Value::from(messages.to_vec()),
+            tools: tools.clone(),
+            add_generation_prompt,
+        };
         let template = self.env.get_template(NAME).map_err(|e| describe(&e))?;
-        template.render(Value::from_pairs(context)).map_err(|e| describe(&e))
+        template.render(Value::from_object(context)).map_err(|e| describe(&e))
+    }
+}
+
+/// Conversations the fused template must render as written: every prefix, with and without the
+/// generation prompt, of a system + multi-turn exchange, a tool call with its result and tools,
+/// and reasoning turns.
+fn renders_alike(written: &ChatTemplate, fused: &ChatTemplate) -> bool {
+    let message = |role: &str, content: &str| Record::value([(field_name("role"), Value::from(role)), (field_name("content"), Value::from(content))]);
+    let call = Record::value([
+        (field_name("type"), Value::from("function")),
+        (field_name("function"), Record::value([
+            (field_name("name"), Value::from("get_weather")),
+            (field_name("arguments"), Record::value([(field_name("city"), Value::from("Paris")), (field_name("days"), Value::from(2))])),
+        ])),
+    ]);
+    let tool_turn = Record::value([
+        (field_name("role"), Value::from("assistant")),
+        (field_name("content"), Value::from("")),
+        (field_name("tool_calls"), Value::from(vec![call])),
+    ]);
+    let tool = Value::from(vec![Record::value([(field_name("type"), Value::from("function")), (field_name("function"), Record::value([(field_name("name"), Value::from("get_weather"))]))])]);
+    let reasoning = |content: &str, thought: &str| {
+        Record::value([(field_name("role"), Value::from("assistant")), (field_name("content"), Value::from(content)), (field_name("reasoning_content"), Value::from(thought))])
+    };
+    let cases: [(Vec<Value>, Value); 3] = [
+        (vec![message("system", "Be terse."), message("user", "Hi"), message("assistant", "Hello!"), message("user", " Et \u{e7}a ? "), message("assistant", "Bien.\n")], Value::from(())),
+        (vec![message("user", "Weather?"), tool_turn, message("tool", "{\"c\": 21}"), message("assistant", "21 C.")], tool),
+        (vec![message("user", "2+2?"), reasoning("4", "Two and two."), message("user", "3+3?"), reasoning("6", "Three and three.")], Value::from(())),
+    ];
+    cases.iter().all(|(messages, tools)| {
+        (0..=messages.len()).all(|n| {
+            [false, true].into_iter().all(|gp| {
+                match (written.render(&messages[..n], tools, gp), fused.render(&messages[..n], tools, gp)) {
+                    (Ok(a), Ok(b)) => a == b,
+                    (Err(_), Err(_)) => true,
+                    _ => false,
+                }
+            })
+        })
+    })
+}
+
+/// The variables a template is rendered with, looked up by name. A map built per render
+/// (`Value::from_pairs`: hashing every special token's name) was ~10% of rendering a turn.
+#[derive(Debug)]
+struct RenderContext {
+    special_tokens: Arc<[(String, Value)]>,
+    messages: Value,
+    tools: Value,
+    add_generation_prompt: bool,
+}
+
+const CONTEXT_NAMES: [&str; 4] = ["messages", "tools", "documents", "add_generation_prompt"];
+
+impl Object for RenderContext {
+    fn repr(self: &Arc<Self>) -> ObjectRepr {
+        ObjectRepr::Map
+    }
+
+    fn get_value(self: &Arc<Self>, key: &Value) -> Option<Value> {
+        self.get_value_by_str(key.as_str()?)
+    }
+
+    fn get_value_by_str(self: &Arc<Self>, key: &str) -> Option<Value> {
+        match key {
+            "messages" => Some(self.messages.clone()),
+            "tools" => Some(self.tools.clone()),
+            "documents" => Some(Value::from(())),
+            "add_generation_prompt" => Some(Value::from(self.add_generation_prompt)),
+            name => self.special_tokens.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone()),
+        }
+    }
+
+    fn enumerate(self: &Arc<Self>) -> Enumerator {
+        let special = self.special_tokens.iter().map(|(k, _)| k.as_str()).filter(|k| !CONTEXT_NAMES.contains(k));
+        Enumerator::Values(special.chain(CONTEXT_NAMES).map(Value::from).collect())
+    }
+}
+
+/// A string-keyed map from the data (a message, a tool call, its arguments) as templates see
+/// it: its fields in their order, looked up by comparing names. Messages have 2-6 fields, and
+/// hashing the key on every `message['role']` (what a `Value::from_pairs` map does) cost more
+/// than comparing it with each; common field names are shared, not copied per record.
+#[derive(Debug)]
+pub struct Record {
+    fields: Vec<(Cow<'static, str>, Value)>,
+}
+
+/// Field names shared by every record (`field_name`).
+const COMMON_FIELDS: [&str; 12] =
+    ["role", "content", "name", "type", "text", "tool_calls", "tool_call_id", "function", "arguments", "id", "reasoning_content", "thinking"];
+
+/// `name` as a record field name: a shared one for common names, else a copy.
+pub fn field_name(name: &str) -> Cow<'static, str> {
+    COMMON_FIELDS.iter().find(|&&common| common == name).map_or_else(|| Cow::Owned(name.to_string()), |&common| Cow::Borrowed(common))
+}
+
+impl Record {
+    /// A record of `(name, value)` fields (names unique, as in a Python dict or JSON object)
+    /// as a template value.
+    pub fn value(fields: impl IntoIterator<Item = (Cow<'static, str>, Value)>) -> Value {
+        Value::from_object(Record { fields: fields.into_iter().collect() })
+    }
+}
+
+impl Object for Record {
+    fn repr(self: &Arc<Self>) -> ObjectRepr {
+        ObjectRepr::Map
+    }
+
+    fn get_value(self: &Arc<Self>, key: &Value) -> Option<Value> {
+        self.get_value_by_str(key.as_str()?)
+    }
+
+    fn get_value_by_str(self: &Arc<Self>, key: &str) -> Option<Value> {
+        self.fields.iter().find(|(name, _)| name == key).map(|(_, value)| value.clone())
+    }
+
+    fn enumerate(self: &Arc<Self>) -> Enumerator {
+        Enumerator::Values(self.fields.iter().map(|(name, _)| Value::from(name.as_ref())).collect())
+    }
+
+    fn enumerator_len(self: &Arc<Self>) -> Option<usize> {
+        Some(self.fields.len())
     }
 }
 
@@ -129,6 +279,9 @@ fn python_formatter(out: &mut minijinja::Output, state: &mut State, value: &Valu
         if let Some(s) = value.as_str() {
             return out.write_str(s).map_err(Error::from);
         }
+    }
+    if let Some(parts) = value.downcast_object_ref::<fuse::Parts>() {
+        return parts.0.iter().try_for_each(|part| python_formatter(out, state, part));
     }
     let text = match value.kind() {
         ValueKind::None => Some("None".to_string()),
@@ -219,6 +372,36 @@ mod tests {
         let tools = Value::from(vec![Value::from_pairs([("name", Value::from("f")), ("x", Value::from(1.0))])]);
         let out = t.render(&[], &tools, false).unwrap();
         assert_eq!(out, "[{\"name\": \"f\", \"x\": 1.0}]|{\n  \"name\": \"f\",\n  \"x\": 1.0\n}|None True 0.5 1e-05");
+    }
+
+    #[test]
+    fn records_behave_as_python_dicts() {
+        let call = Record::value([(field_name("name"), Value::from("f")), (field_name("arguments"), Value::from("{}"))]);
+        let m = Record::value([(field_name("role"), Value::from("assistant")), (field_name("tool_calls"), Value::from(vec![call]))]);
+        let source = "{% for m in messages %}{{ m | length }} {{ 'tool_calls' in m }} {{ 'content' in m }} {{ m.get('content', 'none') }} \
+                      {% for k, v in m.items() %}{{ k }};{% endfor %} {{ m.tool_calls[0].name }} {{ m['role'] }} {{ m | tojson }}{% endfor %}";
+        let t = ChatTemplate::new(source, &[]).unwrap();
+        assert_eq!(
+            t.render(&[m], &Value::from(()), false).unwrap(),
+            "2 True False none role;tool_calls; f assistant {\"role\": \"assistant\", \"tool_calls\": [{\"name\": \"f\", \"arguments\": \"{}\"}]}"
+        );
+    }
+
+    #[test]
+    fn string_chains_are_fused_unless_the_fusion_renders_differently() {
+        let chatml = "{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\\n' + m['content'] + '<|im_end|>\\n' }}{% endfor %}";
+        let t = ChatTemplate::new(chatml, &[]).unwrap();
+        assert!(t.fused());
+        assert_eq!(t.render(&[msg("user", "hi")], &Value::from(()), false).unwrap(), "<|im_start|>user\nhi<|im_end|>\n");
+        // A number added to a string fails in minijinja as in Jinja2, fused or not.
+        let numbered = "{{ 'n=' + messages|length }}";
+        let t = ChatTemplate::new(numbered, &[]).unwrap();
+        assert!(t.fused());
+        assert!(t.render(&[msg("user", "hi")], &Value::from(()), false).unwrap_err().contains("+ operator"));
+        // The guard: a rewrite that rendered any probe differently would not be used.
+        let other = ChatTemplate::new("{% for m in messages %}{{ m['content'] }}{% endfor %}", &[]).unwrap();
+        let same = ChatTemplate::new("{% for m in messages %}{{ '' + m['content'] }}{% endfor %}", &[]).unwrap();
+        assert!(same.fused() && renders_alike(&other, &same) && !renders_alike(&t, &other));
     }
 
     #[test]
