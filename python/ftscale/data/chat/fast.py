@@ -76,11 +76,7 @@ class RustChatEncoder:
     def encode_batch(self, conversations: list[Conversation]) -> EncodedBatch:
         raw = self._core.encode_batch(conversations, self.num_threads)
         out = EncodedBatch(expanded_turns=int(raw["expanded_turns"]), located_turns=int(raw["located_turns"]))
-        # Plain lists, not NumPy scalars, per sample: indexing the arrays one sample at a time
-        # cost more than the Rust engine's encoding of a short conversation.
-        bounds, ids, masks = raw["offsets"].tolist(), raw["ids"], raw["masks"]
-        samples: list[tuple[int, np.ndarray, np.ndarray]] = [
-            (owner, ids[lo:hi], masks[lo:hi]) for owner, lo, hi in zip(raw["owners"].tolist(), bounds, bounds[1:])]
+        out.ids, out.masks, out.owners = raw["ids"], raw["masks"], raw["owners"]
         retry = [i for i, kind, _ in raw["failures"] if kind == "render"]
         out.failures = [(i, kind, detail) for i, kind, detail in raw["failures"] if kind != "render"]
         if retry:
@@ -88,13 +84,14 @@ class RustChatEncoder:
             out.python_rendered = len(retry)
             out.expanded_turns += again.expanded_turns
             out.located_turns += again.located_turns
+            samples: list[tuple[int, np.ndarray, np.ndarray]] = list(zip(out.owners, out.ids, out.masks))
             samples.extend((retry[owner], i, m) for owner, i, m in zip(again.owners, again.ids, again.masks))
             samples.sort(key=lambda sample: sample[0])  # stable: a conversation's samples keep their order
             out.failures.extend((retry[i], reason, detail) for i, reason, detail in again.failures)
             out.failures.sort()
-        out.owners = [owner for owner, _, _ in samples]
-        out.ids = [i for _, i, _ in samples]
-        out.masks = [m for _, _, m in samples]
+            out.owners = [owner for owner, _, _ in samples]
+            out.ids = [i for _, i, _ in samples]
+            out.masks = [m for _, _, m in samples]
         return out
 
 
