@@ -6,7 +6,7 @@
 //! rendering alone and the whole encode.
 use std::time::Instant;
 
-use ftscale_core::chat::{field_name, ChatEncoder, Conversation, Record, RewritePolicy, Value};
+use ftscale_core::chat::{json_value, ChatEncoder, Conversation, RewritePolicy, Value};
 
 fn main() {
     let mut args = std::env::args().skip(1);
@@ -26,7 +26,7 @@ fn main() {
         .expect("conversations")
         .iter()
         .map(|c| Conversation {
-            messages: c.as_array().unwrap().iter().map(to_value).collect(),
+            messages: c.as_array().unwrap().iter().map(json_value).collect(),
             tools: Value::from(()),
         })
         .collect();
@@ -45,17 +45,5 @@ fn main() {
         }
         let s = start.elapsed().as_secs_f64();
         println!("  one full render alone: {:.1} µs each", s * 1e6 / convs.len() as f64);
-    }
-}
-
-/// A JSON message (strings, numbers, booleans, null, arrays, objects) as a template value.
-fn to_value(json: &serde_json::Value) -> Value {
-    match json {
-        serde_json::Value::Null => Value::from(()),
-        serde_json::Value::Bool(b) => Value::from(*b),
-        serde_json::Value::Number(n) => n.as_i64().map_or_else(|| Value::from(n.as_f64().unwrap_or(f64::NAN)), Value::from),
-        serde_json::Value::String(s) => Value::from(s.as_str()),
-        serde_json::Value::Array(items) => Value::from(items.iter().map(to_value).collect::<Vec<_>>()),
-        serde_json::Value::Object(map) => Record::value(map.iter().map(|(k, v)| (field_name(k), to_value(v)))),
     }
 }

@@ -115,9 +115,14 @@ impl ChatEncoder {
 
     /// Ids and character offsets of `text`, no special tokens added.
     fn encode_text(&self, text: &str) -> std::result::Result<Encoded, String> {
-        if let Some(encoded) = self.fast.as_ref().and_then(|f| f.encode(text)) {
-            return Ok(encoded);
+        match self.fast.as_ref().and_then(|f| f.encode(text)) {
+            Some(encoded) => Ok(encoded),
+            None => self.crate_encode(text),
         }
+    }
+
+    /// Ids and character offsets of `text` by the `tokenizers` crate, no special tokens added.
+    fn crate_encode(&self, text: &str) -> std::result::Result<Encoded, String> {
         let e = self.tokenizer.encode_char_offsets(text, false).map_err(|e| format!("tokenizer failed: {e}"))?;
         Ok((e.get_ids().to_vec(), e.get_offsets().to_vec()))
     }
@@ -175,9 +180,9 @@ impl ChatEncoder {
             let spans: Vec<(usize, usize)> = spans.copied().collect();
             return Ok(Sample { ids, mask: overlap_mask(&token_bytes, &spans) });
         }
-        let e = self.tokenizer.encode_char_offsets(text, false).map_err(|e| format!("tokenizer failed: {e}"))?;
+        let (ids, offsets) = self.crate_encode(text)?;
         let spans: Vec<(usize, usize)> = spans.map(|&(a, b)| (char_index(text, a), char_index(text, b))).collect();
-        Ok(Sample { ids: e.get_ids().to_vec(), mask: overlap_mask(e.get_offsets(), &spans) })
+        Ok(Sample { ids, mask: overlap_mask(&offsets, &spans) })
     }
 
     /// Encode many conversations on `num_threads` threads (None: the default); one result per

@@ -17,7 +17,7 @@ pub mod template;
 pub use encode::{parse_policy, ChatEncoder, ChatFailure, Conversation, EncodedChat, Sample};
 pub use minijinja::value::Value;
 pub use spans::RewritePolicy;
-pub use template::{field_name, Record};
+pub use template::{field_name, json_value, Record};
 
 #[cfg(test)]
 mod tests;

@@ -101,32 +101,13 @@ impl ChatTemplate {
 /// generation prompt, of a system + multi-turn exchange, a tool call with its result and tools,
 /// and reasoning turns.
 fn renders_alike(written: &ChatTemplate, fused: &ChatTemplate) -> bool {
-    let message = |role: &str, content: &str| Record::value([(field_name("role"), Value::from(role)), (field_name("content"), Value::from(content))]);
-    let call = Record::value([
-        (field_name("type"), Value::from("function")),
-        (field_name("function"), Record::value([
-            (field_name("name"), Value::from("get_weather")),
-            (field_name("arguments"), Record::value([(field_name("city"), Value::from("Paris")), (field_name("days"), Value::from(2))])),
-        ])),
-    ]);
-    let tool_turn = Record::value([
-        (field_name("role"), Value::from("assistant")),
-        (field_name("content"), Value::from("")),
-        (field_name("tool_calls"), Value::from(vec![call])),
-    ]);
-    let tool = Value::from(vec![Record::value([(field_name("type"), Value::from("function")), (field_name("function"), Record::value([(field_name("name"), Value::from("get_weather"))]))])]);
-    let reasoning = |content: &str, thought: &str| {
-        Record::value([(field_name("role"), Value::from("assistant")), (field_name("content"), Value::from(content)), (field_name("reasoning_content"), Value::from(thought))])
-    };
-    let cases: [(Vec<Value>, Value); 3] = [
-        (vec![message("system", "Be terse."), message("user", "Hi"), message("assistant", "Hello!"), message("user", " Et \u{e7}a ? "), message("assistant", "Bien.\n")], Value::from(())),
-        (vec![message("user", "Weather?"), tool_turn, message("tool", "{\"c\": 21}"), message("assistant", "21 C.")], tool),
-        (vec![message("user", "2+2?"), reasoning("4", "Two and two."), message("user", "3+3?"), reasoning("6", "Three and three.")], Value::from(())),
-    ];
-    cases.iter().all(|(messages, tools)| {
+    let cases: serde_json::Value = serde_json::from_str(FUSION_PROBES).expect("the probes are valid JSON");
+    cases.as_array().expect("a list of probes").iter().all(|case| {
+        let messages: Vec<Value> = case["messages"].as_array().expect("probe messages").iter().map(json_value).collect();
+        let tools = json_value(&case["tools"]);
         (0..=messages.len()).all(|n| {
             [false, true].into_iter().all(|gp| {
-                match (written.render(&messages[..n], tools, gp), fused.render(&messages[..n], tools, gp)) {
+                match (written.render(&messages[..n], &tools, gp), fused.render(&messages[..n], &tools, gp)) {
                     (Ok(a), Ok(b)) => a == b,
                     (Err(_), Err(_)) => true,
                     _ => false,
@@ -134,6 +115,37 @@ fn renders_alike(written: &ChatTemplate, fused: &ChatTemplate) -> bool {
             })
         })
     })
+}
+
+/// The conversations of `renders_alike`.
+const FUSION_PROBES: &str = r#"[
+  {"tools": null, "messages": [
+    {"role": "system", "content": "Be terse."}, {"role": "user", "content": "Hi"},
+    {"role": "assistant", "content": "Hello!"}, {"role": "user", "content": " Et ça ? "},
+    {"role": "assistant", "content": "Bien.\n"}]},
+  {"tools": [{"type": "function", "function": {"name": "get_weather"}}], "messages": [
+    {"role": "user", "content": "Weather?"},
+    {"role": "assistant", "content": "", "tool_calls": [{"type": "function", "function": {
+      "name": "get_weather", "arguments": {"city": "Paris", "days": 2}}}]},
+    {"role": "tool", "content": "{\"c\": 21}"}, {"role": "assistant", "content": "21 C."}]},
+  {"tools": null, "messages": [
+    {"role": "user", "content": "2+2?"},
+    {"role": "assistant", "content": "4", "reasoning_content": "Two and two."},
+    {"role": "user", "content": "3+3?"},
+    {"role": "assistant", "content": "6", "reasoning_content": "Three and three."}]}
+]"#;
+
+/// A JSON value as the template sees it (objects as `Record`s, integers that fit i64 as
+/// integers, other numbers as floats).
+pub fn json_value(json: &serde_json::Value) -> Value {
+    match json {
+        serde_json::Value::Null => Value::from(()),
+        serde_json::Value::Bool(b) => Value::from(*b),
+        serde_json::Value::Number(n) => n.as_i64().map_or_else(|| Value::from(n.as_f64().unwrap_or(f64::NAN)), Value::from),
+        serde_json::Value::String(s) => Value::from(s.as_str()),
+        serde_json::Value::Array(items) => Value::from(items.iter().map(json_value).collect::<Vec<_>>()),
+        serde_json::Value::Object(map) => Record::value(map.iter().map(|(k, v)| (field_name(k), json_value(v)))),
+    }
 }
 
 /// The variables a template is rendered with, looked up by name. A map built per render
