@@ -208,6 +208,10 @@ def test_every_template_takes_the_rust_engine_with_the_fast_tokenizer(encoders, 
     # Every one of these templates builds turns with string `+` chains; the Rust engine must
     # render them fused (one call per chain), with the same text (the other tests check).
     assert rust._core.fused_concatenations
+    # Templates whose loop over the messages looks only backwards give every prefix rendering
+    # from one render; the others (a look at the next message, history rewritten, the system
+    # prompt folded over a slice) render each prefix. Both are held to the Python engine below.
+    assert rust._core.prefixes_from_one_render == (family in {"llama3", "mistral", "phi3", "chatml"})
     text = "Hi <|im_end|> there\n\n  «é» 🙂 don't 123456"
     ids, offsets = rust._core.tokenize(text)
     want = tok(text, add_special_tokens=False, return_offsets_mapping=True)

@@ -31,7 +31,7 @@ fn main() {
         })
         .collect();
     let enc = ChatEncoder::new(template, &special, &tokenizer, RewritePolicy::Expand).expect("encoder");
-    println!("fast path: {}", enc.fast_path());
+    println!("fast path: {}, prefixes from one render: {}", enc.fast_path(), enc.prefixes_from_one_render());
     let tokens: usize = enc.encode_batch(&convs, Some(1)).iter().flatten().flat_map(|c| &c.samples).map(|s| s.ids.len()).sum();
     println!("{} conversations, {:.0} tokens each", convs.len(), tokens as f64 / convs.len() as f64);
     for _ in 0..rounds {

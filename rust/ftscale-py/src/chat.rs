@@ -164,4 +164,11 @@ impl ChatEncoder {
     fn fused_concatenations(&self) -> bool {
         self.inner.fused_concatenations()
     }
+
+    /// Whether one render of a conversation gives every prefix's rendering (a loop over the
+    /// messages that looks only backwards).
+    #[getter]
+    fn prefixes_from_one_render(&self) -> bool {
+        self.inner.prefixes_from_one_render()
+    }
 }

@@ -6,7 +6,8 @@
 //! added: the template writes them), and a token with character range `[s, e)` is supervised
 //! iff it overlaps a span `[a, b)`: `s < b && e > a` (empty spans dropped).
 //!
-//! Held per conversation while it is encoded: its renderings (2 per assistant turn + 1) and the
+//! Held per conversation while it is encoded: its renderings (2 per assistant turn + 1; copies
+//! of the full one's prefixes where the template allows) and the
 //! ids / masks of its samples (4 + 1 bytes per token). Per batch: every conversation's ids and
 //! masks until the caller takes them.
 
@@ -114,6 +115,11 @@ impl ChatEncoder {
     }
 
     /// Ids and character offsets of `text`, no special tokens added.
+    /// Whether one render of a conversation gives every prefix's rendering (`prefix`).
+    pub fn prefixes_from_one_render(&self) -> bool {
+        self.template.gives_prefixes()
+    }
+
     fn encode_text(&self, text: &str) -> std::result::Result<Encoded, String> {
         match self.fast.as_ref().and_then(|f| f.encode(text)) {
             Some(encoded) => Ok(encoded),
@@ -154,7 +160,12 @@ impl ChatEncoder {
             assistant: roles.iter().map(|r| r.as_str() == Some("assistant")).collect(),
             contents: contents.iter().map(Value::as_str).collect(),
         };
-        let render = |n: usize, gp: bool| self.template.render(&conv.messages[..n], &conv.tools, gp);
+        // One render gives every prefix's rendering where the template allows (`prefix`).
+        let prefixes = self.template.prefixes(&conv.messages, &conv.tools);
+        let render = |n: usize, gp: bool| match prefixes.as_ref().and_then(|p| p.render(n, gp)) {
+            Some(text) => Ok(text),
+            None => self.template.render(&conv.messages[..n], &conv.tools, gp),
+        };
         let no_markers = Markers::default();
         let markers = if turns.assistant.iter().any(|&a| a) { self.markers() } else { &no_markers };
         let planned = plan(&turns, self.policy, &render, markers).map_err(|e| match e {

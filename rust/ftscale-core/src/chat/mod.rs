@@ -1,7 +1,8 @@
 //! Chat templates and assistant-only loss masks for SFT data.
 //!
 //! `template` renders a Hugging Face chat template with minijinja as `transformers` renders it
-//! with Jinja2 (`fuse` renders its string `+` chains with one call each); `pyjson` is Python's
+//! with Jinja2 (`fuse` renders its string `+` chains with one call each; `prefix`
+//! gives every prefix rendering from the full one where the template allows); `pyjson` is Python's
 //! `json.dumps` for its `tojson`; `bpe` is a fast path
 //! for byte-level BPE tokenizers, identical to the `tokenizers` crate; `spans` decides which samples
 //! a conversation becomes and which characters carry loss; `encode` tokenizes the samples with the
@@ -10,6 +11,7 @@
 pub mod bpe;
 pub mod encode;
 pub mod fuse;
+pub mod prefix;
 pub mod pyjson;
 pub mod spans;
 pub mod template;

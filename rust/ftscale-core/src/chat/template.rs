@@ -21,22 +21,28 @@
 //! this one fails on with Jinja2.
 
 use std::borrow::Cow;
+use std::cell::{Cell, RefCell};
 use std::fmt::Write;
 use std::sync::Arc;
 
 use minijinja::value::{Enumerator, Kwargs, Object, ObjectRepr, Value, ValueKind};
 use minijinja::{AutoEscape, Environment, Error, ErrorKind, State};
 
-use super::fuse;
+use super::{fuse, prefix};
 use super::pyjson::{dumps, float_repr, DumpOptions};
 
 const NAME: &str = "chat_template";
+/// The template with `prefix`'s marks.
+const MARKED: &str = "chat_template_marked";
 
 /// A compiled chat template plus the special tokens it is rendered with.
 pub struct ChatTemplate {
     env: Environment<'static>,
     special_tokens: Arc<[(String, Value)]>,
     fused: bool, // string `+` chains rendered by one call each (`fuse`)
+    /// What the template writes after its loop over the messages without and with the
+    /// generation prompt, when its marked form gives every prefix rendering (`prefix`).
+    post: Option<[String; 2]>,
 }
 
 impl ChatTemplate {
@@ -58,29 +64,57 @@ impl ChatTemplate {
         env.add_filter("tojson", tojson);
         env.add_global(fuse::CONCAT, Value::from_object(fuse::Concat));
         env.add_global(fuse::EMIT, Value::from_object(fuse::Emit));
+        env.add_function(prefix::MARK, mark);
         let source = without_generation_tags(source);
         let special_tokens: Arc<[(String, Value)]> = special_tokens.iter().map(|(k, v)| (k.clone(), Value::from(v.as_str()))).collect();
         let fused = fuse::fuse_concatenations(&source).and_then(|fused| {
             let mut fused_env = env.clone();
-            fused_env.add_template_owned(NAME, fused).ok()?;
-            Some(fused_env)
+            fused_env.add_template_owned(NAME, fused.clone()).ok()?;
+            Some((fused_env, fused))
         });
-        env.add_template_owned(NAME, source).map_err(|e| describe(&e))?;
-        let written = ChatTemplate { env, special_tokens: Arc::clone(&special_tokens), fused: false };
+        env.add_template_owned(NAME, source.clone()).map_err(|e| describe(&e))?;
+        let written = ChatTemplate { env, special_tokens: Arc::clone(&special_tokens), fused: false, post: None };
         // The fused template is used only where it renders every probe as the template as
         // written does (the same text, or both failing).
-        Ok(match fused {
-            Some(env) => {
-                let fused = ChatTemplate { env, special_tokens, fused: true };
-                if renders_alike(&written, &fused) { fused } else { written }
+        let (template, used_source) = match fused {
+            Some((env, fused_source)) => {
+                let fused = ChatTemplate { env, special_tokens, fused: true, post: None };
+                if renders_alike(&written, &fused) { (fused, fused_source) } else { (written, source) }
             }
-            None => written,
-        })
+            None => (written, source),
+        };
+        Ok(template.with_prefixes(&used_source))
+    }
+
+    /// This template with its marked form (`prefix`) when it has one, which renders the probes'
+    /// prefixes exactly as rendering them does.
+    fn with_prefixes(mut self, source: &str) -> ChatTemplate {
+        let Some(marked) = prefix::mark_message_loop(source) else { return self };
+        if self.env.add_template_owned(MARKED, marked).is_err() {
+            return self;
+        }
+        let probe = [Record::value([(field_name("role"), Value::from("user")), (field_name("content"), Value::from("x"))])];
+        let post = |gp: bool| {
+            let (text, marks) = self.render_traced(&probe, &Value::from(()), gp)?;
+            text.get(*marks.last()?..).map(str::to_string)
+        };
+        if let (Some(without), Some(with)) = (post(false), post(true)) {
+            self.post = Some([without, with]);
+            if !prefixes_alike(&self) {
+                self.post = None;
+            }
+        }
+        self
     }
 
     /// Whether the template's string `+` chains are fused (see `fuse`).
     pub fn fused(&self) -> bool {
         self.fused
+    }
+
+    /// Whether one render gives every prefix's rendering (`prefix`).
+    pub fn gives_prefixes(&self) -> bool {
+        self.post.is_some()
     }
 
     /// Render `messages` (a sequence of message maps) as `apply_chat_template(tokenize=False)`
@@ -95,6 +129,104 @@ impl ChatTemplate {
         let template = self.env.get_template(NAME).map_err(|e| describe(&e))?;
         template.render(Value::from_object(context)).map_err(|e| describe(&e))
     }
+
+    /// The full rendering of `messages` (no generation prompt) with what gives each prefix's
+    /// rendering from it, when the template allows (`prefix`) and the render succeeds with one
+    /// mark per message and the loop's end followed by `post(false)`; None otherwise.
+    pub fn prefixes(&self, messages: &[Value], tools: &Value) -> Option<Prefixes<'_>> {
+        let post = self.post.as_ref()?;
+        let (full, marks) = self.render_traced(messages, tools, false)?;
+        (marks.len() == messages.len() + 1 && full.get(marks[messages.len()]..) == Some(post[0].as_str()))
+            .then_some(Prefixes { full, marks, post })
+    }
+
+    /// The marked template's rendering and its marks (bytes written before each); None when it
+    /// fails. Held per render: the output and one offset per message.
+    fn render_traced(&self, messages: &[Value], tools: &Value, add_generation_prompt: bool) -> Option<(String, Vec<usize>)> {
+        let template = self.env.get_template(MARKED).ok()?;
+        let context = RenderContext {
+            special_tokens: Arc::clone(&self.special_tokens),
+            messages: Value::from(messages.to_vec()),
+            tools: tools.clone(),
+            add_generation_prompt,
+        };
+        let mut out = Vec::with_capacity(256 * messages.len() + 256);
+        TRACE.with(|t| {
+            t.written.set(0);
+            t.marks.borrow_mut().clear();
+        });
+        let rendered = template.render_captured_to(Value::from_object(context), TracedWriter(&mut out)).is_ok();
+        let marks = TRACE.with(|t| std::mem::take(&mut *t.marks.borrow_mut()));
+        if !rendered {
+            return None;
+        }
+        String::from_utf8(out).ok().map(|text| (text, marks))
+    }
+}
+
+/// A conversation's full rendering and where each message's part of it ends.
+pub struct Prefixes<'t> {
+    pub full: String,
+    marks: Vec<usize>,
+    post: &'t [String; 2],
+}
+
+impl Prefixes<'_> {
+    /// `render(messages[:n], add_generation_prompt)` for `1 <= n <= len(messages)`, else None.
+    pub fn render(&self, n: usize, add_generation_prompt: bool) -> Option<String> {
+        let cut = *self.marks.get(n).filter(|_| n >= 1)?;
+        let post = &self.post[usize::from(add_generation_prompt)];
+        let mut text = String::with_capacity(cut + post.len());
+        text.push_str(&self.full[..cut]);
+        text.push_str(post);
+        Some(text)
+    }
+}
+
+/// Bytes written by the marked render running on this thread, and its marks.
+struct Trace {
+    written: Cell<usize>,
+    marks: RefCell<Vec<usize>>,
+}
+
+thread_local! {
+    static TRACE: Trace = const { Trace { written: Cell::new(0), marks: RefCell::new(Vec::new()) } };
+}
+
+/// The output of a marked render, counting what it writes (captured output, such as a
+/// `{% set %}` block's, is not written here and not counted).
+struct TracedWriter<'a>(&'a mut Vec<u8>);
+
+impl std::io::Write for TracedWriter<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.extend_from_slice(buf);
+        TRACE.with(|t| t.written.set(t.written.get() + buf.len()));
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// `__ftscale_mark()`: records how much the render has written; writes nothing.
+fn mark() -> Value {
+    TRACE.with(|t| t.marks.borrow_mut().push(t.written.get()));
+    Value::from(())
+}
+
+/// Whether every prefix of every probe (with and without the generation prompt) comes out of
+/// `prefixes` exactly as rendering it does.
+fn prefixes_alike(template: &ChatTemplate) -> bool {
+    let cases: serde_json::Value = serde_json::from_str(FUSION_PROBES).expect("the probes are valid JSON");
+    cases.as_array().expect("a list of probes").iter().all(|case| {
+        let messages: Vec<Value> = case["messages"].as_array().expect("probe messages").iter().map(json_value).collect();
+        let tools = json_value(&case["tools"]);
+        let Some(prefixes) = template.prefixes(&messages, &tools) else { return template.render(&messages, &tools, false).is_err() };
+        (1..=messages.len()).all(|n| {
+            [false, true].into_iter().all(|gp| template.render(&messages[..n], &tools, gp).ok() == prefixes.render(n, gp))
+        })
+    })
 }
 
 /// Conversations the fused template must render as written: every prefix, with and without the
