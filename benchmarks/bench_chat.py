@@ -17,12 +17,16 @@ the user's cache (~/.cache/ftscale-bench). The same conversations and tokenizer 
 * ``python engine``: ftscale's reference engine (Jinja2 + the tokenizer's Python binding) with masks;
 * ``rust engine``: minijinja + the byte-level BPE fast path with masks, 1 thread and all threads
   (``ChatEncoder.encode_batch``, GIL released), and whether the fast path was taken;
+* ``prep tokenize``: what ``ftscale prep``'s tokenize step does to a batch of these records
+  (Arrow messages to Python, conversion, the Rust engine on 1 thread, truncation and checks),
+  without start-up or file I/O: the figure the per-core target is judged on;
 * ``--prep``: ``ftscale prep`` end to end on the conversations as a JSONL SFT source (dedup off,
   local executor), wall time including start-up, reading, shard writing and the report.
 
 Timing: best of 3 after a warm-up run for every contestant (the baselines included), wall
 time (time.perf_counter) and the process's CPU time (time.process_time); one run for prep. The
-per-core target compares CPU time per conversation of one thread each. Results go to
+per-core target compares CPU time per conversation of one thread each (prep's tokenize step
+against ``apply_chat_template``). Results go to
 benchmarks/results/chat.json.
 """
 
@@ -94,6 +98,27 @@ def best_of(fn, repeat: int = 3) -> tuple[float, float]:
     return min(walls), min(cpus)
 
 
+class _Counts:
+    """What a prep step counts into (the unit context's counters)."""
+
+    def __init__(self) -> None:
+        self.counters: dict[str, int] = {}
+
+    def count(self, name: str, n: int = 1) -> None:
+        self.counters[name] = self.counters.get(name, 0) + int(n)
+
+
+def prep_tokenize(encoder, records) -> None:
+    """What `ftscale prep`'s tokenize step does to a batch of SFT records (an Arrow table with a
+    messages column): the messages to the engine, encoding, truncation and the
+    no-supervised-token check, without start-up or file I/O."""
+    from ftscale.config.prep import SourceConfig
+    from ftscale.data.steps.tokenize import _encode_chats
+
+    src = SourceConfig(name="chats", paths=["chats.jsonl"], kind="sft")
+    _encode_chats(encoder, records, src, 4096, False, _Counts())
+
+
 def run_prep(convs: list[list[dict[str, str]]], tok_dir: Path) -> float:
     with tempfile.TemporaryDirectory() as tmp:
         data, out, config = Path(tmp, "chats.jsonl"), Path(tmp, "out"), Path(tmp, "prep.yaml")
@@ -117,6 +142,7 @@ def main() -> None:
                              "chat_profile reads them (rust/ftscale-core/examples), and stop")
     args = parser.parse_args()
 
+    import pyarrow as pa
     from transformers import AutoTokenizer
 
     from ftscale import _core
@@ -158,6 +184,8 @@ def main() -> None:
     rust_all = RustChatEncoder(tok, python, "expand", num_threads=threads)
     timings["rust_engine_1_thread"] = (len(batch), best_of(lambda: rust_1.encode_batch(batch)))
     timings[f"rust_engine_{threads}_threads"] = (len(batch), best_of(lambda: rust_all.encode_batch(batch)))
+    records = pa.Table.from_pylist([{"messages": m} for m in convs])
+    timings["prep_tokenize_1_thread"] = (len(batch), best_of(lambda: prep_tokenize(rust_1, records)))
     results = {name: n / wall for name, (n, (wall, _)) in timings.items()}
     cpu_us = {name: cpu * 1e6 / n for name, (n, (_, cpu)) in timings.items()}
     if args.prep:
@@ -166,14 +194,18 @@ def main() -> None:
     base = results["apply_chat_template"]
     print(f"{len(convs)} conversations ({len(baseline)} for the Python loops), "
           f"{n_tokens / len(baseline):.0f} tokens each on average; fast path: {rust_1._core.fast_path}; "
-          f"fused concatenations: {rust_1._core.fused_concatenations}")
+          f"fused concatenations: {rust_1._core.fused_concatenations}; "
+          f"prefixes from one render: {rust_1._core.prefixes_from_one_render}")
     for name, rate in results.items():
         cpu = f"{cpu_us[name]:8.1f} CPU µs each" if name in cpu_us else "(wall time, start-up included)"
         print(f"  {name:<28} {rate:>10.0f} conversations/s   {rate / base:6.1f}x apply_chat_template   {cpu}")
-    per_core = cpu_us["apply_chat_template"] / cpu_us["rust_engine_1_thread"]
-    print(f"target >= {TARGET_SPEEDUP_PER_CORE:.0f}x per core (CPU time, one thread each): {per_core:.1f}x "
-          f"({'met' if per_core >= TARGET_SPEEDUP_PER_CORE else 'NOT met'}); wall clock: "
-          f"{results['rust_engine_1_thread'] / base:.1f}x; load average {os.getloadavg()[0]:.1f}")
+    # The target is judged on prep's tokenize step (the engine plus the Python around it in prep),
+    # not on the engine alone.
+    per_core = cpu_us["apply_chat_template"] / cpu_us["prep_tokenize_1_thread"]
+    print(f"target >= {TARGET_SPEEDUP_PER_CORE:.0f}x per core (prep's tokenize step vs apply_chat_template, CPU time, "
+          f"one thread each): {per_core:.1f}x ({'met' if per_core >= TARGET_SPEEDUP_PER_CORE else 'NOT met'}); "
+          f"engine alone {cpu_us['apply_chat_template'] / cpu_us['rust_engine_1_thread']:.1f}x; wall clock: "
+          f"{results['prep_tokenize_1_thread'] / base:.1f}x; load average {os.getloadavg()[0]:.1f}")
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps({
         "conversations": len(convs), "baseline_conversations": len(baseline), "threads": threads,

@@ -3,8 +3,8 @@
 //! with the GIL released on the crate's pool; the samples come back as flat NumPy arrays.
 
 use ftscale_core::chat::{field_name, parse_policy, ChatEncoder as CoreChatEncoder, ChatFailure, Conversation, Record, Value};
-use numpy::{IntoPyArray, PyArray1};
-use pyo3::exceptions::PyTypeError;
+use numpy::{IntoPyArray, PyArray1, PyReadonlyArray1};
+use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyDict, PyFloat, PyInt, PyList, PyString, PyTuple};
 
@@ -105,6 +105,67 @@ impl ChatEncoder {
             let (messages, tools): (Bound<'py, PyAny>, Bound<'py, PyAny>) = item.extract()?;
             convs.push(conversation(&messages, &tools)?);
         }
+        self.encode_conversations(py, convs, num_threads)
+    }
+
+    /// `encode_batch` for conversations of plain messages (a role and a text content each, no
+    /// tools) given as Arrow-style columns, without a Python object per message: conversation
+    /// `i` is messages `offsets[i]..offsets[i + 1]`; message `k`'s role is
+    /// `role_data[role_offsets[k]..role_offsets[k + 1]]` (UTF-8), its content likewise; each
+    /// message's fields in the struct's order (`role_first`). `system_prompt`: a system message
+    /// put first in a conversation that has none (as `template_messages` does). ValueError when
+    /// the offsets do not fit the data or a text is not UTF-8.
+    #[pyo3(signature = (offsets, role_offsets, role_data, content_offsets, content_data, role_first, system_prompt=None, num_threads=None))]
+    #[allow(clippy::too_many_arguments)]
+    fn encode_columns<'py>(
+        &self,
+        py: Python<'py>,
+        offsets: PyReadonlyArray1<'py, i64>,
+        role_offsets: PyReadonlyArray1<'py, i64>,
+        role_data: PyReadonlyArray1<'py, u8>,
+        content_offsets: PyReadonlyArray1<'py, i64>,
+        content_data: PyReadonlyArray1<'py, u8>,
+        role_first: bool,
+        system_prompt: Option<&str>,
+        num_threads: Option<usize>,
+    ) -> PyResult<Bound<'py, PyDict>> {
+        let offsets = offsets.as_slice()?;
+        let roles = Texts { offsets: role_offsets.as_slice()?, data: role_data.as_slice()? };
+        let contents = Texts { offsets: content_offsets.as_slice()?, data: content_data.as_slice()? };
+        let convs = py.detach(|| plain_conversations(offsets, &roles, &contents, role_first, system_prompt)).map_err(PyValueError::new_err)?;
+        self.encode_conversations(py, convs, num_threads)
+    }
+
+    /// Token ids (int32) and character offsets (list of (start, end)) of `text`, no special
+    /// tokens added, as the encoder tokenizes samples.
+    fn tokenize<'py>(&self, py: Python<'py>, text: &str) -> PyResult<(Bound<'py, PyArray1<i32>>, Vec<(usize, usize)>)> {
+        let (ids, offsets) = py.detach(|| self.inner.tokenize_text(text)).map_err(to_pyerr)?;
+        Ok((ids.into_iter().map(|t| t as i32).collect::<Vec<_>>().into_pyarray(py), offsets))
+    }
+
+    /// Whether the byte-level BPE fast path tokenizes (else the `tokenizers` crate).
+    #[getter]
+    fn fast_path(&self) -> bool {
+        self.inner.fast_path()
+    }
+
+    /// Whether the template's string `+` chains are rendered by one call each.
+    #[getter]
+    fn fused_concatenations(&self) -> bool {
+        self.inner.fused_concatenations()
+    }
+
+    /// Whether one render of a conversation gives every prefix's rendering (a loop over the
+    /// messages that looks only backwards).
+    #[getter]
+    fn prefixes_from_one_render(&self) -> bool {
+        self.inner.prefixes_from_one_render()
+    }
+}
+
+impl ChatEncoder {
+    /// Encode `convs` with the GIL released; the dict `encode_batch` returns.
+    fn encode_conversations<'py>(&self, py: Python<'py>, convs: Vec<Conversation>, num_threads: Option<usize>) -> PyResult<Bound<'py, PyDict>> {
         // The conversations are freed with the GIL released too.
         let results = py.detach(move || {
             let results = self.inner.encode_batch(&convs, num_threads);
@@ -145,30 +206,54 @@ impl ChatEncoder {
         out.set_item("located_turns", located)?;
         Ok(out)
     }
+}
 
-    /// Token ids (int32) and character offsets (list of (start, end)) of `text`, no special
-    /// tokens added, as the encoder tokenizes samples.
-    fn tokenize<'py>(&self, py: Python<'py>, text: &str) -> PyResult<(Bound<'py, PyArray1<i32>>, Vec<(usize, usize)>)> {
-        let (ids, offsets) = py.detach(|| self.inner.tokenize_text(text)).map_err(to_pyerr)?;
-        Ok((ids.into_iter().map(|t| t as i32).collect::<Vec<_>>().into_pyarray(py), offsets))
+/// Strings stored as Arrow stores them: string `k` is `data[offsets[k]..offsets[k + 1]]`.
+struct Texts<'a> {
+    offsets: &'a [i64],
+    data: &'a [u8],
+}
+
+impl Texts<'_> {
+    fn len(&self) -> usize {
+        self.offsets.len().saturating_sub(1)
     }
 
-    /// Whether the byte-level BPE fast path tokenizes (else the `tokenizers` crate).
-    #[getter]
-    fn fast_path(&self) -> bool {
-        self.inner.fast_path()
+    fn get(&self, k: usize, what: &str) -> Result<&str, String> {
+        let range = |i: usize| self.offsets.get(i).and_then(|&o| usize::try_from(o).ok());
+        let (start, end) = (range(k), range(k + 1));
+        let bytes = start.zip(end).and_then(|(s, e)| self.data.get(s..e)).ok_or_else(|| format!("{what} {k}: offsets outside the data"))?;
+        std::str::from_utf8(bytes).map_err(|_| format!("{what} {k} is not UTF-8"))
     }
+}
 
-    /// Whether the template's string `+` chains are rendered by one call each.
-    #[getter]
-    fn fused_concatenations(&self) -> bool {
-        self.inner.fused_concatenations()
+/// The conversations of `encode_columns`. Held: each message's role and content, copied once.
+fn plain_conversations(offsets: &[i64], roles: &Texts<'_>, contents: &Texts<'_>, role_first: bool, system_prompt: Option<&str>) -> Result<Vec<Conversation>, String> {
+    let count = roles.len();
+    if contents.len() != count || offsets.first().is_some_and(|&o| o != 0) || offsets.last().is_some_and(|&o| usize::try_from(o).ok() != Some(count)) {
+        return Err("offsets must run from 0 to the number of roles and contents, as many of each".into());
     }
-
-    /// Whether one render of a conversation gives every prefix's rendering (a loop over the
-    /// messages that looks only backwards).
-    #[getter]
-    fn prefixes_from_one_render(&self) -> bool {
-        self.inner.prefixes_from_one_render()
+    let message = |role: &str, content: &str| {
+        let (role, content) = ((field_name("role"), Value::from(role)), (field_name("content"), Value::from(content)));
+        Record::value(if role_first { [role, content] } else { [content, role] })
+    };
+    let mut convs = Vec::with_capacity(offsets.len().saturating_sub(1));
+    for pair in offsets.windows(2) {
+        let (start, end) = (usize::try_from(pair[0]).unwrap_or(usize::MAX), usize::try_from(pair[1]).unwrap_or(0));
+        if start > end || end > count {
+            return Err("offsets must ascend".into());
+        }
+        let mut messages = Vec::with_capacity(end - start + 1);
+        let mut has_system = false;
+        for k in start..end {
+            let role = roles.get(k, "role")?;
+            has_system |= role == "system";
+            messages.push(message(role, contents.get(k, "content")?));
+        }
+        if let (Some(prompt), false) = (system_prompt, has_system) {
+            messages.insert(0, Record::value([(field_name("role"), Value::from("system")), (field_name("content"), Value::from(prompt))]));
+        }
+        convs.push(Conversation { messages, tools: Value::from(()) });
     }
+    Ok(convs)
 }

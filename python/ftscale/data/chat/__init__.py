@@ -15,7 +15,7 @@ inference (``spans``).
 """
 
 from ftscale.data.chat.encoder import ChatEncoder, EncodedBatch, EncodedChat, special_tokens_of
-from ftscale.data.chat.fast import ENGINES, EngineChoice, RustChatEncoder, choose_engine
+from ftscale.data.chat.fast import ENGINES, EngineChoice, PlainMessages, RustChatEncoder, choose_engine, plain_messages
 from ftscale.data.chat.lint import lint_masks, supervised_share
 from ftscale.data.chat.messages import template_messages, template_tools
 from ftscale.data.chat.spans import POLICIES, ChatRecordError, ChatTemplateError, NoAssistantTurnError
@@ -30,9 +30,11 @@ __all__ = [
     "EncodedChat",
     "EngineChoice",
     "NoAssistantTurnError",
+    "PlainMessages",
     "RustChatEncoder",
     "choose_engine",
     "lint_masks",
+    "plain_messages",
     "special_tokens_of",
     "supervised_share",
     "template_messages",

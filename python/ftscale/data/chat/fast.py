@@ -14,6 +14,7 @@ the generation prompt) exactly as Jinja2 does, else the Python engine, with the 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -74,13 +75,26 @@ class RustChatEncoder:
         return self._core.render(messages, tools, add_generation_prompt)
 
     def encode_batch(self, conversations: list[Conversation]) -> EncodedBatch:
-        raw = self._core.encode_batch(conversations, self.num_threads)
+        return self._with_retries(self._core.encode_batch(conversations, self.num_threads), conversations.__getitem__)
+
+    def encode_columns(self, columns: PlainMessages, system_prompt: str | None,
+                       conversation: Callable[[int], Conversation]) -> EncodedBatch:
+        """``encode_batch`` for conversations of plain messages given as columns
+        (``plain_messages``); ``conversation(i)`` gives conversation ``i`` as ``encode_batch``
+        takes it, for the few the Python engine must encode again."""
+        raw = self._core.encode_columns(columns.offsets, columns.role_offsets, columns.role_data,
+                                        columns.content_offsets, columns.content_data, columns.role_first,
+                                        system_prompt, self.num_threads)
+        return self._with_retries(raw, conversation)
+
+    def _with_retries(self, raw: dict[str, Any], conversation: Callable[[int], Conversation]) -> EncodedBatch:
+        """The extension's batch, with the conversations it did not render encoded by the Python engine."""
         out = EncodedBatch(expanded_turns=int(raw["expanded_turns"]), located_turns=int(raw["located_turns"]))
         out.ids, out.masks, out.owners = raw["ids"], raw["masks"], raw["owners"]
         retry = [i for i, kind, _ in raw["failures"] if kind == "render"]
         out.failures = [(i, kind, detail) for i, kind, detail in raw["failures"] if kind != "render"]
         if retry:
-            again = self._python.encode_batch([conversations[i] for i in retry])
+            again = self._python.encode_batch([conversation(i) for i in retry])
             out.python_rendered = len(retry)
             out.expanded_turns += again.expanded_turns
             out.located_turns += again.located_turns
@@ -93,6 +107,64 @@ class RustChatEncoder:
             out.ids = [i for _, i, _ in samples]
             out.masks = [m for _, _, m in samples]
         return out
+
+
+@dataclass(frozen=True)
+class PlainMessages:
+    """Conversations whose messages are a role and a text content each, as Arrow stores them:
+    conversation ``i`` is messages ``offsets[i]:offsets[i + 1]``; message ``k``'s role is
+    ``role_data[role_offsets[k]:role_offsets[k + 1]]`` (UTF-8), its content likewise;
+    ``role_first``: the fields' order in each message (what a template that prints a message
+    whole sees). Offsets are int64 from 0; the data are views of the Arrow buffers."""
+
+    offsets: np.ndarray
+    role_offsets: np.ndarray
+    role_data: np.ndarray
+    content_offsets: np.ndarray
+    content_data: np.ndarray
+    role_first: bool
+
+
+def plain_messages(column: Any) -> PlainMessages | None:
+    """``column`` (an Arrow messages column) as ``PlainMessages`` when every message of every
+    conversation is exactly a string role and a string content (no nulls anywhere: a null would
+    be a dropped key for ``template_messages``), else None. Held: 8 bytes per conversation and
+    16 per message of offsets; the text stays in Arrow's buffers (one copy when the column has
+    several chunks)."""
+    import pyarrow as pa
+
+    kind = column.type
+    if not (pa.types.is_list(kind) or pa.types.is_large_list(kind)) or not pa.types.is_struct(kind.value_type):
+        return None
+    fields = list(kind.value_type)
+    if sorted(f.name for f in fields) != ["content", "role"] or not all(
+            pa.types.is_string(f.type) or pa.types.is_large_string(f.type) for f in fields):
+        return None
+    lists = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    if lists.null_count:
+        return None
+    structs = lists.flatten()  # this slice's messages
+    children = dict(zip((f.name for f in fields), structs.flatten()))  # adjusted for the struct's offset
+    if structs.null_count or children["role"].null_count or children["content"].null_count:
+        return None
+    return PlainMessages(_from_zero(lists.offsets.to_numpy()), *_string_buffers(children["role"]),
+                         *_string_buffers(children["content"]), fields[0].name == "role")
+
+
+def _from_zero(offsets: np.ndarray) -> np.ndarray:
+    offsets = offsets.astype(np.int64)
+    return offsets - offsets[0]
+
+
+def _string_buffers(strings: Any) -> tuple[np.ndarray, np.ndarray]:
+    """(offsets from 0, UTF-8 bytes) of an Arrow string array without nulls, the bytes a view."""
+    import pyarrow as pa
+
+    _, offsets, data = strings.buffers()
+    width = np.int64 if pa.types.is_large_string(strings.type) else np.int32
+    offsets = np.frombuffer(offsets, dtype=width)[strings.offset:strings.offset + len(strings) + 1]
+    data = np.frombuffer(data, dtype=np.uint8) if data is not None else np.zeros(0, dtype=np.uint8)
+    return _from_zero(offsets), data[int(offsets[0]):int(offsets[-1])]
 
 
 def _renderings(render: Any, messages: list[dict[str, Any]], tools: Any) -> list[str | None]:

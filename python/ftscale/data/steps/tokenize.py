@@ -158,28 +158,42 @@ def _families(records: pa.Table, src: Any) -> list[str | None]:
 def _encode_chats(encoder: Any, records: pa.Table, src: Any, seq_len: int, json_extras: bool,
                   ctx: UnitContext) -> tuple[list, list, np.ndarray, dict]:
     """Samples of a batch's conversations: (ids, masks, owner record of each sample, rejected)."""
-    from ftscale.data.chat import template_messages, template_tools
+    from ftscale.data.chat import RustChatEncoder, plain_messages, template_messages, template_tools
 
-    tools = (records.column(src.tools_field).to_pylist() if src.tools_field in records.column_names
-             else [None] * records.num_rows)
-    conversations = [(template_messages(m, src.system_prompt, json_extras), template_tools(t))
-                     for m, t in zip(records.column(src.messages_field).to_pylist(), tools)]
-    encoded = encoder.encode_batch(conversations)
+    messages = records.column(src.messages_field)
+    no_tools = src.tools_field not in records.column_names or records.column(src.tools_field).null_count == records.num_rows
+    plain = plain_messages(messages) if no_tools and isinstance(encoder, RustChatEncoder) else None
+    if plain is not None:
+        # Role and content text only: the columns go to the Rust engine as they are, with no
+        # dict per message (~10 of ~40 µs per conversation).
+        encoded = encoder.encode_columns(plain, src.system_prompt, lambda i: (
+            template_messages(messages[i].as_py(), src.system_prompt, json_extras), None))
+    else:
+        tools = (records.column(src.tools_field).to_pylist() if src.tools_field in records.column_names
+                 else [None] * records.num_rows)
+        encoded = encoder.encode_batch([(template_messages(m, src.system_prompt, json_extras), template_tools(t))
+                                        for m, t in zip(messages.to_pylist(), tools)])
     rejected = {i: (reason, detail) for i, reason, detail in encoded.failures}
-    ids, masks, owners = [], [], []
-    truncated, dropped_overlong = 0, set()
-    for x, m, owner in zip(encoded.ids, encoded.masks, encoded.owners):
-        if len(x) > seq_len:
-            if src.overlong == "drop":
-                dropped_overlong.add(owner)
-                continue
-            x, m = x[:seq_len], m[:seq_len]
-            truncated += 1
-        if not m.any():
-            continue
-        ids.append(np.asarray(x, dtype=np.int32))
-        masks.append(np.asarray(m, dtype=np.uint8))
-        owners.append(owner)
+    # Which samples stay, for the whole batch at once (a per-sample Python loop was ~4 µs of a
+    # conversation's ~35): over seq_len, a sample is dropped or truncated; a sample with no
+    # supervised token left is not kept.
+    n = len(encoded.ids)
+    lengths = np.fromiter(map(len, encoded.ids), dtype=np.int64, count=n)
+    all_owners = np.asarray(encoded.owners, dtype=np.int64)
+    over = lengths > seq_len
+    ends = np.cumsum(lengths)
+    starts = ends - lengths
+    supervised = np.concatenate(([0], np.cumsum(np.concatenate(encoded.masks) if n else [], dtype=np.int64)))
+    keep = supervised[np.where(over, starts + seq_len, ends)] > supervised[starts]
+    drop = src.overlong == "drop"
+    dropped_overlong = set(all_owners[over].tolist()) if drop else set()
+    truncated = 0 if drop else int(over.sum())
+    if drop:
+        keep &= ~over
+    chosen = np.flatnonzero(keep).tolist()
+    ids = [encoded.ids[i][:seq_len] for i in chosen]
+    masks = [encoded.masks[i][:seq_len] for i in chosen]
+    owners = all_owners[chosen].tolist()
     kept = set(owners)
     for owner in sorted(set(encoded.owners) - kept):
         rejected[owner] = (("overlong", f"every sample is longer than seq_len {seq_len}") if owner in dropped_overlong

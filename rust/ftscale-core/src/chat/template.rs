@@ -549,6 +549,51 @@ mod tests {
     }
 
     #[test]
+    fn prefixes_from_one_render_equal_rendering_each_prefix() {
+        use rand::{rngs::StdRng, Rng, SeedableRng};
+        // Templates the marks apply to, with every whitespace control around the loop's tags,
+        // state carried forward (a namespace), `messages[0]`, `loop.first` / `loop.index0`, an
+        // inner loop's `loop.last`, text after the loop with and without the generation prompt.
+        let templates = [
+            "{% for m in messages %}{% if loop.first and messages[0]['role'] != 'system' %}{{ 'sys\n' }}{% endif %}\
+             {{ '<|im_start|>' + m['role'] + '\n' + m['content'] + '<|im_end|>' + '\n' }}{% endfor %}\
+             {% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}",
+            "{{- bos_token }}\n{%- for m in messages -%}\n  {{ m.role | upper }}: {{ m.content | trim }}\n\n{%- endfor -%}\n\
+             {%- if add_generation_prompt %}\nASSISTANT:{% else %}{{ eos_token }}{% endif %}",
+            "{% set ns = namespace(n=0) %}{% for m in messages %}\n    {% set ns.n = ns.n + m.content|length %}\
+             [{{ loop.index0 }}:{{ ns.n }}{% for w in m.content.split(' ') %}{{ w }}{% if not loop.last %}_{% endif %}{% endfor %}]\n\
+             {% endfor %}\n{% if add_generation_prompt %}>{% endif %}",
+        ];
+        let mut rng = StdRng::seed_from_u64(7);
+        let words = ["a", "Be", "é", "🙂", " ", "\n", "x y", "  pad  ", "<s>", "!"];
+        for source in templates {
+            let t = ChatTemplate::new(source, &[("bos_token".into(), "<s>".into()), ("eos_token".into(), "</s>".into())]).unwrap();
+            assert!(t.gives_prefixes(), "{source}");
+            for _ in 0..200 {
+                let n = rng.random_range(1..7);
+                let messages: Vec<Value> = (0..n)
+                    .map(|i| {
+                        let role = if i == 0 && rng.random_bool(0.3) { "system" } else if i % 2 == 0 { "user" } else { "assistant" };
+                        let content: String = (0..rng.random_range(0..5)).map(|_| words[rng.random_range(0..words.len())]).collect();
+                        msg(role, &content)
+                    })
+                    .collect();
+                let prefixes = t.prefixes(&messages, &Value::from(())).expect("marks for every message");
+                assert_eq!(prefixes.full, t.render(&messages, &Value::from(()), false).unwrap());
+                for k in 1..=messages.len() {
+                    for gp in [false, true] {
+                        assert_eq!(prefixes.render(k, gp).unwrap(), t.render(&messages[..k], &Value::from(()), gp).unwrap(), "{source} {k} {gp}");
+                    }
+                }
+                assert_eq!(prefixes.render(0, false), None);
+            }
+        }
+        // A template that looks ahead renders each prefix itself.
+        let ahead = ChatTemplate::new("{% for m in messages %}{{ m.content }}{% if not loop.last %},{% endif %}{% endfor %}", &[]).unwrap();
+        assert!(!ahead.gives_prefixes() && ahead.prefixes(&[msg("user", "a")], &Value::from(())).is_none());
+    }
+
+    #[test]
     fn generation_tags_render_their_body() {
         assert_eq!(without_generation_tags("a{%- generation %}b{% endgeneration -%}c{% if x %}"), "a{%- if true %}b{% endif -%}c{% if x %}");
         assert_eq!(without_generation_tags("{% generation_x %}"), "{% generation_x %}");
