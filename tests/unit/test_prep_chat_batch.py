@@ -151,3 +151,35 @@ def test_encode_columns_rejects_offsets_outside_the_data(engines):
     with pytest.raises(ValueError, match="offsets must"):
         rust._core.encode_columns(np.array([0, 2], dtype=np.int64), offsets, np.frombuffer(b"u", np.uint8),
                                   offsets, np.frombuffer(b"x", np.uint8), True)
+
+
+class _GivenSamples:
+    """An engine stand-in that returns fixed samples, to reach cases the real engines do not
+    produce (an empty sample) next to the usual ones."""
+
+    def __init__(self, samples: list[tuple[int, list[int]]]) -> None:
+        self.samples = samples
+
+    def encode_batch(self, conversations):
+        from ftscale.data.chat import EncodedBatch
+
+        return EncodedBatch(ids=[np.arange(len(m), dtype=np.int32) for _, m in self.samples],
+                            masks=[np.asarray(m, dtype=np.uint8) for _, m in self.samples],
+                            owners=[owner for owner, _ in self.samples])
+
+
+@pytest.mark.parametrize("overlong", ["truncate", "drop"])
+def test_sample_selection_with_empty_and_overlong_samples(overlong):
+    samples = [(0, []), (0, [0, 1]), (1, [0] * SEQ_LEN + [1]), (2, [1] + [0] * SEQ_LEN), (3, [0, 0]),
+               (3, []), (4, [1] * SEQ_LEN)]
+    records = pa.table({"messages": [[_m("user", "x"), _m("assistant", "y")]] * 5})
+    src = SourceConfig(name="chat", paths=["chat.jsonl"], kind="sft", overlong=overlong)
+    ids, masks, owners, rejected, counts = _step(_GivenSamples(samples), records, src)
+    if overlong == "truncate":
+        assert owners == [0, 2, 4] and counts["truncated"] == 2
+        assert [len(m) for m in masks] == [2, SEQ_LEN, SEQ_LEN] and masks[1] == b"\x01" + b"\x00" * (SEQ_LEN - 1)
+        assert {i: r for i, (r, _) in rejected.items()} == {1: "no_supervised_tokens", 3: "no_supervised_tokens"}
+    else:
+        assert owners == [0, 4] and counts["truncated"] == 0
+        assert {i: r for i, (r, _) in rejected.items()} == {1: "overlong", 2: "overlong", 3: "no_supervised_tokens"}
+    assert counts["extra_samples"] == 0 and len(ids) == len(owners)

@@ -175,16 +175,21 @@ def _encode_chats(encoder: Any, records: pa.Table, src: Any, seq_len: int, json_
                                         for m, t in zip(messages.to_pylist(), tools)])
     rejected = {i: (reason, detail) for i, reason, detail in encoded.failures}
     # Which samples stay, for the whole batch at once (a per-sample Python loop was ~4 µs of a
-    # conversation's ~35): over seq_len, a sample is dropped or truncated; a sample with no
-    # supervised token left is not kept.
-    n = len(encoded.ids)
-    lengths = np.fromiter(map(len, encoded.ids), dtype=np.int64, count=n)
+    # conversation's ~35): over seq_len, a sample is dropped or cut; a sample with no supervised
+    # token left is not kept. Held for the batch: its masks joined (1 byte per token).
+    count = len(encoded.ids)
+    lengths = np.fromiter(map(len, encoded.ids), dtype=np.int64, count=count)
     all_owners = np.asarray(encoded.owners, dtype=np.int64)
     over = lengths > seq_len
-    ends = np.cumsum(lengths)
-    starts = ends - lengths
-    supervised = np.concatenate(([0], np.cumsum(np.concatenate(encoded.masks) if n else [], dtype=np.int64)))
-    keep = supervised[np.where(over, starts + seq_len, ends)] > supervised[starts]
+    supervised = np.zeros(count, dtype=np.int64)
+    nonempty = lengths > 0
+    if nonempty.any():
+        # An empty sample holds no token, so each non-empty sample's tokens run to the next one's start.
+        starts = np.cumsum(lengths) - lengths
+        supervised[nonempty] = np.add.reduceat(np.concatenate(encoded.masks), starts[nonempty], dtype=np.int64)
+    for i in np.flatnonzero(over):
+        supervised[i] = np.count_nonzero(encoded.masks[i][:seq_len])
+    keep = supervised > 0
     drop = src.overlong == "drop"
     dropped_overlong = set(all_owners[over].tolist()) if drop else set()
     truncated = 0 if drop else int(over.sum())
