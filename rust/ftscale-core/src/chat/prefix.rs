@@ -19,8 +19,8 @@
 //! - the template's top level has exactly one `for` over `messages` (or over a name set to
 //!   `messages` at the top and nowhere else, as Llama 3's `loop_messages`), with no filter, no
 //!   recursion, no `else` and no `break`; what comes before it is the *pre*, after it the *post*;
-//! - `messages` appears nowhere else except as `messages[0]` (every prefix that is rendered has
-//!   message 0);
+//! - `messages` appears nowhere else except as `messages[0]` before the loop or in it (every
+//!   prefix that is rendered has message 0);
 //! - in the loop body (outside loops nested in it) `loop` is used only for `index`, `index0`,
 //!   `first`, `previtem`, `depth`, `depth0`, `cycle` and `changed` (never `last`, `length`,
 //!   `revindex`, `nextitem`: what comes later); macros do not use `loop`;
@@ -227,7 +227,8 @@ impl Check<'_> {
             Expr::Var(v) => self.var(v.id, region),
             Expr::Const(_) => true,
             Expr::GetItem(g) if self.is_messages(&g.expr) => {
-                matches!(&g.subscript_expr, Expr::Const(c) if c.value.is_integer() && c.value.as_i64() == Some(0))
+                region != Region::Post
+                    && matches!(&g.subscript_expr, Expr::Const(c) if c.value.is_integer() && c.value.as_i64() == Some(0))
             }
             Expr::GetAttr(g) if is_var(&g.expr, "loop") && region == (Region::Body { depth: 0 }) => LOOP_BACKWARD.contains(&g.name),
             Expr::GetAttr(g) => self.expr(&g.expr, region),
@@ -328,6 +329,7 @@ mod tests {
             "{% for m in messages %}{{ m.content }}{% if add_generation_prompt %}>{% endif %}{% endfor %}",
             "{% set ns = namespace(n=0) %}{% for m in messages %}{% set ns.n = ns.n + 1 %}{% endfor %}{{ ns.n }}",
             "{% for m in messages %}{{ m.content }}{% endfor %}{{ tools }}",
+            "{% for m in messages %}{{ m.content }}{% endfor %}{% if add_generation_prompt %}{{ messages[0].role }}{% endif %}",
             "{% set last = messages[-1] %}{% for m in messages %}{{ m.content }}{% endfor %}",
             "{% for m in messages if m.role != 'system' %}{{ m.content }}{% endfor %}",
             "{% for m in messages %}{{ m.content }}{% endfor %}{% for m in messages %}{{ m.role }}{% endfor %}",

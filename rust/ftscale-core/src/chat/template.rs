@@ -15,6 +15,9 @@
 //! - `{% generation %}` / `{% endgeneration %}` (HF's marker for assistant text, which renders
 //!   its body unchanged) become an always-true `if` block with the same whitespace modifiers.
 //!
+//! Where the template allows (`prefix`), a second, marked form of it renders a conversation once
+//! and gives every prefix's rendering from that (`ChatTemplate::prefixes`).
+//!
 //! What remains different from Jinja2 (printing a list or dict as Python's repr, Python-only
 //! methods pycompat lacks) makes a render differ or fail; the Python side compares both engines
 //! on probe conversations before trusting this one for a source, and re-renders any conversation
