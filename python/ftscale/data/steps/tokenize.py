@@ -161,7 +161,8 @@ def _encode_chats(encoder: Any, records: pa.Table, src: Any, seq_len: int, json_
     from ftscale.data.chat import RustChatEncoder, plain_messages, template_messages, template_tools
 
     messages = records.column(src.messages_field)
-    no_tools = src.tools_field not in records.column_names or records.column(src.tools_field).null_count == records.num_rows
+    tools = records.column(src.tools_field) if src.tools_field in records.column_names else None
+    no_tools = tools is None or tools.null_count == records.num_rows
     plain = plain_messages(messages) if no_tools and isinstance(encoder, RustChatEncoder) else None
     if plain is not None:
         # Role and content text only: the columns go to the Rust engine as they are, with no
@@ -169,10 +170,9 @@ def _encode_chats(encoder: Any, records: pa.Table, src: Any, seq_len: int, json_
         encoded = encoder.encode_columns(plain, src.system_prompt, lambda i: (
             template_messages(messages[i].as_py(), src.system_prompt, json_extras), None))
     else:
-        tools = (records.column(src.tools_field).to_pylist() if src.tools_field in records.column_names
-                 else [None] * records.num_rows)
+        each_tools = tools.to_pylist() if tools is not None else [None] * records.num_rows
         encoded = encoder.encode_batch([(template_messages(m, src.system_prompt, json_extras), template_tools(t))
-                                        for m, t in zip(messages.to_pylist(), tools)])
+                                        for m, t in zip(messages.to_pylist(), each_tools)])
     rejected = {i: (reason, detail) for i, reason, detail in encoded.failures}
     # Which samples stay, for the whole batch at once (a per-sample Python loop was ~4 µs of a
     # conversation's ~35): over seq_len, a sample is dropped or cut; a sample with no supervised

@@ -114,12 +114,12 @@ impl ChatEncoder {
         self.template.fused()
     }
 
-    /// Ids and character offsets of `text`, no special tokens added.
     /// Whether one render of a conversation gives every prefix's rendering (`prefix`).
     pub fn prefixes_from_one_render(&self) -> bool {
         self.template.gives_prefixes()
     }
 
+    /// Ids and character offsets of `text`, no special tokens added.
     fn encode_text(&self, text: &str) -> std::result::Result<Encoded, String> {
         match self.fast.as_ref().and_then(|f| f.encode(text)) {
             Some(encoded) => Ok(encoded),

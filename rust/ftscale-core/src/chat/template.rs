@@ -24,7 +24,7 @@
 //! this one fails on with Jinja2.
 
 use std::borrow::Cow;
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 use std::fmt::Write;
 use std::sync::Arc;
 
@@ -123,14 +123,18 @@ impl ChatTemplate {
     /// Render `messages` (a sequence of message maps) as `apply_chat_template(tokenize=False)`
     /// does; `tools` is passed as given (none when absent), `documents` as none.
     pub fn render(&self, messages: &[Value], tools: &Value, add_generation_prompt: bool) -> Result<String, String> {
-        let context = RenderContext {
+        let template = self.env.get_template(NAME).map_err(|e| describe(&e))?;
+        template.render(self.context(messages, tools, add_generation_prompt)).map_err(|e| describe(&e))
+    }
+
+    /// The variables a render sees.
+    fn context(&self, messages: &[Value], tools: &Value, add_generation_prompt: bool) -> Value {
+        Value::from_object(RenderContext {
             special_tokens: Arc::clone(&self.special_tokens),
             messages: Value::from(messages.to_vec()),
             tools: tools.clone(),
             add_generation_prompt,
-        };
-        let template = self.env.get_template(NAME).map_err(|e| describe(&e))?;
-        template.render(Value::from_object(context)).map_err(|e| describe(&e))
+        })
     }
 
     /// The full rendering of `messages` (no generation prompt) with what gives each prefix's
@@ -147,19 +151,12 @@ impl ChatTemplate {
     /// fails. Held per render: the output and one offset per message.
     fn render_traced(&self, messages: &[Value], tools: &Value, add_generation_prompt: bool) -> Option<(String, Vec<usize>)> {
         let template = self.env.get_template(MARKED).ok()?;
-        let context = RenderContext {
-            special_tokens: Arc::clone(&self.special_tokens),
-            messages: Value::from(messages.to_vec()),
-            tools: tools.clone(),
-            add_generation_prompt,
-        };
-        let mut out = Vec::with_capacity(256 * messages.len() + 256);
         TRACE.with(|t| {
-            t.written.set(0);
+            *t.out.borrow_mut() = Vec::with_capacity(256 * messages.len() + 256);
             t.marks.borrow_mut().clear();
         });
-        let rendered = template.render_captured_to(Value::from_object(context), TracedWriter(&mut out)).is_ok();
-        let marks = TRACE.with(|t| std::mem::take(&mut *t.marks.borrow_mut()));
+        let rendered = template.render_captured_to(self.context(messages, tools, add_generation_prompt), TracedWriter).is_ok();
+        let (out, marks) = TRACE.with(|t| (std::mem::take(&mut *t.out.borrow_mut()), std::mem::take(&mut *t.marks.borrow_mut())));
         if !rendered {
             return None;
         }
@@ -186,24 +183,23 @@ impl Prefixes<'_> {
     }
 }
 
-/// Bytes written by the marked render running on this thread, and its marks.
+/// The output of the marked render running on this thread, and its marks.
 struct Trace {
-    written: Cell<usize>,
+    out: RefCell<Vec<u8>>,
     marks: RefCell<Vec<usize>>,
 }
 
 thread_local! {
-    static TRACE: Trace = const { Trace { written: Cell::new(0), marks: RefCell::new(Vec::new()) } };
+    static TRACE: Trace = const { Trace { out: RefCell::new(Vec::new()), marks: RefCell::new(Vec::new()) } };
 }
 
-/// The output of a marked render, counting what it writes (captured output, such as a
-/// `{% set %}` block's, is not written here and not counted).
-struct TracedWriter<'a>(&'a mut Vec<u8>);
+/// Writes a marked render's output into this thread's `Trace` (captured output, such as a
+/// `{% set %}` block's, is not written here).
+struct TracedWriter;
 
-impl std::io::Write for TracedWriter<'_> {
+impl std::io::Write for TracedWriter {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.extend_from_slice(buf);
-        TRACE.with(|t| t.written.set(t.written.get() + buf.len()));
+        TRACE.with(|t| t.out.borrow_mut().extend_from_slice(buf));
         Ok(buf.len())
     }
 
@@ -214,7 +210,7 @@ impl std::io::Write for TracedWriter<'_> {
 
 /// `__ftscale_mark()`: records how much the render has written; writes nothing.
 fn mark() -> Value {
-    TRACE.with(|t| t.marks.borrow_mut().push(t.written.get()));
+    TRACE.with(|t| t.marks.borrow_mut().push(t.out.borrow().len()));
     Value::from(())
 }
 
